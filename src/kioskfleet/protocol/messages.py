@@ -1,0 +1,222 @@
+"""Message models of CONTRACT §3 and the one function that decodes what agents send.
+
+Every agent → controller payload carries the envelope ``v``, ``station``, ``session``, ``seq``,
+``ts``. (``station``, ``session``, ``seq``) identifies a telemetry, events or reply message;
+state messages always have ``seq`` 0 and are idempotent by (``session``, ``online``).
+Unknown extra keys are tolerated (the contract may grow); wrong types are not.
+"""
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kioskfleet.protocol.devices import DeviceStatus
+from kioskfleet.protocol.errors import ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+MAX_PAYLOAD_BYTES: Final = 64 * 1024
+
+StationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")]
+SlotName = Annotated[
+    str,
+    Field(pattern=r"^(printer|cash_acceptor|coin_acceptor|id_reader|card_reader)(_[0-9]{1,2})?$"),
+]
+Label = Annotated[str, Field(min_length=1, max_length=128)]
+NonNegative = Annotated[int, Field(ge=0, lt=2**63)]
+
+_STRICT = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+class DroppedRange(BaseModel):
+    """Messages an agent queued, then had to drop (its outbox bound), declared so they count."""
+
+    model_config = _STRICT
+
+    session: NonNegative
+    from_seq: Annotated[int, Field(ge=1, lt=2**63)]
+    to_seq: Annotated[int, Field(ge=1, lt=2**63)]
+    kind: Literal["telemetry", "events", "reply"] = "telemetry"
+
+
+class Envelope(BaseModel):
+    """Fields every agent → controller payload carries."""
+
+    model_config = _STRICT
+
+    v: Literal[1]
+    station: StationId
+    session: NonNegative
+    seq: NonNegative
+    ts: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class Versions(BaseModel):
+    """Software the station runs."""
+
+    model_config = _STRICT
+
+    agent: Label
+    catalogue: Label | None = None
+
+
+class StateMessage(Envelope):
+    """Birth (``online`` true, full description) or death (will / clean shutdown)."""
+
+    online: bool
+    district: Label | None = None
+    site: Label | None = None
+    site_type: Label | None = None
+    profile: Label | None = None
+    telemetry_interval: Annotated[float, Field(gt=0, le=86400)] | None = None
+    versions: Versions | None = None
+    devices: dict[SlotName, DeviceStatus] = Field(default_factory=dict, max_length=32)
+
+    @model_validator(mode="after")
+    def _birth_is_complete(self) -> "StateMessage":
+        if self.seq != 0:
+            raise ValueError("state messages have seq 0")
+        if self.online:
+            missing = [
+                name
+                for name in ("district", "site", "site_type", "profile", "telemetry_interval")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"a birth needs {', '.join(missing)}")
+        return self
+
+
+class Sequenced(Envelope):
+    """A telemetry, events or reply message: stored once per (station, session, seq)."""
+
+    seq: Annotated[int, Field(ge=1, lt=2**63)]
+    dropped: list[DroppedRange] = Field(default_factory=list, max_length=64)
+
+
+HostValue = float | int | None
+
+
+class TelemetryMessage(Sequenced):
+    """Periodic host metrics, every device's status and counters."""
+
+    host: dict[Annotated[str, Field(max_length=64)], HostValue] = Field(
+        default_factory=dict, max_length=64
+    )
+    devices: dict[SlotName, DeviceStatus] = Field(default_factory=dict, max_length=32)
+    counters: dict[Annotated[str, Field(max_length=64)], NonNegative] = Field(
+        default_factory=dict, max_length=64
+    )
+
+
+class Event(BaseModel):
+    """One event; ``device_status`` events are checked against the device vocabulary."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
+
+    type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    device: SlotName | None = None
+    status: DeviceStatus | None = None
+
+    @model_validator(mode="after")
+    def _device_status_complete(self) -> "Event":
+        if self.type == "device_status" and (self.device is None or self.status is None):
+            raise ValueError("a device_status event needs device and status")
+        return self
+
+
+class EventsMessage(Sequenced):
+    """Device status changes, device events, transactions, update progress."""
+
+    events: list[Event] = Field(min_length=1, max_length=1000)
+
+
+class Reply(Sequenced):
+    """A command's outcome."""
+
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    status: Literal["ok", "error", "expired", "rejected"]
+    result: Any = None
+    error: Annotated[str, Field(max_length=4096)] | None = None
+
+
+class Command(BaseModel):
+    """Controller → agent command on ``cmd/{name}``."""
+
+    model_config = _STRICT
+
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    expires_at: Annotated[float, Field(allow_inf_nan=False)]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Ack(BaseModel):
+    """Controller → agent: every message of ``session`` up to ``seq`` is stored (or declared)."""
+
+    model_config = _STRICT
+
+    session: NonNegative
+    seq: NonNegative
+
+
+class ControllerState(BaseModel):
+    """The controller's retained presence."""
+
+    model_config = _STRICT
+
+    online: bool
+    ts: float
+
+
+AgentMessage = StateMessage | TelemetryMessage | EventsMessage | Reply
+
+_MODELS: Final[dict[str, type[StateMessage | TelemetryMessage | EventsMessage | Reply]]] = {
+    "state": StateMessage,
+    "telemetry": TelemetryMessage,
+    "events": EventsMessage,
+    "reply": Reply,
+}
+
+
+def decode_agent_message(kind: str, station: str, payload: bytes) -> AgentMessage:
+    """Decode and validate what ``station`` published on its ``kind`` topic.
+
+    Raises:
+        ProtocolError: with reason ``too_large``, ``not_json``, ``version``, ``schema``,
+            ``station_mismatch`` or ``topic`` (a kind agents do not publish).
+    """
+    model = _MODELS.get(kind)
+    if model is None:
+        raise ProtocolError("topic", f"agents do not publish on {kind!r}")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(
+            "too_large", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
+        )
+    try:
+        message = model.model_validate_json(payload)
+    except ValidationError as err:
+        raise _explain(err) from None
+    if message.station != station:
+        raise ProtocolError(
+            "station_mismatch",
+            f"payload names station {message.station!r} on the topic of {station!r}",
+        )
+    return message
+
+
+def _explain(err: ValidationError) -> ProtocolError:
+    errors = err.errors(include_url=False, include_input=False)
+    for item in errors:
+        if item["type"] == "json_invalid":
+            return ProtocolError("not_json", f"payload is not valid JSON: {item['msg']}")
+    for item in errors:
+        if item["loc"] == ("v",) and item["type"] == "literal_error":
+            return ProtocolError("version", f"unsupported protocol version (this side speaks v{PROTOCOL_VERSION})")
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "payload"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ProtocolError("schema", f"{where}: {first['msg']}{more}")
+
+
+def encode(message: BaseModel) -> bytes:
+    """Serialise a message to its compact JSON wire form (UTF-8, None fields left out)."""
+    return message.model_dump_json(exclude_none=True).encode()
