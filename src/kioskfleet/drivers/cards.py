@@ -286,11 +286,10 @@ def watch_media(
 def driver_options(options: ProbeOptions) -> DriverOptions:
     """Driver timeouts, retries and quirks for a probe (quirks come from the firmware profile)."""
     quirks = options.profile.get("quirks", {})
-    return DriverOptions(
-        timeout=options.timeout,
-        retries=options.retries,
-        quirks=dict(quirks) if isinstance(quirks, dict) else {},
-    )
+    merged = dict(quirks) if isinstance(quirks, dict) else {}
+    if options.address is not None:
+        merged["address"] = options.address  # --address wins over the profile
+    return DriverOptions(timeout=options.timeout, retries=options.retries, quirks=merged)
 
 
 def profile_baudrate(options: ProbeOptions, default: int) -> int:
