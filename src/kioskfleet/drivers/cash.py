@@ -435,3 +435,10 @@ def offline_cash_status(
         },
         strict=False,
     )
+
+
+def currency_of_iso(code: str) -> str:
+    """A currency code as a device reports it (``"CNY"``), cleaned of padding."""
+    cleaned = code.strip().strip("\x00").upper()
+    # ISO 4217 "XXX" = no currency: better than pretending garbage is yuan
+    return cleaned if cleaned.isascii() and cleaned.isalpha() else "XXX"
