@@ -14,7 +14,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 from kioskfleet.drivers.base import Driver, DriverOptions, Transport, open_transport
 from kioskfleet.drivers.exceptions import (
@@ -34,6 +34,14 @@ from kioskfleet.protocol.devices import (
     Media,
 )
 
+try:
+    import termios
+
+    _PORT_ERRORS: tuple[type[Exception], ...] = (OSError, termios.error)
+except ImportError:  # pragma: no cover - not POSIX
+    _PORT_ERRORS = (OSError,)
+
+T = TypeVar("T")
 Sex = Literal["male", "female", "unknown", "unspecified"]
 
 
@@ -130,7 +138,20 @@ class CardReader(Driver):
 
     def _resync(self) -> None:
         self._rx.clear()
-        super()._resync()
+        try:
+            super()._resync()
+        except _PORT_ERRORS as err:
+            # pyserial lets termios.error (not an OSError) out of tcflush on a vanished pty
+            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
+
+    def _once(self, operation: Callable[[], T]) -> T:
+        """Run an operation that must not be retried (motion), wrapping port failures."""
+        try:
+            return operation()
+        except DriverError:
+            raise  # our own, including DeviceTimeoutError (which is also an OSError)
+        except _PORT_ERRORS as err:
+            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
 
     def _receive(self, want: int, timeout: float) -> bool:
         """Read up to ``want`` bytes into the buffer; False when nothing came in ``timeout``."""

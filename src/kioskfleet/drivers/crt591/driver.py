@@ -24,7 +24,6 @@ from kioskfleet.drivers.crt591 import frames
 from kioskfleet.drivers.exceptions import (
     DeviceOperationError,
     DeviceTimeoutError,
-    DeviceUnavailableError,
     FrameError,
 )
 from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceStatus, DriverName, Media
@@ -175,10 +174,7 @@ class Crt591Driver(MotorCardReader):
 
     def _motion(self, command: tuple[int, int], what: str) -> frames.Positive:
         """One motion command, never resent after its ACK; a negative reply raises."""
-        try:
-            reply = self._exchange(command, self._motion_timeout())
-        except OSError as err:
-            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
+        reply = self._once(lambda: self._exchange(command, self._motion_timeout()))
         if isinstance(reply, frames.Negative):
             self._refused(what, reply.error)
         self._jammed = False
