@@ -1,2 +1,241 @@
-"""placeholder"""
-def main() -> None: ...
+"""``kioskfleet``: the one entry point. A thin layer that composes the packages (CONTRACT §2).
+
+Heavy imports (the controller's stack, amqtt) happen inside the subcommand that needs them, so
+``kioskfleet agent`` on a kiosk does not pay for FastAPI and SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from kioskfleet import __version__
+
+T = TypeVar("T")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(prog="kioskfleet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kioskfleet {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="embedded broker, SQLite, controller and a simulated fleet")
+    demo.add_argument("--stations", type=_positive_int, default=40)
+    demo.add_argument("--duration", type=_seconds, help="stop after S seconds, print a summary")
+    demo.add_argument("--port", type=int, default=8000, help="HTTP port of the dashboard")
+    demo.add_argument("--broker", help="use this broker instead of the embedded one")
+    demo.add_argument("--db", help="SQLAlchemy URL instead of a fresh SQLite file")
+    demo.add_argument("--update-failure-rate", type=_rate, default=0.0)
+
+    ctl = sub.add_parser("controller", help="the central service")
+    ctl.add_argument("--config", help="TOML settings (environment variables win)")
+
+    agent = sub.add_parser("agent", help="the kiosk agent")
+    agent.add_argument("--config", required=True, help="the agent's TOML file")
+
+    sim = sub.add_parser("simulate", help="N simulated stations running the real agent code")
+    sim.add_argument("--stations", type=_positive_int, required=True)
+    sim.add_argument("--broker", required=True, help="mqtt://host:port")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--duration", type=_seconds)
+    sim.add_argument("--telemetry-interval", type=_seconds, default=10.0)
+    sim.add_argument("--fault-rate", type=float, default=0.0, help="device faults per station-hour")
+    sim.add_argument("--update-failure-rate", type=_rate, default=0.0)
+    sim.add_argument("--id-prefix", default="sim")
+    sim.add_argument("--state-dir", help="keep outboxes and sessions here between runs")
+    sim.add_argument("--keepalive", type=int, default=30)
+
+    device = sub.add_parser("device", help="the technician's tools for one device")
+    dsub = device.add_subparsers(dest="device_command", required=True)
+    probe = dsub.add_parser("probe", help="identify a device and read its status")
+    probe.add_argument("driver", choices=["escpos", "cctalk", "ssp", "ga467", "crt591"])
+    probe.add_argument("port", help="serial port or pyserial URL")
+    probe.add_argument("--baudrate", type=int)
+    probe.add_argument("--address", type=int)
+    probe.add_argument("--profile", help="firmware profile whose quirks apply")
+    probe.add_argument("--watch", type=_seconds, help="keep polling for S seconds")
+    dsim = dsub.add_parser("simulate", help="run a device simulator on a pseudo-terminal")
+    dsim.add_argument("driver", choices=["escpos", "cctalk", "ssp", "ga467", "crt591"])
+    dsim.add_argument("--kind", choices=["bill", "coin"])
+    dsim.add_argument("--link", help="make PATH a symlink to the pty")
+    dsim.add_argument("--fault", action="append", default=[], help="switch a fault on (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "demo": _demo,
+        "controller": _controller,
+        "agent": _agent,
+        "simulate": _simulate,
+        "device": _device,
+    }
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, separators=(",", ":"), ensure_ascii=False), flush=True)
+
+
+def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run a coroutine with SIGINT/SIGTERM turned into a graceful stop."""
+
+    async def runner() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        return await make(stop)
+
+    return asyncio.run(runner())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kioskfleet.demo import run_demo
+
+    summary = run_demo(
+        stations=args.stations,
+        duration=args.duration,
+        port=args.port,
+        broker_url=args.broker,
+        db_url=args.db,
+        update_failure_rate=args.update_failure_rate,
+    )
+    if summary is not None:
+        _print(summary)
+    return 0
+
+
+def _controller(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from kioskfleet.controller.app import create_app
+    from kioskfleet.controller.config import SettingsError, load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as err:
+        print(f"kioskfleet controller: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("kioskfleet").setLevel(logging.INFO)
+    host, port = settings.host_port
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from kioskfleet.agent.config import ConfigError, load_agent_config
+    from kioskfleet.agent.service import run_agent
+
+    try:
+        config = load_agent_config(args.config)
+    except ConfigError as err:
+        print(f"kioskfleet agent: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("kioskfleet").setLevel(logging.INFO)
+    _run_until_signal(lambda stop: run_agent(config, stop))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kioskfleet.fleetsim.fleet import FleetSpec, run_fleet, wuxi_fleet
+    from kioskfleet.protocol.broker_url import parse_broker_url
+
+    try:
+        broker = parse_broker_url(args.broker)
+    except ValueError as err:
+        print(f"kioskfleet simulate: {err}", file=sys.stderr)
+        return 2
+    spec = FleetSpec(
+        stations=wuxi_fleet(
+            args.stations,
+            seed=args.seed,
+            id_prefix=args.id_prefix,
+            telemetry_interval=args.telemetry_interval,
+        ),
+        broker=broker,
+        seed=args.seed,
+        duration=args.duration,
+        fault_rate=args.fault_rate,
+        update_failure_rate=args.update_failure_rate,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        keepalive=args.keepalive,
+    )
+    result = _run_until_signal(lambda stop: run_fleet(spec, stop=stop))
+    _print(result.as_json())
+    return 0
+
+
+def _device(args: argparse.Namespace) -> int:
+    from kioskfleet.drivers.registry import ProbeOptions, driver_module
+
+    module = driver_module(args.driver)
+    if args.device_command == "probe":
+        profile: dict[str, Any] = {}
+        if args.profile:
+            from kioskfleet.firmware_profiles import load_model_profile
+
+            profile = load_model_profile(args.profile).as_options()
+        options = ProbeOptions(
+            baudrate=args.baudrate, address=args.address, profile=profile, watch=args.watch
+        )
+        result = module.probe(args.port, options)
+        _print(result.status.model_dump(mode="json"))
+        return 0 if result.answered else 3
+    from kioskfleet.drivers.simulator import serve_until_sigterm
+
+    simulator = module.make_simulator(args.kind)
+    for fault in args.fault:
+        try:
+            simulator.set_fault(fault)
+        except ValueError as err:
+            print(f"kioskfleet device simulate: {err}", file=sys.stderr)
+            return 2
+    serve_until_sigterm(simulator, args.link, lambda port: print(port, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

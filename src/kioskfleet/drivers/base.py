@@ -20,7 +20,13 @@ from kioskfleet.drivers.exceptions import (
     DriverError,
     FrameError,
 )
-from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceStatus, DriverName
+from kioskfleet.protocol.devices import (
+    DeviceInfo,
+    DeviceKind,
+    DeviceState,
+    DeviceStatus,
+    DriverName,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,7 @@ class Driver(ABC):
 
     def offline_status(self, error: DriverError, info: DeviceInfo | None = None) -> DeviceStatus:
         """The status to report when the device cannot be read (``offline`` / ``no_device``)."""
-        state = "no_device" if isinstance(error, DeviceUnavailableError) else "offline"
+        state: DeviceState = "no_device" if isinstance(error, DeviceUnavailableError) else "offline"
         return DeviceStatus(
             device=self.kind,
             driver=self.name,

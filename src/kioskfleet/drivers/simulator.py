@@ -158,7 +158,9 @@ class PtyServer:
                 Path(self.link).unlink()
 
 
-def serve_until_sigterm(simulator: DeviceSimulator, link: str | None, announce: Callable[[str], None]) -> None:
+def serve_until_sigterm(
+    simulator: DeviceSimulator, link: str | None, announce: Callable[[str], None]
+) -> None:
     """``kioskfleet device simulate``: announce the port, serve until SIGTERM or SIGINT."""
     server = PtyServer(simulator, link)
 

@@ -70,6 +70,8 @@ class StateMessage(Envelope):
     telemetry_interval: Annotated[float, Field(gt=0, le=86400)] | None = None
     versions: Versions | None = None
     devices: dict[SlotName, DeviceStatus] = Field(default_factory=dict, max_length=32)
+    #: slots the station needs to serve; absent means every device it reports
+    required_devices: list[SlotName] | None = Field(default=None, max_length=32)
 
     @model_validator(mode="after")
     def _birth_is_complete(self) -> "StateMessage":
@@ -210,7 +212,9 @@ def _explain(err: ValidationError) -> ProtocolError:
             return ProtocolError("not_json", f"payload is not valid JSON: {item['msg']}")
     for item in errors:
         if item["loc"] == ("v",) and item["type"] == "literal_error":
-            return ProtocolError("version", f"unsupported protocol version (this side speaks v{PROTOCOL_VERSION})")
+            return ProtocolError(
+                "version", f"unsupported protocol version (this side speaks v{PROTOCOL_VERSION})"
+            )
     first = errors[0]
     where = ".".join(str(part) for part in first["loc"]) or "payload"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

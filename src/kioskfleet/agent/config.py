@@ -1,0 +1,120 @@
+"""Agent configuration (``kioskfleet agent --config FILE``, TOML)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kioskfleet.protocol.broker_url import BrokerUrl, parse_broker_url
+from kioskfleet.protocol.topics import is_valid_station_id
+
+
+class ConfigError(ValueError):
+    """The agent configuration is unusable; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One device slot: which driver on which port."""
+
+    slot: str
+    driver: str
+    port: str
+    baudrate: int | None = None
+    address: int | None = None
+    model: str | None = None
+    timeout: float = 0.5
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything a kiosk agent needs to know about itself."""
+
+    station: str
+    district: str
+    site: str
+    site_type: str
+    profile: str
+    broker: BrokerUrl
+    telemetry_interval: float = 10.0
+    state_dir: Path = Path("/var/lib/kioskfleet")
+    keepalive: int = 30
+    maintenance_window: str | None = None
+    update_root: Path | None = None
+    catalogue_version: str | None = None
+    devices: tuple[DeviceConfig, ...] = field(default_factory=tuple)
+    required_devices: tuple[str, ...] = ()
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    """Read and validate an agent TOML file.
+
+    Raises:
+        ConfigError: unreadable file, missing or wrong fields.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return agent_config_from_dict(data, source=str(path))
+
+
+def agent_config_from_dict(data: dict[str, Any], *, source: str = "config") -> AgentConfig:
+    """Validate a parsed configuration (see :func:`load_agent_config`)."""
+
+    def need(key: str, kind: type) -> Any:
+        if key not in data:
+            raise ConfigError(f"{source}: missing {key!r}")
+        value = data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind):
+            raise ConfigError(f"{source}: {key!r} must be a {kind.__name__}")
+        return value
+
+    station = need("station", str)
+    if not is_valid_station_id(station):
+        raise ConfigError(f"{source}: station id {station!r} must match [a-z0-9][a-z0-9-]{{2,63}}")
+    try:
+        broker = parse_broker_url(need("broker", str))
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from err
+    interval = float(data.get("telemetry_interval", 10.0))
+    if not 0.1 <= interval <= 86400:
+        raise ConfigError(f"{source}: telemetry_interval must be between 0.1 and 86400 s")
+    devices = []
+    for slot, spec in dict(data.get("devices", {})).items():
+        if not isinstance(spec, dict) or "driver" not in spec or "port" not in spec:
+            raise ConfigError(f"{source}: devices.{slot} needs driver and port")
+        devices.append(
+            DeviceConfig(
+                slot=slot,
+                driver=str(spec["driver"]),
+                port=str(spec["port"]),
+                baudrate=spec.get("baudrate"),
+                address=spec.get("address"),
+                model=spec.get("model"),
+                timeout=float(spec.get("timeout", 0.5)),
+                retries=int(spec.get("retries", 2)),
+            )
+        )
+    return AgentConfig(
+        station=station,
+        district=need("district", str),
+        site=need("site", str),
+        site_type=need("site_type", str),
+        profile=need("profile", str),
+        broker=broker,
+        telemetry_interval=interval,
+        state_dir=Path(data.get("state_dir", "/var/lib/kioskfleet")),
+        keepalive=int(data.get("keepalive", 30)),
+        maintenance_window=data.get("maintenance_window"),
+        update_root=Path(data["update_root"]) if "update_root" in data else None,
+        catalogue_version=data.get("catalogue_version"),
+        devices=tuple(devices),
+        required_devices=tuple(data.get("required_devices", ())),
+    )

@@ -1,0 +1,80 @@
+"""Device sources backed by real drivers: opened lazily, reopened after an unplug."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from kioskfleet.agent.config import DeviceConfig
+from kioskfleet.drivers.base import Driver
+from kioskfleet.drivers.exceptions import DeviceUnavailableError, DriverError
+from kioskfleet.drivers.registry import ProbeOptions, driver_module
+from kioskfleet.protocol.devices import DeviceKind, DeviceState, DeviceStatus
+
+log = logging.getLogger(__name__)
+
+_KIND_OF_SLOT: dict[str, DeviceKind] = {
+    "printer": "printer",
+    "cash_acceptor": "cash_acceptor",
+    "coin_acceptor": "coin_acceptor",
+    "id_reader": "id_reader",
+    "card_reader": "card_reader",
+}
+
+
+class DriverSource:
+    """A :class:`~kioskfleet.agent.devices.DeviceSource` over a real driver and port."""
+
+    blocking = True
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self.slot = config.slot
+        self.config = config
+        self._driver: Driver | None = None
+        self._lock = threading.Lock()
+        self._interval = 2.0
+
+    def read(self) -> DeviceStatus:
+        """Read the device, opening the port first if needed; never raises."""
+        with self._lock:
+            try:
+                if self._driver is None:
+                    self._driver = self._open()
+                status = self._driver.status()
+            except DriverError as err:
+                driver, self._driver = self._driver, None
+                if driver is not None:
+                    driver.close()
+                kind = _KIND_OF_SLOT.get(self.slot.rsplit("_", 1)[0]) or _KIND_OF_SLOT.get(
+                    self.slot, "printer"
+                )
+                state: DeviceState = (
+                    "no_device" if isinstance(err, DeviceUnavailableError) else "offline"
+                )
+                return DeviceStatus(
+                    device=kind,
+                    driver=self.config.driver,  # type: ignore[arg-type]
+                    state=state,
+                    faults=["offline"],
+                )
+            hint = getattr(self._driver, "poll_interval_hint", None)
+            self._interval = float(hint) if isinstance(hint, int | float) else 2.0
+            return status
+
+    def poll_interval(self) -> float:
+        """An enabled acceptor asks to be polled often; everything else every 2 s."""
+        return self._interval
+
+    def _open(self) -> Driver:
+        options = ProbeOptions(
+            baudrate=self.config.baudrate,
+            address=self.config.address,
+            timeout=self.config.timeout,
+            retries=self.config.retries,
+        )
+        try:
+            module = driver_module(self.config.driver)
+        except ValueError as err:
+            raise DeviceUnavailableError(str(err)) from err
+        driver: Driver = module.open_driver(self.config.port, options)
+        return driver

@@ -1,0 +1,60 @@
+"""``kioskfleet agent --config FILE``: one kiosk's agent until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
+from kioskfleet.agent.config import AgentConfig
+from kioskfleet.agent.devices import DeviceSource
+from kioskfleet.agent.drivers import DriverSource
+from kioskfleet.agent.host import HostSampler
+from kioskfleet.agent.outbox import OutboxStore
+
+log = logging.getLogger(__name__)
+
+
+def identity_of(config: AgentConfig) -> StationIdentity:
+    """The birth description a configuration implies."""
+    return StationIdentity(
+        station=config.station,
+        district=config.district,
+        site=config.site,
+        site_type=config.site_type,
+        profile=config.profile,
+        telemetry_interval=config.telemetry_interval,
+        catalogue_version=config.catalogue_version,
+        required_devices=config.required_devices,
+    )
+
+
+async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until ``stop`` is set (or SIGTERM/SIGINT), then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    store = OutboxStore(config.state_dir / "outbox.db", synchronous="FULL")
+    # a day of telemetry at the configured interval, plus room for events
+    bound = max(20_000, int(1.5 * 86400 / config.telemetry_interval))
+    sources: list[DeviceSource] = [DriverSource(device) for device in config.devices]
+    agent = StationAgent(
+        identity_of(config),
+        broker=config.broker,
+        outbox=store.outbox(config.station, max_messages=bound),
+        sources=sources,
+        host=HostSampler(disk_path=str(config.state_dir)),
+        tuning=AgentTuning(keepalive=config.keepalive),
+    )
+    agent.start()
+    log.info("agent %s started, broker %s", config.station, config.broker)
+    try:
+        await stop.wait()
+    finally:
+        await agent.stop()
+        store.close()
+        log.info("agent %s stopped", config.station)

@@ -1,0 +1,43 @@
+"""Stations: list with filters, one station in detail."""
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query
+
+from kioskfleet.controller import crud
+from kioskfleet.controller.api.deps import ConnDep
+
+router = APIRouter(prefix="/api/stations", tags=["stations"])
+
+StatusFilter = Literal["online", "degraded", "silent", "offline"]
+
+
+@router.get("")
+def list_stations(
+    conn: ConnDep,
+    district: str | None = None,
+    site: str | None = None,
+    site_type: str | None = None,
+    profile: str | None = None,
+    status: StatusFilter | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Stations, filtered by district, site, site type, profile or status; paged."""
+    filters = {
+        "district": district,
+        "site": site,
+        "site_type": site_type,
+        "profile": profile,
+        "status": status,
+    }
+    return crud.list_stations(conn, filters=filters, limit=limit, offset=offset)
+
+
+@router.get("/{station_id}")
+def get_station(conn: ConnDep, station_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+    """One station: its description, devices, recent status history and open alerts."""
+    station = crud.get_station(conn, station_id=station_id)
+    if station is None:
+        raise HTTPException(status_code=404, detail=f"no station {station_id!r}")
+    return station

@@ -1,0 +1,35 @@
+"""``create_app(settings)``: the FastAPI application, built on demand, never at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from kioskfleet import __version__
+from kioskfleet.controller.api.routes import fleet, health, pages, stations
+from kioskfleet.controller.config import Settings
+from kioskfleet.controller.service import Controller
+
+
+def create_app(settings: Settings, controller: Controller | None = None) -> FastAPI:
+    """Build the app. Without ``controller`` the app starts and stops its own."""
+    owned = controller is None
+    ctl = controller or Controller(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            ctl.start()
+        try:
+            yield
+        finally:
+            if owned:
+                ctl.stop()
+
+    app = FastAPI(title="kioskfleet controller", version=__version__, lifespan=lifespan)
+    app.state.controller = ctl
+    for module in (health, fleet, stations, pages):
+        app.include_router(module.router)
+    return app

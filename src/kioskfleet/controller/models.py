@@ -1,0 +1,136 @@
+"""Tables (SQLModel). Times are UTC Unix seconds (float): the same on SQLite and PostgreSQL.
+
+Every schema change ships as an Alembic migration in ``migrations/versions``; a deployment
+upgrades its database, it never recreates it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class StationBase(SQLModel):
+    """What a station says about itself."""
+
+    district: str | None = Field(default=None, index=True)
+    site: str | None = None
+    site_type: str | None = None
+    profile: str | None = None
+    agent_version: str | None = None
+    catalogue_version: str | None = None
+    telemetry_interval: float = 10.0
+
+
+class Station(StationBase, table=True):
+    """A station and its current picture (one row per station)."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    status: str = Field(default="online", index=True)
+    online: bool = True
+    degraded: bool = False
+    session: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    last_seen: float | None = None
+    last_telemetry_at: float | None = None
+    #: when the station turns silent unless telemetry arrives first
+    silent_deadline: float | None = None
+    status_since: float = 0.0
+    registered_at: float = 0.0
+    devices: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    required_devices: list[str] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class StationHistory(SQLModel, table=True):
+    """Every status change of every station."""
+
+    __tablename__ = "station_history"
+    __table_args__ = (Index("ix_station_history_station_at", "station", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    station: str = Field(max_length=64)
+    status: str
+    reason: str
+    session: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    at: float
+
+
+class Telemetry(SQLModel, table=True):
+    """One stored telemetry message."""
+
+    __table_args__ = (
+        UniqueConstraint("station", "session", "seq", name="uq_telemetry_key"),
+        Index("ix_telemetry_received", "received_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    station: str = Field(max_length=64)
+    session: int = Field(sa_column=Column(BigInteger, nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ts: float
+    received_at: float
+    host: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    devices: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    counters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class EventBatch(SQLModel, table=True):
+    """One stored events message (its list of events)."""
+
+    __tablename__ = "event_batch"
+    __table_args__ = (
+        UniqueConstraint("station", "session", "seq", name="uq_event_batch_key"),
+        Index("ix_event_batch_received", "received_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    station: str = Field(max_length=64)
+    session: int = Field(sa_column=Column(BigInteger, nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ts: float
+    received_at: float
+    events: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+
+
+class CommandReply(SQLModel, table=True):
+    """One stored command reply."""
+
+    __tablename__ = "command_reply"
+    __table_args__ = (UniqueConstraint("station", "session", "seq", name="uq_command_reply_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    station: str = Field(max_length=64)
+    session: int = Field(sa_column=Column(BigInteger, nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ts: float
+    received_at: float
+    command_id: str = Field(index=True)
+    status: str
+    result: Any = Field(default=None, sa_column=Column(JSON))
+    error: str | None = None
+
+
+class StationSession(SQLModel, table=True):
+    """What is stored of one station session: all seqs up to ``watermark``, plus ``above``.
+
+    This is the idempotency ledger: a redelivered message is recognised here even after
+    retention deleted its row.
+    """
+
+    __tablename__ = "station_session"
+
+    station: str = Field(primary_key=True, max_length=64)
+    session: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    watermark: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    above: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    updated_at: float = 0.0
+
+
+class Counter(SQLModel, table=True):
+    """Fleet-wide counts that must survive restarts (``ingested``, ``rejected``)."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))

@@ -1,0 +1,399 @@
+"""The ingest writer: turns a batch of validated messages into one database transaction.
+
+Single writer per controller: it keeps the stations' current picture and the seq ledgers in
+memory (loaded at start), so deduplication costs no query, and writes what changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from kioskfleet.controller.db import insert_ignore
+from kioskfleet.controller.fleet import is_degraded, silent_deadline, station_status
+from kioskfleet.controller.ledger import SeqLedger
+from kioskfleet.controller.models import (
+    CommandReply,
+    Counter,
+    EventBatch,
+    Station,
+    StationHistory,
+    StationSession,
+    Telemetry,
+)
+from kioskfleet.protocol.messages import (
+    AgentMessage,
+    EventsMessage,
+    Reply,
+    StateMessage,
+    TelemetryMessage,
+)
+
+log = logging.getLogger(__name__)
+
+_STATION = Station.__table__  # type: ignore[attr-defined]
+_HISTORY = StationHistory.__table__  # type: ignore[attr-defined]
+_SESSION = StationSession.__table__  # type: ignore[attr-defined]
+_COUNTER = Counter.__table__  # type: ignore[attr-defined]
+_TABLES = {
+    "telemetry": Telemetry.__table__,  # type: ignore[attr-defined]
+    "events": EventBatch.__table__,  # type: ignore[attr-defined]
+    "reply": CommandReply.__table__,  # type: ignore[attr-defined]
+}
+
+
+@dataclass
+class StationState:
+    """The writer's copy of one station row."""
+
+    id: str
+    status: str = "online"
+    online: bool = True
+    degraded: bool = False
+    session: int = 0
+    telemetry_interval: float = 10.0
+    last_seen: float | None = None
+    last_telemetry_at: float | None = None
+    silent_deadline: float | None = None
+    status_since: float = 0.0
+    registered_at: float = 0.0
+    devices: dict[str, Any] = field(default_factory=dict)
+    required_devices: list[str] | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """Column values for the station table."""
+        return {
+            "id": self.id,
+            "status": self.status,
+            "online": self.online,
+            "degraded": self.degraded,
+            "session": self.session,
+            "telemetry_interval": self.telemetry_interval,
+            "last_seen": self.last_seen,
+            "last_telemetry_at": self.last_telemetry_at,
+            "silent_deadline": self.silent_deadline,
+            "status_since": self.status_since,
+            "registered_at": self.registered_at,
+            "devices": self.devices,
+            "required_devices": self.required_devices,
+            **self.description,
+        }
+
+
+@dataclass
+class BatchOutcome:
+    """What a committed batch asks the MQTT side to do."""
+
+    #: (station, session) → watermark to confirm
+    acks: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: stations to ask for a birth
+    rebirth: set[str] = field(default_factory=set)
+    stored: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    #: status changes (station, old, new) for metrics and, later, alerts
+    changes: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class FleetStore:
+    """The single writer of fleet state and messages.
+
+    Args:
+        engine: the migrated database.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.stations: dict[str, StationState] = {}
+        self._ledgers: dict[tuple[str, int], SeqLedger] = {}
+        #: ledgers that already have a row (update, not insert)
+        self._persisted: set[tuple[str, int]] = set()
+        self._insert_ignore = {
+            kind: insert_ignore(engine, table) for kind, table in _TABLES.items()
+        }
+        self._load()
+
+    def _load(self) -> None:
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(_STATION)).mappings():
+                state = StationState(
+                    id=row["id"],
+                    status=row["status"],
+                    online=row["online"],
+                    degraded=row["degraded"],
+                    session=row["session"],
+                    telemetry_interval=row["telemetry_interval"],
+                    last_seen=row["last_seen"],
+                    last_telemetry_at=row["last_telemetry_at"],
+                    silent_deadline=row["silent_deadline"],
+                    status_since=row["status_since"],
+                    registered_at=row["registered_at"],
+                    devices=dict(row["devices"] or {}),
+                    required_devices=row["required_devices"],
+                    description={
+                        key: row[key]
+                        for key in (
+                            "district",
+                            "site",
+                            "site_type",
+                            "profile",
+                            "agent_version",
+                            "catalogue_version",
+                        )
+                    },
+                )
+                self.stations[state.id] = state
+
+    # -- the batch -----------------------------------------------------------------------------
+    def apply(
+        self, messages: list[tuple[str, AgentMessage]], now: float, rejected: int = 0
+    ) -> BatchOutcome:
+        """Store ``messages`` ((kind, message) in arrival order) in one transaction.
+
+        Returns what to confirm and whom to ask for a birth once the commit is done.
+        """
+        out = BatchOutcome()
+        touched: dict[str, StationState] = {}
+        new_stations: set[str] = set()
+        history: list[dict[str, Any]] = []
+        rows: dict[str, list[dict[str, Any]]] = {"telemetry": [], "events": [], "reply": []}
+        ledgers_touched: set[tuple[str, int]] = set()
+
+        def station_for(station_id: str, *, online: bool) -> StationState:
+            state = self.stations.get(station_id)
+            if state is None:
+                state = StationState(
+                    id=station_id,
+                    status="online" if online else "offline",
+                    online=online,
+                    registered_at=now,
+                    status_since=now,
+                    silent_deadline=silent_deadline(now, 10.0),
+                )
+                self.stations[station_id] = state
+                new_stations.add(station_id)
+                history.append(_hist(station_id, state.status, "registered", 0, now))
+                if online:
+                    out.rebirth.add(station_id)
+            touched[station_id] = state
+            return state
+
+        for kind, message in messages:
+            station = message.station
+            if isinstance(message, StateMessage):
+                self._apply_state(station_for, message, now, history, out)
+                continue
+            state = station_for(station, online=True)
+            state.last_seen = now
+            if message.session > state.session and not state.online:
+                # it connected again, but its birth did not reach us (yet): count it online
+                state.online = True
+                state.session = message.session
+                out.rebirth.add(station)
+            ledger = self._ledger(station, message.session)
+            ledgers_touched.add((station, message.session))
+            out.acks[(station, message.session)] = 0
+            for dropped in message.dropped:
+                ledger_d = self._ledger(station, dropped.session)
+                ledgers_touched.add((station, dropped.session))
+                ledger_d.add_range(dropped.from_seq, dropped.to_seq)
+                out.acks[(station, dropped.session)] = 0
+            if not ledger.add(message.seq):
+                out.duplicates += 1
+                continue
+            row: dict[str, Any] = {
+                "station": station,
+                "session": message.session,
+                "seq": message.seq,
+                "ts": message.ts,
+                "received_at": now,
+            }
+            if isinstance(message, TelemetryMessage):
+                row.update(
+                    host=message.host,
+                    devices={
+                        k: v.model_dump(exclude_none=True) for k, v in message.devices.items()
+                    },
+                    counters=message.counters,
+                )
+                state.last_telemetry_at = now
+                state.silent_deadline = silent_deadline(now, state.telemetry_interval)
+                if message.devices:
+                    state.devices = row["devices"]
+            elif isinstance(message, EventsMessage):
+                events = [e.model_dump(exclude_none=True) for e in message.events]
+                row["events"] = events
+                for event in message.events:
+                    if event.type == "device_status" and event.device and event.status:
+                        state.devices = {
+                            **state.devices,
+                            event.device: event.status.model_dump(
+                                exclude_none=True, exclude={"events"}
+                            ),
+                        }
+            elif isinstance(message, Reply):
+                row.update(
+                    command_id=message.id,
+                    status=message.status,
+                    result=message.result,
+                    error=message.error,
+                )
+            rows[kind].append(row)
+            out.stored[kind] = out.stored.get(kind, 0) + 1
+
+        for state in touched.values():
+            self._restatus(state, now, history, out, reason="message")
+        for key in out.acks:
+            out.acks[key] = self._ledgers[key].watermark
+
+        with self.engine.begin() as conn:
+            for station_id in new_stations:
+                conn.execute(insert(_STATION).values(touched[station_id].row()))
+            for station_id, state in touched.items():
+                if station_id not in new_stations:
+                    conn.execute(
+                        update(_STATION).where(_STATION.c.id == station_id).values(state.row())
+                    )
+            for kind, kind_rows in rows.items():
+                if kind_rows:
+                    conn.execute(self._insert_ignore[kind], kind_rows)
+            if history:
+                conn.execute(insert(_HISTORY), history)
+            self._save_ledgers(conn, ledgers_touched, now)
+            increments = {f"ingested_{k}": n for k, n in out.stored.items()}
+            if rejected:
+                increments["rejected"] = rejected
+            self._bump(conn, increments)
+        return out
+
+    def _apply_state(
+        self,
+        station_for: Any,
+        message: StateMessage,
+        now: float,
+        history: list[dict[str, Any]],
+        out: BatchOutcome,
+    ) -> None:
+        known = message.station in self.stations
+        state: StationState = station_for(message.station, online=message.online)
+        if known and message.session < state.session:
+            return  # a will (or birth) of an older session: the station has moved on
+        if (
+            known
+            and message.session == state.session
+            and message.online == state.online
+            and not message.online
+        ):
+            return  # the same death twice
+        state.session = message.session
+        state.online = message.online
+        state.last_seen = now
+        out.rebirth.discard(message.station)
+        if message.online:
+            state.telemetry_interval = float(message.telemetry_interval or 10.0)
+            state.silent_deadline = silent_deadline(now, state.telemetry_interval)
+            state.devices = {k: v.model_dump(exclude_none=True) for k, v in message.devices.items()}
+            state.required_devices = message.required_devices
+            state.description = {
+                "district": message.district,
+                "site": message.site,
+                "site_type": message.site_type,
+                "profile": message.profile,
+                "agent_version": message.versions.agent if message.versions else None,
+                "catalogue_version": message.versions.catalogue if message.versions else None,
+            }
+
+    def _restatus(
+        self,
+        state: StationState,
+        now: float,
+        history: list[dict[str, Any]],
+        out: BatchOutcome,
+        reason: str,
+    ) -> None:
+        state.degraded = is_degraded(state.devices, state.required_devices)
+        silent = state.silent_deadline is not None and now > state.silent_deadline
+        status = station_status(online=state.online, silent=silent, degraded=state.degraded)
+        if status != state.status:
+            out.changes.append((state.id, state.status, status))
+            history.append(_hist(state.id, status, reason, state.session, now))
+            state.status, state.status_since = status, now
+
+    def sweep(self, now: float) -> list[tuple[str, str, str]]:
+        """Turn stations silent whose telemetry stopped; returns the status changes."""
+        out = BatchOutcome()
+        history: list[dict[str, Any]] = []
+        for state in self.stations.values():
+            if (
+                state.online
+                and state.status != "silent"
+                and state.silent_deadline is not None
+                and now > state.silent_deadline
+            ):
+                self._restatus(state, now, history, out, reason="no_telemetry")
+        if out.changes:
+            with self.engine.begin() as conn:
+                for station_id, _, new in out.changes:
+                    state = self.stations[station_id]
+                    conn.execute(
+                        update(_STATION)
+                        .where(_STATION.c.id == station_id)
+                        .values(status=new, status_since=state.status_since)
+                    )
+                conn.execute(insert(_HISTORY), history)
+        return out.changes
+
+    # -- ledgers and counters ------------------------------------------------------------------
+    def _ledger(self, station: str, session: int) -> SeqLedger:
+        key = (station, session)
+        ledger = self._ledgers.get(key)
+        if ledger is None:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(_SESSION.c.watermark, _SESSION.c.above).where(
+                        _SESSION.c.station == station, _SESSION.c.session == session
+                    )
+                ).first()
+            ledger = SeqLedger() if row is None else SeqLedger(int(row[0]), set(row[1] or ()))
+            if row is not None:
+                self._persisted.add(key)
+            self._ledgers[key] = ledger
+        return ledger
+
+    def _save_ledgers(self, conn: Connection, keys: set[tuple[str, int]], now: float) -> None:
+        for station, session in keys:
+            ledger = self._ledgers[(station, session)]
+            values = {
+                "watermark": ledger.watermark,
+                "above": sorted(ledger.above),
+                "updated_at": now,
+            }
+            if (station, session) in self._persisted:
+                conn.execute(
+                    update(_SESSION)
+                    .where(_SESSION.c.station == station, _SESSION.c.session == session)
+                    .values(values)
+                )
+            else:
+                conn.execute(insert(_SESSION).values(station=station, session=session, **values))
+                self._persisted.add((station, session))
+
+    def _bump(self, conn: Connection, increments: dict[str, int]) -> None:
+        for name, n in increments.items():
+            done = conn.execute(
+                update(_COUNTER).where(_COUNTER.c.name == name).values(value=_COUNTER.c.value + n)
+            )
+            if done.rowcount == 0:
+                conn.execute(insert(_COUNTER).values(name=name, value=n))
+
+    def count_rejected(self, n: int) -> None:
+        """Persist rejected messages that came without anything to store."""
+        with self.engine.begin() as conn:
+            self._bump(conn, {"rejected": n})
+
+
+def _hist(station: str, status: str, reason: str, session: int, now: float) -> dict[str, Any]:
+    return {"station": station, "status": status, "reason": reason, "session": session, "at": now}

@@ -1,0 +1,190 @@
+"""``kioskfleet demo``: embedded broker, SQLite, controller and a simulated Wuxi fleet, in one
+process, with nothing installed but the package."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class EmbeddedBroker:
+    """amqtt (pure Python, MQTT 3.1.1) on its own thread and event loop."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="amqtt", daemon=True)
+        self._broker: Any = None
+
+    def start(self) -> None:
+        """Start listening on 127.0.0.1:``port``."""
+        self._thread.start()
+        self._ready.wait(20)
+        if self._error is not None:
+            raise RuntimeError(f"embedded broker failed: {self._error}") from self._error
+        if not self._ready.is_set():
+            raise RuntimeError("embedded broker did not start in 20 s")
+
+    def _run(self) -> None:
+        from amqtt.broker import Broker
+
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
+        asyncio.set_event_loop(self._loop)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+        try:
+            self._broker = Broker(config, loop=self._loop)
+            self._loop.run_until_complete(self._broker.start())
+        except BaseException as err:  # noqa: BLE001 - reported to start()
+            self._error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+
+    def stop(self) -> None:
+        """Shut the broker down."""
+        if self._broker is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+        with contextlib.suppress(Exception):
+            future.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+class ServedController:
+    """The controller and its HTTP API on a background thread."""
+
+    def __init__(self, settings: Any) -> None:
+        import uvicorn
+
+        from kioskfleet.controller.app import create_app
+        from kioskfleet.controller.service import Controller
+
+        self.controller = Controller(settings)
+        self.controller.start()
+        host, port = settings.host_port
+        app = create_app(settings, self.controller)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.controller.stop()
+                raise RuntimeError(f"the HTTP server could not listen on {host}:{port}")
+            time.sleep(0.05)
+
+    def summary(self) -> dict[str, Any]:
+        """The fleet summary, as the API serves it."""
+        from kioskfleet.controller import crud
+
+        with self.controller.engine.connect() as conn:
+            return crud.fleet_summary(conn)
+
+    def stop(self) -> None:
+        """Stop serving, then stop the controller."""
+        self.server.should_exit = True
+        self._thread.join(10)
+        self.controller.stop()
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="kioskfleet-demo-") as tmp:
+        yield Path(tmp)
+
+
+def run_demo(
+    *,
+    stations: int,
+    duration: float | None,
+    port: int,
+    broker_url: str | None,
+    db_url: str | None,
+    update_failure_rate: float,
+    fault_rate: float = 0.5,
+    telemetry_interval: float = 5.0,
+) -> dict[str, Any] | None:
+    """Run the demo; with ``duration`` return the final summary plus ``sent``."""
+    from kioskfleet.controller.config import Settings
+    from kioskfleet.fleetsim.fleet import FleetSpec, run_fleet, wuxi_fleet
+    from kioskfleet.protocol.broker_url import parse_broker_url
+
+    with _workdir() as work:
+        broker: EmbeddedBroker | None = None
+        if broker_url is None:
+            broker = EmbeddedBroker(free_port())
+            broker.start()
+            # amqtt speaks only 3.1.1: say so rather than have everyone try 5 first
+            broker_url = f"mqtt://127.0.0.1:{broker.port}?version=3.1.1"
+        settings = Settings(
+            db_url=db_url or f"sqlite:///{work / 'kioskfleet.db'}",
+            mqtt_url=broker_url,
+            listen=f"127.0.0.1:{port}",
+            client_id=f"kioskfleet-demo-{port}",
+        )
+        served = ServedController(settings)
+        log.warning("dashboard at http://127.0.0.1:%d/  (broker %s)", port, broker_url)
+        spec = FleetSpec(
+            stations=wuxi_fleet(stations, telemetry_interval=telemetry_interval),
+            broker=parse_broker_url(broker_url),
+            duration=duration,
+            fault_rate=fault_rate,
+            update_failure_rate=update_failure_rate,
+            state_dir=work / "stations",
+            keepalive=15,
+            ramp_seconds=min(5.0, stations / 20),
+        )
+        final: dict[str, Any] = {}
+
+        async def before_shutdown(fleet: Any) -> None:
+            # let the last confirmations and status changes land before reading the summary
+            await asyncio.sleep(settings.ack_interval + 0.5)
+            final.update(served.summary())
+
+        try:
+            result = asyncio.run(run_fleet(spec, before_shutdown=before_shutdown))
+        except KeyboardInterrupt:
+            result = None
+        finally:
+            served.stop()
+            if broker is not None:
+                broker.stop()
+        if duration is None or result is None:
+            return None
+        final["sent"] = result.sent
+        final["unconfirmed"] = result.unconfirmed
+        return final
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    """One JSON line on stdout."""
+    print(json.dumps(obj, separators=(",", ":")), flush=True)  # noqa: T201

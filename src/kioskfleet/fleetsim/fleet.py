@@ -1,0 +1,287 @@
+"""Wuxi's e-Station fleet, simulated: identities, devices and the run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import resource
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
+from kioskfleet.agent.devices import DeviceSource
+from kioskfleet.agent.host import HostSampler
+from kioskfleet.agent.outbox import OutboxStore
+from kioskfleet.fleetsim.devices import SimulatedDevice
+from kioskfleet.protocol.broker_url import BrokerUrl
+from kioskfleet.protocol.devices import DeviceKind
+
+log = logging.getLogger(__name__)
+
+#: Wuxi's 8 county-level cities and districts: (name, id slug)
+DISTRICTS: tuple[tuple[str, str], ...] = (
+    ("Liangxi", "liangxi"),
+    ("Xishan", "xishan"),
+    ("Huishan", "huishan"),
+    ("Binhu", "binhu"),
+    ("Xinwu", "xinwu"),
+    ("Jiangyin", "jiangyin"),
+    ("Yixing", "yixing"),
+    ("Economic Development Zone", "edz"),
+)
+#: site types: (name, id slug, station profile, kiosks per site)
+SITE_TYPES: tuple[tuple[str, str, str, int], ...] = (
+    ("government_service_center", "gov", "estation-gen2", 4),
+    ("township_service_center", "town", "estation-gen2", 2),
+    ("subway_station", "sub", "estation-gen2", 3),
+    ("bank_agent_branch", "bank", "bank-agent-gen1", 1),
+)
+_SITE_LABEL = {
+    "gov": "Government Affairs Service Center",
+    "town": "Township Service Center",
+    "sub": "Metro Station",
+    "bank": "Bank of Jiangsu Branch",
+}
+_METRO = (
+    "Sanyang Plaza",
+    "Shengli Gate",
+    "Nanchan Temple",
+    "Qingming Bridge",
+    "Taihu Square",
+    "Jiangnan University",
+    "Xishan Avenue",
+    "Huishan Ancient Town",
+    "Xinwu District",
+)
+PROFILE_DEVICES: dict[str, tuple[DeviceKind, ...]] = {
+    "estation-gen2": ("printer", "cash_acceptor", "coin_acceptor", "id_reader", "card_reader"),
+    "bank-agent-gen1": ("printer", "cash_acceptor", "id_reader", "card_reader"),
+}
+
+
+def wuxi_fleet(
+    count: int, *, seed: int = 1, id_prefix: str | None = None, telemetry_interval: float = 10.0
+) -> list[StationIdentity]:
+    """``count`` stations spread over the 8 districts and 4 site types, with stable ids.
+
+    Without ``id_prefix`` ids read like ``wx-binhu-sub-03``; with one, ``{prefix}-{n:04d}``
+    (CONTRACT §2 ``simulate``). The same seed gives the same fleet.
+    """
+    rng = random.Random(seed)
+    stations: list[StationIdentity] = []
+    per_slot: dict[tuple[str, str], int] = {}
+    for n in range(count):
+        district, d_slug = DISTRICTS[n % len(DISTRICTS)]
+        # spread site types unevenly, the way the real fleet is: many gov and subway kiosks
+        site_type, t_slug, profile, per_site = SITE_TYPES[
+            rng.choices(range(4), weights=(4, 2, 3, 1))[0]
+        ]
+        number = per_slot.get((d_slug, t_slug), 0) + 1
+        per_slot[(d_slug, t_slug)] = number
+        site_no = (number - 1) // per_site + 1
+        label = _SITE_LABEL[t_slug]
+        if t_slug == "sub":
+            site = f"{_METRO[(site_no + n) % len(_METRO)]} {label}"
+        else:
+            site = f"{district} {label} {site_no}"
+        station = f"{id_prefix}-{n + 1:04d}" if id_prefix else f"wx-{d_slug}-{t_slug}-{number:02d}"
+        stations.append(
+            StationIdentity(
+                station=station,
+                district=district,
+                site=site,
+                site_type=site_type,
+                profile=profile,
+                telemetry_interval=telemetry_interval,
+                catalogue_version="2026.11",
+            )
+        )
+    return stations
+
+
+def simulated_devices(
+    identity: StationIdentity, *, rng: random.Random, fault_rate: float, poll_every: float
+) -> list[SimulatedDevice]:
+    """The devices of a station's profile; ``fault_rate`` is faults per station-hour."""
+    kinds = PROFILE_DEVICES.get(identity.profile, PROFILE_DEVICES["estation-gen2"])
+    return [
+        SimulatedDevice(
+            kind,
+            kind,
+            serial=f"{identity.station}-{i}",
+            rng=rng,
+            faults_per_hour=fault_rate / len(kinds),
+            poll_every=poll_every,
+        )
+        for i, kind in enumerate(kinds)
+    ]
+
+
+@dataclass
+class FleetSpec:
+    """What to simulate (CONTRACT §2 ``kioskfleet simulate``)."""
+
+    stations: list[StationIdentity]
+    broker: BrokerUrl
+    seed: int = 1
+    duration: float | None = None
+    fault_rate: float = 0.0
+    update_failure_rate: float = 0.0
+    state_dir: Path | None = None
+    keepalive: int = 30
+    confirm_timeout: float = 60.0
+    #: connects spread over this many seconds, so the fleet does not stampede the broker
+    ramp_seconds: float | None = None
+    tuning: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FleetResult:
+    """The simulator's closing line."""
+
+    stations: int
+    sent: dict[str, int]
+    unconfirmed: int
+    connected: int
+    update_failures: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON object ``simulate`` prints."""
+        return {
+            "stations": self.stations,
+            "sent": self.sent,
+            "unconfirmed": self.unconfirmed,
+            "connected": self.connected,
+            "update_failures": len(self.update_failures),
+        }
+
+
+class Fleet:
+    """A running simulated fleet (one event loop)."""
+
+    def __init__(self, spec: FleetSpec) -> None:
+        self.spec = spec
+        _raise_fd_limit(len(spec.stations) + 256)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        state_dir = spec.state_dir
+        if state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="kioskfleet-sim-")
+            state_dir = Path(self._tmp.name)
+        # one file for every outbox: a simulator cannot afford a file per station
+        self.store = OutboxStore(state_dir / "outboxes.db", synchronous="NORMAL")
+        rng = random.Random(spec.seed)
+        failing = round(spec.update_failure_rate * len(spec.stations))
+        self.update_failures = (
+            sorted(s.station for s in rng.sample(spec.stations, failing)) if failing else []
+        )
+        host = HostSampler(disk_path=str(state_dir), min_interval=1.0)
+        self.agents: list[StationAgent] = []
+        for identity in spec.stations:
+            station_rng = random.Random(f"{spec.seed}/{identity.station}")
+            sources: list[DeviceSource] = list(
+                simulated_devices(
+                    identity,
+                    rng=station_rng,
+                    fault_rate=spec.fault_rate,
+                    poll_every=min(5.0, identity.telemetry_interval),
+                )
+            )
+            self.agents.append(
+                StationAgent(
+                    identity,
+                    broker=spec.broker,
+                    outbox=self.store.outbox(identity.station),
+                    sources=sources,
+                    host=host,
+                    tuning=AgentTuning(keepalive=spec.keepalive, **spec.tuning),
+                    rng=station_rng,
+                )
+            )
+
+    def start(self) -> None:
+        """Connect every station, spread over the ramp."""
+        ramp = self.spec.ramp_seconds
+        if ramp is None:
+            ramp = min(10.0, len(self.agents) / 200)
+        for i, agent in enumerate(self.agents):
+            agent.start(connect_delay=ramp * i / max(1, len(self.agents)))
+
+    def stop_producing(self) -> None:
+        """End of the run: no new telemetry; confirmations keep flowing."""
+        for agent in self.agents:
+            agent.stop_producing()
+
+    @property
+    def unconfirmed(self) -> int:
+        """Messages queued and not yet confirmed by the controller, over the fleet."""
+        return sum(agent.unconfirmed for agent in self.agents)
+
+    async def wait_confirmed(self, timeout: float) -> int:  # noqa: ASYNC109
+        """Wait until the controller confirmed everything (or ``timeout``); returns what is left."""
+        deadline = time.monotonic() + timeout
+        # polling: confirmations arrive on thousands of links, no single event to wait for
+        while self.unconfirmed and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        return self.unconfirmed
+
+    def result(self) -> FleetResult:
+        """Counts so far."""
+        sent = {"telemetry": 0, "events": 0}
+        for agent in self.agents:
+            sent["telemetry"] += agent.sent.telemetry
+            sent["events"] += agent.sent.events
+        return FleetResult(
+            stations=len(self.agents),
+            sent=sent,
+            unconfirmed=self.unconfirmed,
+            connected=sum(1 for a in self.agents if a.link.connected),
+            update_failures=self.update_failures,
+        )
+
+    async def stop(self) -> None:
+        """Shut every station down cleanly (offline state, DISCONNECT)."""
+        await asyncio.gather(*(agent.stop() for agent in self.agents), return_exceptions=True)
+        self.store.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+async def run_fleet(
+    spec: FleetSpec,
+    *,
+    stop: asyncio.Event | None = None,
+    before_shutdown: Callable[[Fleet], Awaitable[None]] | None = None,
+) -> FleetResult:
+    """Run the fleet for ``spec.duration`` seconds (or until ``stop``), then settle and stop.
+
+    At the end it stops producing, waits up to ``spec.confirm_timeout`` seconds for the
+    controller to confirm every queued message, calls ``before_shutdown`` and disconnects.
+    """
+    stop = stop or asyncio.Event()
+    fleet = Fleet(spec)
+    fleet.start()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), spec.duration)
+        fleet.stop_producing()
+        await fleet.wait_confirmed(spec.confirm_timeout)
+        result = fleet.result()
+        if before_shutdown is not None:
+            await before_shutdown(fleet)
+    finally:
+        await fleet.stop()
+    return result
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        target = hard if hard == resource.RLIM_INFINITY else min(hard, max(wanted, soft))
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
