@@ -39,6 +39,20 @@ log = logging.getLogger(__name__)
 
 CashEvent = dict[str, Any]
 
+
+def _port_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import termios
+    except ImportError:  # not POSIX: pyserial raises only SerialException (an OSError)
+        return (OSError,)
+    # pyserial lets termios.error (not an OSError) escape from tcflush on a vanished pty
+    return (OSError, termios.error)
+
+
+#: what a port raises when it is gone: caught at the driver boundary, re-raised as
+#: DeviceUnavailableError
+PORT_ERRORS: Final = _port_errors()
+
 CURRENCY: Final = "CNY"
 #: an enabled acceptor must be polled well inside a second (Azkoyen-style acceptors stop
 #: accepting after ~1 s without a poll; SSP rejects an escrowed note after 10 s)
@@ -323,6 +337,14 @@ class CashAcceptor(Driver):
     def info(self) -> DeviceInfo:
         """The identity read last, or an empty one before :meth:`identify`."""
         return self._info or DeviceInfo()
+
+    def _resync(self) -> None:
+        try:
+            self.transport.reset_input_buffer()
+        except DriverError:
+            raise  # DeviceTimeoutError is an OSError too: keep it as it is
+        except PORT_ERRORS as err:
+            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
 
     # -- what protocols write --------------------------------------------------------------
     @abstractmethod

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from kioskfleet.drivers.base import DriverOptions, Transport
 from kioskfleet.drivers.cash import (
+    PORT_ERRORS,
     CashAcceptor,
     CashChannel,
     CashEvent,
@@ -36,6 +37,8 @@ from kioskfleet.drivers.cctalk.frames import (
 from kioskfleet.drivers.exceptions import (
     DeviceOperationError,
     DeviceTimeoutError,
+    DeviceUnavailableError,
+    DriverError,
     FrameError,
 )
 from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceStatus
@@ -102,9 +105,14 @@ class CcTalkDevice(CashAcceptor):
         request = encode(
             Frame(dest=self.address, src=HOST, header=header, data=data), crc16_mode=self.crc16
         )
-        self.transport.reset_input_buffer()
-        self.transport.write(request)
-        reply = self._read_reply(request)
+        try:
+            self.transport.reset_input_buffer()
+            self.transport.write(request)
+            reply = self._read_reply(request)
+        except DriverError:
+            raise  # DeviceTimeoutError is an OSError too: keep it as it is
+        except PORT_ERRORS as err:
+            raise DeviceUnavailableError(f"cctalk: port failed: {err}") from err
         if reply.header == Header.NAK:
             raise DeviceOperationError(f"cctalk: device {self.address} NAKed header {header}")
         if reply.header == Header.BUSY:

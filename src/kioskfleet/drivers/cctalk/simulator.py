@@ -65,6 +65,7 @@ class CcTalkSimulator(DeviceSimulator):
         "events_lost": "seven events at once when next enabled: the host must report loss",
         "counter_wrap": "event counter at 254, so the next events wrap 255 → 1",
         "device_reset": "the device resets: counter 0, master inhibit, all inhibits off",
+        "line_noise": "garbage bytes on the line before the next reply",
         "bus_echo": "wire option: the bus echoes the host's bytes",
         "crc16": "wire option: 16-bit CRC frames instead of the simple checksum",
     }
@@ -96,6 +97,8 @@ class CcTalkSimulator(DeviceSimulator):
         self.note_path_open = False
         self.hardware_fault = False
         self.fraud_active = False
+        #: bytes the line adds in front of the next reply (noise, a half frame)
+        self.noise = b""
         #: every frame the simulator understood, for tests that assert on the wire
         self.received: list[Frame] = []
         self._lock = threading.RLock()
@@ -254,6 +257,7 @@ class CcTalkSimulator(DeviceSimulator):
                 "events_lost": lambda: self.queue_insert(*([1] * 7)),
                 "counter_wrap": lambda: setattr(self, "counter", 254),
                 "device_reset": self.power_cycle,
+                "line_noise": lambda: setattr(self, "noise", b"\xaa\x01\x07\x55"),
                 "bus_echo": lambda: setattr(self, "echo", True),
                 "crc16": lambda: setattr(self, "crc16", True),
             }
@@ -280,7 +284,8 @@ class CcTalkSimulator(DeviceSimulator):
                 self.received.append(frame)
                 reply = self._answer(frame)
                 if reply is not None:
-                    out += encode(reply, crc16_mode=self.crc16)
+                    out += self.noise + encode(reply, crc16_mode=self.crc16)
+                    self.noise = b""
             return bytes(out)
 
     def _reply(self, data: bytes = b"", header: int = Header.REPLY) -> Frame:

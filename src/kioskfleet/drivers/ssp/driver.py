@@ -19,6 +19,7 @@ from typing import ClassVar, Final, TypeVar
 
 from kioskfleet.drivers.base import DriverOptions, Transport
 from kioskfleet.drivers.cash import (
+    PORT_ERRORS,
     CashAcceptor,
     CashChannel,
     CashEvent,
@@ -109,7 +110,12 @@ class SspValidator(CashAcceptor):
         """
         if not self._synced and code != Command.SYNC:
             self.sync()
-        reply = self._exchange(bytes([code]) + params)
+        try:
+            reply = self._exchange(bytes([code]) + params)
+        except DriverError:
+            raise  # DeviceTimeoutError is an OSError too: keep it as it is
+        except PORT_ERRORS as err:
+            raise DeviceUnavailableError(f"ssp: port failed: {err}") from err
         if reply[0] != codes.OK:
             meaning = codes.GENERIC_RESPONSES.get(reply[0], f"0x{reply[0]:02X}")
             raise DeviceOperationError(f"ssp: command 0x{code:02X} answered {meaning}")
@@ -119,7 +125,12 @@ class SspValidator(CashAcceptor):
         """Start a session: SYNC with sequence bit 1, so the next command uses 0."""
         self._seq = True
         self._synced = False
-        reply = self._exchange(bytes([Command.SYNC]))
+        try:
+            reply = self._exchange(bytes([Command.SYNC]))
+        except DriverError:
+            raise  # DeviceTimeoutError is an OSError too: keep it as it is
+        except PORT_ERRORS as err:
+            raise DeviceUnavailableError(f"ssp: port failed: {err}") from err
         if reply[0] != codes.OK:
             raise DeviceOperationError(f"ssp: SYNC answered 0x{reply[0]:02X}")
         self._synced = True
@@ -178,7 +189,9 @@ class SspValidator(CashAcceptor):
         # whole operations on top would multiply the time an absent validator costs
         try:
             return operation()
-        except OSError as err:
+        except DriverError:
+            raise  # DeviceTimeoutError is an OSError too: keep it as it is
+        except PORT_ERRORS as err:
             raise DeviceUnavailableError(f"ssp: port failed: {err}") from err
 
     # -- identity --------------------------------------------------------------------------

@@ -44,6 +44,8 @@ class SspSimulator(DeviceSimulator):
         "fraud": "a fraud attempt in progress (0xE6 while it lasts)",
         "note_path_open": "the note path is open (0xE0 while it lasts)",
         "no_answer": "the validator stops answering",
+        "line_noise": "garbage bytes on the line before the next reply",
+        "lost_reply": "the next reply is lost on the wire (the host must resend the same packet)",
         "device_reset": "the validator resets (0xF1, disabled, session lost)",
     }
 
@@ -59,6 +61,9 @@ class SspSimulator(DeviceSimulator):
         self.cashbox = "ok"  # ok | full | missing
         self.note_path_open = False
         self.fraud_active = False
+        #: bytes the line adds in front of the next reply
+        self.noise = b""
+        self.lose_replies = 0
         #: every command the validator executed (not the cached repeats), for tests
         self.executed: list[int] = []
         #: how many times a repeated sequence bit was answered from the cache
@@ -151,6 +156,8 @@ class SspSimulator(DeviceSimulator):
             "fraud": lambda: setattr(self, "fraud_active", True),
             "note_path_open": lambda: setattr(self, "note_path_open", True),
             "no_answer": lambda: setattr(self, "no_answer", True),
+            "line_noise": lambda: setattr(self, "noise", b"\x00\x7f\x80\x05\xf0\x12"),
+            "lost_reply": lambda: setattr(self, "lose_replies", 1),
             "device_reset": self.power_cycle,
         }
         with self._lock:
@@ -195,7 +202,12 @@ class SspSimulator(DeviceSimulator):
                 del self._rx[:end]
                 if packet.address != self.address or self.no_answer:
                     continue
-                out += self._handle(packet)
+                reply = self._handle(packet)
+                if self.lose_replies:
+                    self.lose_replies -= 1  # executed, but the host never hears the answer
+                    continue
+                out += self.noise + reply
+                self.noise = b""
             return bytes(out)
 
     def _handle(self, packet: Packet) -> bytes:
