@@ -1,8 +1,8 @@
 """A simulated SAM_V ID card reader, with an obviously fake citizen's card.
 
 Fault switches: ``sim.card`` (``None`` or an :class:`IdCard`), ``sim.sam_fault``,
-``sim.read_error``, ``sim.silent``; ``sim.truncate_next()`` and ``sim.noise_next(b"...")`` damage
-the next reply once, for the driver's resync paths.
+``sim.read_error``, ``sim.bad_record``, ``sim.silent``; ``sim.truncate_next()`` and
+``sim.noise_next(b"...")`` damage the next reply once, for the driver's resync paths.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Ga467Simulator(DeviceSimulator):
         "card_present": "the fake citizen's card lies on the reader",
         "sam_fault": "SAM_V self-test failed (SW3 0x60 to everything)",
         "read_error": "a card is there but reading it fails (SW3 0x41)",
+        "bad_record": "a card whose text record holds an impossible birth date",
         "no_answer": "the reader does not answer at all",
     }
 
@@ -47,6 +48,8 @@ class Ga467Simulator(DeviceSimulator):
         self.card = card
         self.sam_fault = False
         self.read_error = False
+        #: the card's record is read fine but does not decode (a damaged or forged card)
+        self.bad_record = False
         self.silent = False
         self._buffer = bytearray()
         self._truncate = False
@@ -83,6 +86,9 @@ class Ga467Simulator(DeviceSimulator):
         elif name == "read_error":
             self.present()
             self.read_error = True
+        elif name == "bad_record":
+            self.present()
+            self.bad_record = True
         elif name == "no_answer":
             self.silent = True
         else:
@@ -137,7 +143,11 @@ class Ga467Simulator(DeviceSimulator):
         if key == frames.READ_TEXT_PHOTO:
             if self.card is None or self.read_error:
                 return frames.encode_response(frames.SW_READ_FAILED)
-            return frames.encode_response(frames.SW_OK, frames.encode_read_reply(self.card))
+            data = bytearray(frames.encode_read_reply(self.card))
+            if self.bad_record:
+                # birth date (text offset 36) with month 13; 4 bytes of lengths come first
+                data[40:56] = "19001399".encode("utf-16-le")
+            return frames.encode_response(frames.SW_OK, bytes(data))
         if key == frames.READ_NEW_ADDRESS:
             return frames.encode_response(frames.SW_NO_CONTENT)
         return frames.encode_response(frames.SW_COMMAND_ERROR)
