@@ -218,7 +218,7 @@ class Ingest:
             threading.Thread(target=self._fall_back, daemon=True).start()
             return
         self._connack = False
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stop.is_set():
             log.warning("lost the broker: %s", reason)
         self.connected.clear()
         self.last_error = f"disconnected from the broker: {reason}"

@@ -1,0 +1,163 @@
+"""Shared fixtures: a private Mosquitto from deploy/, databases, a served controller, fleets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+PG_ADMIN_URL = os.environ.get("KIOSKFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20.0, every: float = 0.1) -> None:
+    """Poll ``check`` until it holds (condition polling, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if found is None:
+        pytest.fail("mosquitto is not installed: run `make test`, which installs it")
+    return found
+
+
+class Mosquitto:
+    """A private Mosquitto run from the product's own deploy/mosquitto/mosquitto.conf."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        (workdir / "data").mkdir(parents=True, exist_ok=True)
+        conf = DEPLOY_CONF.read_text()
+        conf = conf.replace("listener 1883 127.0.0.1", f"listener {self.port} 127.0.0.1")
+        conf = conf.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {workdir / 'data'}/")
+        assert f"listener {self.port}" in conf and str(workdir) in conf
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(conf)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> Mosquitto:
+        log = (self.workdir / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=log)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A fresh broker per test: no retained state leaks from one test into the next."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    yield broker
+    broker.stop()
+
+
+def _pg_reachable() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except Exception as err:  # noqa: BLE001
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {err}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    reason = _pg_reachable()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"kf_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'controller.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+class LoopThread:
+    """An asyncio loop on a thread, for running a simulated fleet beside blocking test code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn: Callable[[], T], timeout: float = 30) -> T:
+        async def wrapper() -> T:
+            return fn()
+
+        return self.run(wrapper(), timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()

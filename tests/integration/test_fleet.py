@@ -1,0 +1,107 @@
+"""Controller + simulated stations on a real Mosquitto and a real database (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from kioskfleet.fleetsim.fleet import DISTRICTS, SITE_TYPES
+from tests.conftest import LoopThread, Mosquitto, wait_until
+from tests.integration.fleet_helpers import make_fleet, served_controller, station_status
+
+pytestmark = [pytest.mark.mosquitto]
+
+
+def test_twenty_stations_online_then_offline_by_will_and_by_goodbye(
+    mosquitto: Mosquitto, db_url: str, loop_thread: LoopThread
+) -> None:
+    with served_controller(db_url, mosquitto.url) as (served, api):
+        fleet = make_fleet(loop_thread, mosquitto.url, 20, interval=1.0)
+        ids = [a.station for a in fleet.agents]
+        try:
+            wait_until(lambda: api.get("/api/stations", params={"limit": 1000}).json()["total"] >= 20)
+            wait_until(
+                lambda: sum(
+                    1 for s in api.get("/api/stations", params={"limit": 1000}).json()["items"]
+                    if s["id"] in ids and s["status"] == "online"
+                ) == 20
+            )
+            items = [s for s in api.get("/api/stations", params={"limit": 1000}).json()["items"] if s["id"] in ids]
+            assert {s["district"] for s in items} == {name for name, _ in DISTRICTS}
+            assert {s["site_type"] for s in items} <= {t for t, *_ in SITE_TYPES}
+            assert all(s["versions"]["agent"] and s["last_seen"].endswith("Z") for s in items)
+            summary = api.get("/api/fleet/summary").json()
+            assert summary["stations"] == 20 and summary["online"] == 20
+            assert sum(d["stations"] for d in summary["districts"].values()) == 20
+
+            # a dropped connection (no DISCONNECT): the broker publishes the will
+            dropped = fleet.agents[0]
+            loop_thread.call(dropped.link.abort)
+            wait_until(lambda: station_status(api, dropped.station) == "offline", timeout=10)
+
+            # a clean shutdown says goodbye itself and disconnects (no will)
+            leaving = fleet.agents[1]
+            loop_thread.run(leaving.stop())
+            wait_until(lambda: station_status(api, leaving.station) == "offline", timeout=10)
+            detail = api.get(f"/api/stations/{leaving.station}").json()
+            assert detail["history"][0]["status"] == "offline"
+            assert set(detail["devices"]) >= {"printer", "id_reader", "card_reader", "cash_acceptor"}
+
+            # the others are untouched
+            assert station_status(api, fleet.agents[2].station) == "online"
+            summary = api.get("/api/fleet/summary").json()
+            assert (summary["online"], summary["offline"]) == (18, 2)
+        finally:
+            loop_thread.run(fleet.stop())
+
+
+def test_stale_will_of_an_older_session_is_ignored(
+    mosquitto: Mosquitto, tmp_path, loop_thread: LoopThread
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'c.db'}"
+    with served_controller(db_url, mosquitto.url) as (served, api):
+        fleet = make_fleet(loop_thread, mosquitto.url, 1, interval=1.0)
+        agent = fleet.agents[0]
+        try:
+            wait_until(lambda: station_status(api, agent.station) == "online")
+            current = api.get(f"/api/stations/{agent.station}").json()["session"]
+            # what a broker delivers when a half-open connection of an older session finally
+            # times out after the station reconnected: that session's will
+            stale = {"v": 1, "station": agent.station, "session": current - 1, "seq": 0,
+                     "ts": time.time(), "online": False}
+            pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="stale-will-test")
+            pub.connect("127.0.0.1", mosquitto.port)
+            pub.loop_start()
+            pub.publish(f"fleet/v1/{agent.station}/state", json.dumps(stale), qos=1).wait_for_publish(5)
+            # the same will of the current session does count: proves the message got through
+            time.sleep(1.0)
+            assert station_status(api, agent.station) == "online"
+            history = api.get(f"/api/stations/{agent.station}").json()["history"]
+            assert all(h["status"] != "offline" for h in history)
+            pub.loop_stop()
+            pub.disconnect()
+        finally:
+            loop_thread.run(fleet.stop())
+
+
+def test_every_sent_message_is_stored_once(
+    mosquitto: Mosquitto, db_url: str, loop_thread: LoopThread
+) -> None:
+    with served_controller(db_url, mosquitto.url) as (served, api):
+        fleet = make_fleet(loop_thread, mosquitto.url, 20, interval=0.5, fault_rate=3600.0)
+        try:
+            time.sleep(5)
+            loop_thread.call(fleet.stop_producing)
+            left = loop_thread.run(fleet.wait_confirmed(30), timeout=40)
+            assert left == 0
+            result = fleet.result()
+            assert result.sent["telemetry"] > 100 and result.sent["events"] > 0
+            summary = api.get("/api/fleet/summary").json()
+            assert summary["ingested"] == result.sent
+            assert summary["rejected"] == 0
+        finally:
+            loop_thread.run(fleet.stop())
