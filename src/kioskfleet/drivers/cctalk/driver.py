@@ -268,10 +268,25 @@ class CcTalkDevice(CashAcceptor):
     def _meaning(self, a: int, b: int) -> codes.EventEffects:
         """What one buffered result pair means for this kind of device."""
 
+    def _check_still_enabled(self) -> None:
+        """A reset before any event leaves the counter at 0, so the buffer cannot show it;
+        the master inhibit status can. Re-enable what the host asked for."""
+        try:
+            master = self.transact(Header.MASTER_INHIBIT_STATUS)
+        except DeviceOperationError:
+            return  # optional header
+        if master and not master[0] & 1:
+            log.warning(
+                "cctalk %d: found master-inhibited while enabled; re-enabling", self.address
+            )
+            self._enable(self._enabled_channels, self._escrow_mode)
+
     # -- status ----------------------------------------------------------------------------
     def _read_status(self) -> DeviceStatus:
         data = self.transact(Header.SELF_CHECK)
         code = data[0] if data else codes.FAULT_OK
+        if self._enabled:
+            self._check_still_enabled()
         codes.apply_self_check(self.conditions, code)
         return build_status(
             kind=self.kind,

@@ -55,6 +55,8 @@ class SspSimulator(DeviceSimulator):
         self.serial = 10203040
         self.firmware = "NV02004141498000"
         self.dataset = "CNY01001"
+        #: newest host protocol version this firmware accepts (older firmware: lower)
+        self.max_protocol = MAX_PROTOCOL
         # fault switches
         self.no_answer = False
         self.jammed: bool | None = None  # None: no jam; True: safe jam
@@ -263,7 +265,7 @@ class SspSimulator(DeviceSimulator):
     def _cmd_protocol(self, params: bytes) -> bytes:
         if len(params) != 1:
             return bytes([0xF3])
-        if not 1 <= params[0] <= MAX_PROTOCOL:
+        if not 1 <= params[0] <= self.max_protocol:
             return bytes([codes.FAIL])
         self.protocol = params[0]
         return bytes([codes.OK])
