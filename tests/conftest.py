@@ -50,7 +50,9 @@ def wait_until(check: Callable[[], bool], timeout: float = 20.0, every: float = 
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if found is None:
         pytest.fail("mosquitto is not installed: run `make test`, which installs it")
     return found
@@ -65,7 +67,9 @@ class Mosquitto:
         (workdir / "data").mkdir(parents=True, exist_ok=True)
         conf = DEPLOY_CONF.read_text()
         conf = conf.replace("listener 1883 127.0.0.1", f"listener {self.port} 127.0.0.1")
-        conf = conf.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {workdir / 'data'}/")
+        conf = conf.replace(
+            "persistence_location /var/lib/mosquitto/", f"persistence_location {workdir / 'data'}/"
+        )
         assert f"listener {self.port}" in conf and str(workdir) in conf
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(conf)
@@ -77,7 +81,9 @@ class Mosquitto:
 
     def start(self) -> Mosquitto:
         log = (self.workdir / "mosquitto.log").open("ab")
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=log
+        )
         wait_port(self.port)
         return self
 
@@ -106,7 +112,7 @@ def _pg_reachable() -> str | None:
 
         with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
             return None
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {err}"
 
 

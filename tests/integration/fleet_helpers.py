@@ -18,7 +18,9 @@ from tests.conftest import LoopThread, free_port
 
 
 @contextmanager
-def served_controller(db_url: str, mqtt_url: str, **overrides: Any) -> Iterator[tuple[ServedController, httpx.Client]]:
+def served_controller(
+    db_url: str, mqtt_url: str, **overrides: Any
+) -> Iterator[tuple[ServedController, httpx.Client]]:
     settings = Settings(
         db_url=db_url,
         mqtt_url=mqtt_url,
@@ -38,7 +40,13 @@ def served_controller(db_url: str, mqtt_url: str, **overrides: Any) -> Iterator[
 
 
 def make_fleet(
-    lt: LoopThread, mqtt_url: str, count: int, *, interval: float = 1.0, keepalive: int = 5, **spec: Any
+    lt: LoopThread,
+    mqtt_url: str,
+    count: int,
+    *,
+    interval: float = 1.0,
+    keepalive: int = 5,
+    **spec: Any,
 ) -> Fleet:
     prefix = f"t{uuid.uuid4().hex[:6]}"
     stations = wuxi_fleet(count, id_prefix=prefix, telemetry_interval=interval)

@@ -23,14 +23,24 @@ def test_twenty_stations_online_then_offline_by_will_and_by_goodbye(
         fleet = make_fleet(loop_thread, mosquitto.url, 20, interval=1.0)
         ids = [a.station for a in fleet.agents]
         try:
-            wait_until(lambda: api.get("/api/stations", params={"limit": 1000}).json()["total"] >= 20)
             wait_until(
-                lambda: sum(
-                    1 for s in api.get("/api/stations", params={"limit": 1000}).json()["items"]
-                    if s["id"] in ids and s["status"] == "online"
-                ) == 20
+                lambda: api.get("/api/stations", params={"limit": 1000}).json()["total"] >= 20
             )
-            items = [s for s in api.get("/api/stations", params={"limit": 1000}).json()["items"] if s["id"] in ids]
+            wait_until(
+                lambda: (
+                    sum(
+                        1
+                        for s in api.get("/api/stations", params={"limit": 1000}).json()["items"]
+                        if s["id"] in ids and s["status"] == "online"
+                    )
+                    == 20
+                )
+            )
+            items = [
+                s
+                for s in api.get("/api/stations", params={"limit": 1000}).json()["items"]
+                if s["id"] in ids
+            ]
             assert {s["district"] for s in items} == {name for name, _ in DISTRICTS}
             assert {s["site_type"] for s in items} <= {t for t, *_ in SITE_TYPES}
             assert all(s["versions"]["agent"] and s["last_seen"].endswith("Z") for s in items)
@@ -49,7 +59,12 @@ def test_twenty_stations_online_then_offline_by_will_and_by_goodbye(
             wait_until(lambda: station_status(api, leaving.station) == "offline", timeout=10)
             detail = api.get(f"/api/stations/{leaving.station}").json()
             assert detail["history"][0]["status"] == "offline"
-            assert set(detail["devices"]) >= {"printer", "id_reader", "card_reader", "cash_acceptor"}
+            assert set(detail["devices"]) >= {
+                "printer",
+                "id_reader",
+                "card_reader",
+                "cash_acceptor",
+            }
 
             # the others are untouched
             assert station_status(api, fleet.agents[2].station) == "online"
@@ -71,12 +86,20 @@ def test_stale_will_of_an_older_session_is_ignored(
             current = api.get(f"/api/stations/{agent.station}").json()["session"]
             # what a broker delivers when a half-open connection of an older session finally
             # times out after the station reconnected: that session's will
-            stale = {"v": 1, "station": agent.station, "session": current - 1, "seq": 0,
-                     "ts": time.time(), "online": False}
+            stale = {
+                "v": 1,
+                "station": agent.station,
+                "session": current - 1,
+                "seq": 0,
+                "ts": time.time(),
+                "online": False,
+            }
             pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="stale-will-test")
             pub.connect("127.0.0.1", mosquitto.port)
             pub.loop_start()
-            pub.publish(f"fleet/v1/{agent.station}/state", json.dumps(stale), qos=1).wait_for_publish(5)
+            pub.publish(
+                f"fleet/v1/{agent.station}/state", json.dumps(stale), qos=1
+            ).wait_for_publish(5)
             # the same will of the current session does count: proves the message got through
             time.sleep(1.0)
             assert station_status(api, agent.station) == "online"

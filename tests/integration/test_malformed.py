@@ -61,7 +61,9 @@ def test_garbage_on_every_topic_is_rejected_counted_and_harmless(
             assert api.get(f"/api/stations/{victim}").status_code == 404
             # ingestion goes on: telemetry keeps arriving from the real stations
             before = summary["ingested"]["telemetry"]
-            wait_until(lambda: api.get("/api/fleet/summary").json()["ingested"]["telemetry"] > before + 3)
+            wait_until(
+                lambda: api.get("/api/fleet/summary").json()["ingested"]["telemetry"] > before + 3
+            )
             metrics = api.get("/metrics").text
             for reason in ("not_json", "schema", "version", "station_mismatch", "too_large"):
                 assert f'kioskfleet_rejected_messages_total{{reason="{reason}"}}' in metrics
@@ -71,12 +73,15 @@ def test_garbage_on_every_topic_is_rejected_counted_and_harmless(
             loop_thread.run(fleet.stop())
 
 
-def test_random_payloads_never_stop_ingestion(mosquitto: Mosquitto, tmp_path: Any, loop_thread: LoopThread) -> None:
+def test_random_payloads_never_stop_ingestion(
+    mosquitto: Mosquitto, tmp_path: Any, loop_thread: LoopThread
+) -> None:
     with served_controller(f"sqlite:///{tmp_path / 'c.db'}", mosquitto.url) as (_, api):
         fleet = make_fleet(loop_thread, mosquitto.url, 2, interval=0.5)
         pub = _publisher(mosquitto.port)
         sent: list[int] = []
         try:
+
             @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
             @given(kind=st.sampled_from(KINDS), payload=st.binary(max_size=200))
             def blast(kind: str, payload: bytes) -> None:
@@ -86,7 +91,9 @@ def test_random_payloads_never_stop_ingestion(mosquitto: Mosquitto, tmp_path: An
             blast()
             wait_until(lambda: api.get("/api/fleet/summary").json()["rejected"] == len(sent))
             before = api.get("/api/fleet/summary").json()["ingested"]["telemetry"]
-            wait_until(lambda: api.get("/api/fleet/summary").json()["ingested"]["telemetry"] > before + 2)
+            wait_until(
+                lambda: api.get("/api/fleet/summary").json()["ingested"]["telemetry"] > before + 2
+            )
             assert api.get("/healthz").json() == {"status": "ok"}
         finally:
             pub.loop_stop()
