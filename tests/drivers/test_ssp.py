@@ -344,3 +344,14 @@ def test_probe_port_that_cannot_open_is_no_device() -> None:
     status, answered = probe_json("/dev/kioskfleet-no-such-port")
     assert not answered
     assert status["state"] == "no_device"
+
+
+def test_events_kept_for_poll_are_bounded_and_loss_declared() -> None:
+    sim, driver, _ = validator()
+    for _ in range(300):
+        sim.replace_cashbox()  # one event each time
+        driver.status()  # status polls, keeps the events for poll()
+    events = driver.poll()
+    assert len(events) == 256
+    assert events[0] == {"type": "events_lost", "count": 45}
+    assert events[1:] == [{"type": "cashbox_replaced"}] * 255

@@ -59,6 +59,8 @@ CURRENCY: Final = "CNY"
 ENABLED_POLL_INTERVAL: Final = 0.2
 #: an inhibited acceptor only needs polling to notice faults and cashbox changes
 IDLE_POLL_INTERVAL: Final = 2.0
+#: events kept for poll() when only status() is called; older ones are dropped and declared
+MAX_PENDING_EVENTS: Final = 256
 #: a fraud attempt is a one-off event on the wire; we keep the station flagged this long
 FRAUD_HOLD_S: Final = 60.0
 
@@ -300,6 +302,18 @@ class CashAcceptor(Driver):
         out = self._pending + events
         self._pending = []
         return out
+
+    def _stash(self, events: list[CashEvent]) -> None:
+        """Keep events for the next :meth:`poll`, bounded: a caller that never polls must not
+        make the driver grow without end; what is dropped is declared as ``events_lost``."""
+        self._pending.extend(events)
+        if len(self._pending) > MAX_PENDING_EVENTS:
+            carried = 0
+            if self._pending[0]["type"] == "events_lost":
+                carried = int(self._pending.pop(0).get("count", 0))
+            drop = len(self._pending) - (MAX_PENDING_EVENTS - 1)
+            del self._pending[:drop]
+            self._pending.insert(0, events_lost_event(carried + drop))
 
     def accept_escrow(self) -> None:
         """Stack the note held in escrow (its credit comes from the next :meth:`poll`).

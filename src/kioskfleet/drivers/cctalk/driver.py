@@ -58,9 +58,8 @@ class CcTalkDevice(CashAcceptor):
 
     Args:
         transport: an open port (9600 8N1).
-        options: timeouts/retries; quirks ``crc16`` (bool), ``echo`` (bool, default: detect),
-            ``inter_byte_timeout`` (s), ``scaling_factor`` ([scale, decimals], bills),
-            ``poll_interval`` (s).
+        options: timeouts/retries; quirks ``crc16`` (bool), ``inter_byte_timeout`` (s),
+            ``scaling_factor`` ([scale, decimals], bills), ``poll_interval`` (s).
         address: the device's ccTalk address (default by kind: 40 bills, 2 coins).
         crc16: use 16-bit CRC frames instead of the simple checksum (overrides the quirk).
     """

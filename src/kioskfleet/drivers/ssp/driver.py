@@ -234,7 +234,7 @@ class SspValidator(CashAcceptor):
     @property
     def channels(self) -> dict[int, CashChannel]:
         """Channel → value in fen, from SETUP REQUEST (read by :meth:`identify`)."""
-        if not self._channels:
+        if self.protocol is None:
             self.identify()
         return dict(self._channels)
 
@@ -254,7 +254,7 @@ class SspValidator(CashAcceptor):
     def _route_escrow(self, *, accept: bool) -> None:
         if accept:
             # a POLL instead of HOLD lets the validator stack the note
-            self._pending.extend(self._apply(codes.parse_events(self.command(Command.POLL))))
+            self._stash(self._apply(codes.parse_events(self.command(Command.POLL))))
         else:
             self.command(Command.REJECT)
 
@@ -350,7 +350,7 @@ class SspValidator(CashAcceptor):
     def _read_status(self) -> DeviceStatus:
         # SSP has no status command: conditions come with the poll. Events it brings are
         # kept for the next poll(), never dropped here.
-        self._pending.extend(self._poll())
+        self._stash(self._poll())
         return build_status(
             kind=self.kind,
             driver=self.name,
