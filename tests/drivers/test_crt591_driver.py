@@ -241,8 +241,8 @@ def test_probe_no_device() -> None:
 
 
 def test_probe_watch_reports_insertion_and_removal(server: PtyServer, sim: Crt591Simulator) -> None:
-    threading.Timer(0.15, sim.set_fault, args=("card_at_gate",)).start()
-    threading.Timer(0.55, sim.take_card).start()
-    status, answered = _probe_json(server.port, ProbeOptions(timeout=0.2, watch=0.9))
+    threading.Timer(0.1, sim.set_fault, args=("card_at_gate",)).start()
+    threading.Timer(0.6, sim.take_card).start()
+    status, answered = _probe_json(server.port, ProbeOptions(timeout=0.2, watch=1.2))
     assert answered
     assert status["events"] == [{"type": "card_inserted"}, {"type": "card_removed"}]

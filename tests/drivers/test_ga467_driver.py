@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kioskfleet.drivers.base import DriverOptions
-from kioskfleet.drivers.cards import IdCard, mask_id_number, mask_name
+from kioskfleet.drivers.cards import IdCard, mask_id_number, mask_name, watch_media
 from kioskfleet.drivers.exceptions import DriverError
 from kioskfleet.drivers.ga467 import (
     FAKE_CITIZEN,
@@ -217,15 +217,44 @@ def test_probe_no_device() -> None:
 def test_probe_watch_reports_a_card_laid_down_and_taken(
     server: PtyServer, sim: Ga467Simulator
 ) -> None:
-    threading.Timer(0.15, sim.present).start()
-    threading.Timer(0.55, sim.remove).start()
-    status, answered = _probe_json(server.port, ProbeOptions(timeout=0.2, watch=0.9))
+    threading.Timer(0.1, sim.present).start()
+    threading.Timer(0.6, sim.remove).start()
+    status, answered = _probe_json(server.port, ProbeOptions(timeout=0.2, watch=1.2))
     assert answered
     assert status["events"] == [
         {"type": "card_inserted"},
         {"type": "id_card_read", "holder": "测***"},
         {"type": "card_removed"},
     ]
+
+
+def test_watch_media_with_an_injected_clock(
+    memory: tuple[Ga467Driver, SimulatorTransport], sim: Ga467Simulator
+) -> None:
+    driver, _ = memory
+    now = [0.0]
+    script = {1: sim.present, 3: sim.remove, 4: lambda: sim.set_fault("read_error")}
+    polls = [0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        polls[0] += 1
+        script.get(polls[0], lambda: None)()
+
+    def on_present() -> list[dict[str, object]]:
+        card = driver.read_card()
+        return [] if card is None else [{"type": "id_card_read", "holder": mask_name(card.name)}]
+
+    status, events = watch_media(
+        driver.status, 1.0, on_present, interval=0.2, clock=lambda: now[0], sleep=sleep
+    )
+    assert events == [
+        {"type": "card_inserted"},
+        {"type": "id_card_read", "holder": "测***"},
+        {"type": "card_removed"},
+        {"type": "card_inserted"},
+    ]
+    assert status.faults == ["read_error"]  # the unreadable card: no read event, a fault
 
 
 # -- privacy -----------------------------------------------------------------------------------

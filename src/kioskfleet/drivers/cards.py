@@ -10,6 +10,7 @@ reachable only through its attributes, for the local caller that needs it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from abc import abstractmethod
 from collections.abc import Callable
@@ -267,6 +268,24 @@ class MotorCardReader(CardReader):
         """
 
 
+def read_present_card(
+    read_status: Callable[[], DeviceStatus],
+    status: DeviceStatus,
+    on_present: Callable[[], list[dict[str, Any]]] | None,
+) -> tuple[DeviceStatus, list[dict[str, Any]]]:
+    """Run ``on_present`` for a card that just showed up.
+
+    When it fails with :class:`DeviceOperationError` (an unreadable card) it reports nothing
+    and the status is read again, so that it shows the fault the failure left.
+    """
+    if on_present is None:
+        return status, []
+    try:
+        return status, on_present()
+    except DeviceOperationError:
+        return read_status(), []
+
+
 def watch_media(
     read_status: Callable[[], DeviceStatus],
     seconds: float,
@@ -279,7 +298,8 @@ def watch_media(
     """``device probe --watch S`` for a card reader: poll status, report card movements.
 
     Emits ``card_inserted`` / ``card_removed`` when ``media`` changes, and whatever
-    ``on_present`` returns when a card arrives (e.g. an ``id_card_read`` event, masked).
+    ``on_present`` returns when a card arrives (e.g. an ``id_card_read`` event, masked; see
+    :func:`read_present_card` for a failing one).
 
     Returns:
         The last status read and the events, in order.
@@ -287,20 +307,22 @@ def watch_media(
     events: list[dict[str, Any]] = []
     status = read_status()
     previous = status.media
-    if previous == "present" and on_present is not None:
-        events += on_present()
+    if previous == "present":
+        status, found = read_present_card(read_status, status, on_present)
+        events += found
     deadline = clock() + seconds
     while clock() < deadline:
         sleep(interval)
         status = read_status()
-        if status.media != previous:
-            if status.media == "present":
-                events.append({"type": "card_inserted"})
-                if on_present is not None:
-                    events += on_present()
-            elif previous == "present":
-                events.append({"type": "card_removed"})
-            previous = status.media
+        if status.media == previous:
+            continue
+        if status.media == "present":
+            events.append({"type": "card_inserted"})
+            status, found = read_present_card(read_status, status, on_present)
+            events += found
+        elif previous == "present":
+            events.append({"type": "card_removed"})
+        previous = status.media
     return status, events
 
 
@@ -351,24 +373,13 @@ def probe_card_reader(
     info: DeviceInfo | None = None
     try:
         info = reader.identify()
-
-        def present_events() -> list[dict[str, Any]]:
-            if on_present is None:
-                return []
-            try:
-                return on_present(reader)
-            except DeviceOperationError:
-                return []
-
+        present = None if on_present is None else functools.partial(on_present, reader)
         if options.watch:
-            status, events = watch_media(reader.status, options.watch, present_events)
+            status, events = watch_media(reader.status, options.watch, present)
         else:
-            status = reader.status()
-            events = []
-            if status.media == "present" and on_present is not None:
-                events = present_events()
-                if not events:  # the read failed: show the fault it left
-                    status = reader.status()
+            status, events = reader.status(), []
+            if status.media == "present":
+                status, events = read_present_card(reader.status, status, present)
         status = status.model_copy(update={"info": info, "events": events})
         return ProbeResult(status=status, answered=True)
     except DeviceOperationError:
