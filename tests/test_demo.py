@@ -16,7 +16,18 @@ pytestmark = [pytest.mark.slow]
 def test_demo_runs_by_itself_and_prints_its_summary() -> None:
     port = free_port()
     run = subprocess.run(
-        [sys.executable, "-m", "kioskfleet.cli", "demo", "--stations", "30", "--duration", "40", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "kioskfleet.cli",
+            "demo",
+            "--stations",
+            "30",
+            "--duration",
+            "40",
+            "--port",
+            str(port),
+        ],
         capture_output=True,
         text=True,
         timeout=180,
@@ -29,7 +40,14 @@ def test_demo_runs_by_itself_and_prints_its_summary() -> None:
     assert summary["stations"] == 30
     assert summary["online"] + summary["degraded"] == 30
     assert set(summary["districts"]) == {
-        "Liangxi", "Xishan", "Huishan", "Binhu", "Xinwu", "Jiangyin", "Yixing", "Economic Development Zone",
+        "Liangxi",
+        "Xishan",
+        "Huishan",
+        "Binhu",
+        "Xinwu",
+        "Jiangyin",
+        "Yixing",
+        "Economic Development Zone",
     }
     # every message the stations sent was stored, once
     assert summary["sent"] == summary["ingested"]

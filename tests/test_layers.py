@@ -28,7 +28,11 @@ def _imports(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-    return {name.split(".")[1] for name in found if name.startswith("kioskfleet.") and name.count(".") >= 1}
+    return {
+        name.split(".")[1]
+        for name in found
+        if name.startswith("kioskfleet.") and name.count(".") >= 1
+    }
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))

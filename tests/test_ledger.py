@@ -19,7 +19,11 @@ def test_each_seq_is_new_exactly_once(seqs: list[int]) -> None:
     assert ledger.above == {s for s in set(seqs) if s > contiguous}
 
 
-@given(st.lists(st.integers(min_value=1, max_value=40), max_size=40), st.integers(1, 40), st.integers(0, 20))
+@given(
+    st.lists(st.integers(min_value=1, max_value=40), max_size=40),
+    st.integers(1, 40),
+    st.integers(0, 20),
+)
 def test_declared_ranges_count_once(seqs: list[int], first: int, length: int) -> None:
     ledger = SeqLedger()
     for s in seqs:

@@ -10,7 +10,9 @@ from kioskfleet.agent.outbox import DroppedRange, OutboxStore
 
 
 def _build(session: int, seq: int, dropped: list[DroppedRange]) -> bytes:
-    return json.dumps({"session": session, "seq": seq, "dropped": [dataclasses.asdict(d) for d in dropped]}).encode()
+    return json.dumps(
+        {"session": session, "seq": seq, "dropped": [dataclasses.asdict(d) for d in dropped]}
+    ).encode()
 
 
 def test_session_grows_and_never_repeats_even_when_state_is_lost(tmp_path: Path) -> None:
@@ -37,7 +39,11 @@ def test_seq_is_stamped_at_queueing_and_survives_restart(tmp_path: Path) -> None
     store.close()
     store = OutboxStore(tmp_path / "o.db")
     box = store.outbox("s-001")
-    assert [(e.seq, e.kind) for e in box.entries()] == [(1, "telemetry"), (2, "events"), (3, "reply")]
+    assert [(e.seq, e.kind) for e in box.entries()] == [
+        (1, "telemetry"),
+        (2, "events"),
+        (3, "reply"),
+    ]
     assert json.loads(box.payload(entries[1]) or b"")["seq"] == 2
     # a new session restarts seq at 1; the backlog keeps its old session and seq
     new = box.new_session(now_ms=20)
