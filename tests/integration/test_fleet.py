@@ -128,3 +128,39 @@ def test_every_sent_message_is_stored_once(
             assert summary["rejected"] == 0
         finally:
             loop_thread.run(fleet.stop())
+
+
+def test_unknown_station_is_registered_and_asked_for_a_birth(
+    mosquitto: Mosquitto, tmp_path
+) -> None:
+    with served_controller(f"sqlite:///{tmp_path / 'c.db'}", mosquitto.url) as (_, api):
+        wait_until(lambda: api.get("/healthz").status_code == 200)
+        station = "wx-stranger-01"
+        commands: list[tuple[str, dict]] = []
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=station)
+        client.on_message = lambda c, u, m: commands.append((m.topic, json.loads(m.payload)))
+        client.connect("127.0.0.1", mosquitto.port)
+        client.subscribe(f"fleet/v1/{station}/cmd/#", qos=1)
+        client.loop_start()
+        try:
+            time.sleep(0.3)
+            telemetry = {"v": 1, "station": station, "session": 42, "seq": 1, "ts": time.time()}
+            client.publish(f"fleet/v1/{station}/telemetry", json.dumps(telemetry), qos=1)
+            wait_until(lambda: station_status(api, station) == "online")
+            wait_until(lambda: any(t.endswith("/cmd/rebirth") for t, _ in commands))
+            rebirth = next(p for t, p in commands if t.endswith("/cmd/rebirth"))
+            assert rebirth["id"] and rebirth["expires_at"] > time.time()
+            assert api.get("/api/fleet/summary").json()["ingested"]["telemetry"] == 1
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+
+def test_healthz_says_why_when_the_broker_is_unreachable(tmp_path) -> None:
+    from tests.conftest import free_port
+
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    with served_controller(f"sqlite:///{tmp_path / 'c.db'}", dead) as (_, api):
+        response = api.get("/healthz")
+        assert response.status_code == 503
+        assert "broker" in response.json()["reason"]
