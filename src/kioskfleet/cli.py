@@ -42,8 +42,8 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
+def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
+    """The whole command line (``fault_help``: list simulator faults, which imports drivers)."""
     parser = argparse.ArgumentParser(prog="kioskfleet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kioskfleet {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -84,7 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--address", type=int)
     probe.add_argument("--profile", help="firmware profile whose quirks apply")
     probe.add_argument("--watch", type=_seconds, help="keep polling for S seconds")
-    dsim = dsub.add_parser("simulate", help="run a device simulator on a pseudo-terminal")
+    dsim = dsub.add_parser(
+        "simulate",
+        help="run a device simulator on a pseudo-terminal",
+        description="Runs the device's simulator on a pty: prints the port path on the first line "
+        "and serves until SIGTERM.",
+        epilog=_fault_table() if fault_help else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     dsim.add_argument("driver", choices=["escpos", "cctalk", "ssp", "ga467", "crt591"])
     dsim.add_argument("--kind", choices=["bill", "coin"])
     dsim.add_argument("--link", help="make PATH a symlink to the pty")
@@ -92,9 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fault_table() -> str:
+    """``device simulate --help``: every driver's fault switches."""
+    from kioskfleet.drivers.registry import driver_module
+
+    lines = ["fault names (--fault NAME):"]
+    for name, kinds in (
+        ("escpos", [None]),
+        ("cctalk", ["bill", "coin"]),
+        ("ssp", [None]),
+        ("ga467", [None]),
+        ("crt591", [None]),
+    ):
+        for kind in kinds:
+            try:
+                faults = driver_module(name).make_simulator(kind).FAULTS
+            except (ImportError, AttributeError, ValueError, TypeError) as err:
+                lines.append(f"  {name}: unavailable ({err})")
+                continue
+            label = f"{name} --kind {kind}" if kind else name
+            lines.append(f"  {label}:")
+            lines += [f"    {fault:<22} {text}" for fault, text in sorted(faults.items())]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(fault_help="device" in words and "simulate" in words).parse_args(words)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"

@@ -8,6 +8,7 @@ exceptions into :mod:`kioskfleet.drivers.exceptions` (python-can ``recv``/``_rec
 from __future__ import annotations
 
 import logging
+import termios
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -142,7 +143,7 @@ class Driver(ABC):
         """Drop whatever is left in the input buffer before a retry."""
         try:
             self.transport.reset_input_buffer()
-        except OSError as err:
+        except (OSError, termios.error) as err:  # a vanished pty raises termios.error
             raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
 
     def _read_exact(self, size: int, deadline: float) -> bytes:
