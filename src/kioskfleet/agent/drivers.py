@@ -7,6 +7,7 @@ import threading
 
 from kioskfleet.agent.config import DeviceConfig
 from kioskfleet.drivers.base import Driver
+from kioskfleet.drivers.cash import CashAcceptor
 from kioskfleet.drivers.exceptions import DeviceUnavailableError, DriverError
 from kioskfleet.drivers.registry import ProbeOptions, driver_module
 from kioskfleet.protocol.devices import DeviceKind, DeviceState, DeviceStatus
@@ -40,11 +41,16 @@ class DriverSource:
             try:
                 if self._driver is None:
                     self._driver = self._open()
-                status = self._driver.status()
+                driver = self._driver
+                events = driver.poll() if isinstance(driver, CashAcceptor) else []
+                status = driver.status()
+                if events:
+                    # device events travel once, in an events message (CONTRACT §5)
+                    status = status.model_copy(update={"events": status.events + events})
             except DriverError as err:
-                driver, self._driver = self._driver, None
-                if driver is not None:
-                    driver.close()
+                broken, self._driver = self._driver, None
+                if broken is not None:
+                    broken.close()
                 kind = _KIND_OF_SLOT.get(self.slot.rsplit("_", 1)[0]) or _KIND_OF_SLOT.get(
                     self.slot, "printer"
                 )

@@ -50,6 +50,8 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         host=HostSampler(disk_path=str(config.state_dir)),
         tuning=AgentTuning(keepalive=config.keepalive),
     )
+    # read every device once first, so the birth describes them all
+    await agent.coordinator.refresh()
     agent.start()
     log.info("agent %s started, broker %s", config.station, config.broker)
     try:

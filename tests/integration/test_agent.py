@@ -1,0 +1,90 @@
+"""The real agent (`run_agent`) with a real driver on a pty, publishing to a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from kioskfleet.agent.config import agent_config_from_dict
+from kioskfleet.agent.service import run_agent
+from kioskfleet.drivers.registry import driver_module
+from kioskfleet.drivers.simulator import PtyServer
+from kioskfleet.protocol import decode_agent_message
+from tests.conftest import Mosquitto
+
+pytestmark = [pytest.mark.mosquitto]
+
+STATION = "wx-binhu-sub-03"
+
+
+def test_agent_reports_birth_telemetry_device_changes_and_goodbye(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    printer = driver_module("escpos").make_simulator(None)
+    server = PtyServer(printer).start()
+    config = agent_config_from_dict(
+        {
+            "station": STATION,
+            "district": "Binhu",
+            "site": "Taihu Square Metro Station",
+            "site_type": "subway_station",
+            "profile": "estation-gen2",
+            "broker": mosquitto.url,
+            "telemetry_interval": 0.5,
+            "state_dir": str(tmp_path),
+            "devices": {"printer": {"driver": "escpos", "port": server.port}},
+        }
+    )
+    seen: list[tuple[str, dict[str, Any]]] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: seen.append((m.topic, json.loads(m.payload)))
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe(f"fleet/v1/{STATION}/#", qos=1)
+    watcher.loop_start()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_agent(config, stop))
+        await asyncio.sleep(2.0)
+        printer.set_fault("paper_out")
+        await asyncio.sleep(3.0)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+    time.sleep(0.5)
+    watcher.loop_stop()
+    watcher.disconnect()
+
+    # every payload the agent sent is valid under the contract
+    for topic, payload in seen:
+        kind = topic.rsplit("/", 1)[1]
+        decode_agent_message(kind, STATION, json.dumps(payload).encode())
+    states = [p for t, p in seen if t.endswith("/state")]
+    birth, goodbye = states[0], states[-1]
+    assert birth["online"] is True and goodbye["online"] is False
+    assert birth["session"] == goodbye["session"] and birth["seq"] == 0
+    assert birth["devices"]["printer"]["state"] == "online"
+    assert birth["devices"]["printer"]["driver"] == "escpos"
+    sequenced = [p for t, p in seen if t.endswith(("/telemetry", "/events"))]
+    assert [p["seq"] for p in sequenced] == list(range(1, len(sequenced) + 1))
+    telemetry = [p for t, p in seen if t.endswith("/telemetry")]
+    assert {"cpu_percent", "memory_percent", "disk_percent", "uptime_s"} <= set(
+        telemetry[0]["host"]
+    )
+    assert telemetry[-1]["devices"]["printer"]["state"] == "user_error"
+    assert "paper_out" in telemetry[-1]["devices"]["printer"]["faults"]
+    changes = [e for t, p in seen if t.endswith("/events") for e in p["events"]]
+    assert any(
+        e["type"] == "device_status" and "paper_out" in e["status"]["faults"] for e in changes
+    )
