@@ -13,9 +13,10 @@ and behaves like a real printer in the ways a driver can notice:
 Fault switches: ``sim.paper`` (``"full"``, ``"low"``, ``"out"``), ``sim.cover_open``,
 ``sim.cutter_error`` (or ``sim.jam_next_cut()``), ``sim.paper_jam`` (DLE EOT 3 bit 2, the SNBC
 anti-jam module), ``sim.unrecoverable``, ``sim.recoverable`` (head too hot),
-``sim.silent`` (no answer), ``sim.xoff_noise``, ``sim.asb_mask``, ``sim.paper_lines_left``
-(paper runs out after that many lines). What was printed is recorded in ``sim.receipts``
-(cut receipts), ``sim.current`` (printed but not cut yet) and ``sim.cuts``.
+``sim.silent`` (no answer), ``sim.xoff_noise``, ``sim.xoff_stuck`` (XOFF, never XON),
+``sim.asb_mask``, ``sim.paper_lines_left`` (paper runs out after that many lines). What was
+printed is recorded in ``sim.receipts`` (cut receipts), ``sim.current`` (printed but not cut
+yet) and ``sim.cuts``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class EscPosSimulator(DeviceSimulator):
         "recoverable": "an auto-recoverable error, head too hot (DLE EOT 3 bit 6)",
         "no_answer": "the printer does not answer at all (powered off)",
         "xoff_noise": "XOFF/XON around every reply and after print data",
+        "xoff_stuck": "receive buffer full: XOFF after print data, never XON",
         "asb": "Automatic Status Back enabled at power-up (GS a 15)",
         "no_identity": "no GS I strings (model, firmware, serial unknown)",
     }
@@ -87,6 +89,7 @@ class EscPosSimulator(DeviceSimulator):
         self.recoverable = False
         self.silent = False
         self.xoff_noise = False
+        self.xoff_stuck = False
         self.asb_mask = 0
         #: lines of paper left before the roll runs out (None: plenty)
         self.paper_lines_left: int | None = None
@@ -125,6 +128,8 @@ class EscPosSimulator(DeviceSimulator):
             self.silent = True
         elif name == "xoff_noise":
             self.xoff_noise = True
+        elif name == "xoff_stuck":
+            self.xoff_stuck = True
         elif name == "asb":
             self.asb_mask = 0x0F
         elif name == "no_identity":
@@ -193,7 +198,9 @@ class EscPosSimulator(DeviceSimulator):
                 else:
                     out += self._execute(command)
                     printed = printed or command.name in ("text", "lf", "gs_k")
-            if self.xoff_noise and printed:
+            if self.xoff_stuck and printed:
+                out += bytes([frames.XOFF])
+            elif self.xoff_noise and printed:
                 out += bytes([frames.XOFF, frames.XON])  # "buffer nearly full", then free again
             out += self._asb_if_changed()
             return bytes(out)

@@ -1,0 +1,244 @@
+"""Firmware profiles: every shipped file loads; broken files give errors naming file and field."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kioskfleet.firmware_profiles import (
+    ROOT,
+    ProfileError,
+    list_profiles,
+    load_model_profile,
+    load_station_profile,
+)
+from kioskfleet.protocol.devices import DEVICE_KINDS, DRIVERS
+
+GOOD_MODEL = """\
+driver = "escpos"
+device = "printer"
+baudrate = 9600
+"""
+
+
+def write(root: Path, kind: str, name: str, text: str) -> Path:
+    path = root / kind / f"{name}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+# -- what ships ------------------------------------------------------------------------------------
+def test_the_expected_profiles_ship() -> None:
+    assert set(list_profiles("model")) >= {
+        "snbc-btt080",
+        "epson-tm-t82",
+        "itl-nv200",
+        "cctalk-bv-echo",
+        "cctalk-coin",
+        "ga467-115200",
+        "crt591",
+    }
+    assert set(list_profiles("station")) >= {"estation-gen2", "bank-agent-gen1"}
+
+
+@pytest.mark.parametrize("name", list_profiles("model"))
+def test_every_model_profile_loads(name: str) -> None:
+    profile = load_model_profile(name)
+    assert profile.name == name
+    assert profile.driver in DRIVERS
+    assert profile.device in DEVICE_KINDS
+    assert profile.source.endswith(f"models/{name}.toml")
+    options = profile.as_options()
+    assert options["driver"] == profile.driver
+    assert isinstance(options["quirks"], dict)
+
+
+@pytest.mark.parametrize("name", list_profiles("station"))
+def test_every_station_profile_loads(name: str) -> None:
+    station = load_station_profile(name)
+    assert station.name == name
+    assert station.needs
+    for slot in station.slots:
+        assert slot.slot.startswith(slot.profile.device)
+        assert slot.port
+
+
+def test_snbc_printer_profile() -> None:
+    profile = load_model_profile("snbc-btt080")
+    assert (profile.driver, profile.device, profile.baudrate) == ("escpos", "printer", 115200)
+    assert profile.quirks["dle_eot3_bit2"] == "paper_jam"
+    with pytest.raises(TypeError):
+        profile.quirks["dle_eot3_bit2"] = "x"  # type: ignore[index]
+
+
+def test_cctalk_profiles_carry_their_address_into_the_quirks() -> None:
+    bills = load_model_profile("cctalk-bv-echo")
+    assert (bills.address, bills.quirks["echo"]) == (40, True)
+    assert bills.as_options()["quirks"]["address"] == 40
+    assert load_model_profile("cctalk-coin").as_options()["quirks"]["address"] == 2
+    assert load_model_profile("ga467-115200").baudrate == 115200
+
+
+def test_station_slots_and_needs() -> None:
+    gen2 = load_station_profile("estation-gen2")
+    assert [s.slot for s in gen2.slots] == [
+        "printer",
+        "cash_acceptor",
+        "coin_acceptor",
+        "id_reader",
+        "card_reader",
+    ]
+    assert gen2.slot("printer").profile.name == "snbc-btt080"
+    assert "coin_acceptor" not in gen2.needs
+    assert set(gen2.needs) == {"printer", "cash_acceptor", "id_reader", "card_reader"}
+    bank = load_station_profile("bank-agent-gen1")
+    assert {s.slot for s in bank.slots} == {"printer", "id_reader", "card_reader", "cash_acceptor"}
+    with pytest.raises(KeyError):
+        bank.slot("coin_acceptor")
+
+
+def test_a_copy_of_the_shipped_tree_loads_from_another_root(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "models", tmp_path / "models")
+    shutil.copytree(ROOT / "stations", tmp_path / "stations")
+    assert load_station_profile("estation-gen2", root=tmp_path).slot("printer").profile.source == (
+        str(tmp_path / "models" / "snbc-btt080.toml")
+    )
+
+
+# -- broken files ----------------------------------------------------------------------------------
+BROKEN_MODELS = [
+    ("not toml", "driver = \n", "not valid TOML"),
+    ("no driver", 'device = "printer"\n', "driver: missing"),
+    ("unknown driver", 'driver = "zpl"\ndevice = "printer"\n', "driver: unknown driver 'zpl'"),
+    ("unknown device", 'driver = "escpos"\ndevice = "scanner"\n', "device: unknown device"),
+    ("wrong device", 'driver = "escpos"\ndevice = "id_reader"\n', "drives printer, not"),
+    ("typo field", GOOD_MODEL + "baudrte = 9600\n", "baudrte: unknown field"),
+    ("odd baudrate", 'driver = "escpos"\ndevice = "printer"\nbaudrate = 9601\n', "baudrate"),
+    ("string baudrate", 'driver = "escpos"\ndevice = "printer"\nbaudrate = "9600"\n', "baudrate"),
+    ("address range", GOOD_MODEL + "address = 300\n", "address: must be from 0 to 255"),
+    ("timeout zero", GOOD_MODEL + "timeout = 0\n", "timeout: must be from"),
+    ("retries bool", GOOD_MODEL + "retries = true\n", "retries: must be a whole number"),
+    ("name mismatch", GOOD_MODEL + 'name = "other"\n', "name: 'other' does not match"),
+    ("empty model", GOOD_MODEL + 'model = ""\n', "model: must be a non-empty string"),
+    ("quirks not table", GOOD_MODEL + 'quirks = "x"\n', "quirks: must be a table"),
+    ("unknown quirk", GOOD_MODEL + "[quirks]\necho = true\n", "quirks.echo: unknown quirk"),
+    (
+        "bad quirk value",
+        GOOD_MODEL + '[quirks]\ndle_eot3_bit2 = "jam"\n',
+        "quirks.dle_eot3_bit2: must be one of",
+    ),
+    ("bad quirk type", GOOD_MODEL + "[quirks]\nchinese = 1\n", "quirks.chinese: must be true"),
+    ("bad qr size", GOOD_MODEL + "[quirks]\nqr_size = 40\n", "quirks.qr_size: must be from 1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(text, message) for _, text, message in BROKEN_MODELS],
+    ids=[case for case, _, _ in BROKEN_MODELS],
+)
+def test_broken_model_profiles(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, "models", "broken", text)
+    with pytest.raises(ProfileError) as caught:
+        load_model_profile("broken", root=tmp_path)
+    assert str(path) in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_missing_profile_names_the_known_ones(tmp_path: Path) -> None:
+    write(tmp_path, "models", "printer-a", GOOD_MODEL)
+    with pytest.raises(ProfileError, match=r"no such model profile \(known: printer-a\)"):
+        load_model_profile("printer-b", root=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "Upper", "", "a/b"])
+def test_profile_names_cannot_escape(name: str) -> None:
+    with pytest.raises(ProfileError, match="must be lower-case"):
+        load_model_profile(name)
+
+
+BROKEN_STATIONS = [
+    ("no slots", 'name = "st"\n', "slots: missing"),
+    ("typo field", '[slots.printer]\nmodel = "p"\nport = "/dev/a"\n[extra]\n', "extra: unknown"),
+    ("bad slot name", '[slots.scanner]\nmodel = "p"\nport = "/dev/a"\n', "slots.scanner: slot"),
+    ("slot not table", 'slots = { printer = "p" }\n', "slots.printer: must be a table"),
+    ("no port", '[slots.printer]\nmodel = "p"\n', "slots.printer.port: missing"),
+    ("no model", '[slots.printer]\nport = "/dev/a"\n', "slots.printer.model: missing"),
+    (
+        "unknown model",
+        '[slots.printer]\nmodel = "nope"\nport = "/dev/a"\n',
+        "slots.printer.model: ",
+    ),
+    (
+        "kind mismatch",
+        '[slots.id_reader]\nmodel = "p"\nport = "/dev/a"\n',
+        "slots.id_reader.model: 'p' is a printer, not a id_reader",
+    ),
+    (
+        "required not bool",
+        '[slots.printer]\nmodel = "p"\nport = "/dev/a"\nrequired = "yes"\n',
+        "slots.printer.required: must be true or false",
+    ),
+    (
+        "port twice",
+        '[slots.printer]\nmodel = "p"\nport = "/dev/a"\n'
+        '[slots.printer_2]\nmodel = "p"\nport = "/dev/a"\n',
+        "slots.printer_2.port: /dev/a is already the port of printer",
+    ),
+    (
+        "broken model",
+        '[slots.printer]\nmodel = "bad"\nport = "/dev/a"\n',
+        "quirks.nonsense: unknown quirk",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(text, message) for _, text, message in BROKEN_STATIONS],
+    ids=[case for case, _, _ in BROKEN_STATIONS],
+)
+def test_broken_station_profiles(tmp_path: Path, text: str, message: str) -> None:
+    write(tmp_path, "models", "p", GOOD_MODEL)
+    write(tmp_path, "models", "bad", GOOD_MODEL + "[quirks]\nnonsense = 1\n")
+    path = write(tmp_path, "stations", "st", text)
+    with pytest.raises(ProfileError) as caught:
+        load_station_profile("st", root=tmp_path)
+    assert str(path) in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_second_device_of_a_kind(tmp_path: Path) -> None:
+    write(tmp_path, "models", "p", GOOD_MODEL)
+    write(
+        tmp_path,
+        "stations",
+        "two",
+        """\
+        [slots.printer]
+        model = "p"
+        port = "/dev/a"
+        [slots.printer_2]
+        model = "p"
+        port = "/dev/b"
+        required = false
+        """,
+    )
+    station = load_station_profile("two", root=tmp_path)
+    assert station.needs == ("printer",)
+    assert station.slot("printer_2").profile.device == "printer"
+
+
+def test_loader_imports_only_protocol() -> None:
+    source = (ROOT / "__init__.py").read_text(encoding="utf-8")
+    imports = [
+        line.split()[1]
+        for line in source.splitlines()
+        if line.startswith(("from kioskfleet", "import kioskfleet"))
+    ]
+    assert imports
+    assert all(name.startswith("kioskfleet.protocol") for name in imports)
