@@ -198,16 +198,18 @@ def test_xoff_xon_noise_is_handled(rig: Rig) -> None:
     assert not rig.driver.xoff  # type: ignore[attr-defined]
 
 
-def test_xoff_without_xon_times_out(rig: Rig) -> None:
-    rig.sim.set_fault("xoff_stuck")
-    rig.driver.options.quirks["print_timeout"] = 0.3
-    started = time.monotonic()
-    with pytest.raises(DeviceTimeoutError, match="XOFF"):
-        # over a pty the XOFF may arrive after the last chunk of the first receipt went out
-        # (as with real hardware); once seen, it holds every later byte back
-        for _ in range(2):
-            rig.driver.print_receipt(Receipt(lines=["x" * 100] * 10))
-    assert_fast(started, limit=3.0)
+@pytest.mark.parametrize("link", ["memory", "pty"])
+def test_xoff_without_xon_times_out(link: str) -> None:
+    options = DriverOptions(timeout=0.2, retries=1, quirks={**OPTIONS.quirks, "print_timeout": 0.3})
+    for rig in make_rig(link, EscPosSimulator(), EscPosPrinter, options):
+        rig.sim.set_fault("xoff_stuck")
+        started = time.monotonic()
+        with pytest.raises(DeviceTimeoutError, match="XOFF"):
+            # over a pty the XOFF may arrive after the last chunk of the first receipt went
+            # out (as with real hardware); once seen, it holds every later byte back
+            for _ in range(2):
+                rig.driver.print_receipt(Receipt(lines=["x" * 100] * 10))
+        assert_fast(started, limit=3.0)
 
 
 # -- ASB, identity, stale replies ------------------------------------------------------------------

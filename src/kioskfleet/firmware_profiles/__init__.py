@@ -169,7 +169,8 @@ class ModelProfile:
     address: int | None = None
     timeout: float = 0.5
     retries: int = 2
-    quirks: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # read-only; left out of the hash (a mapping has none), still compared
+    quirks: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     #: the file it came from
     source: str = ""
 
