@@ -27,8 +27,8 @@ from kioskfleet.agent.mqtt import MqttLink
 from kioskfleet.agent.outbox import DroppedRange, Entry, Kind, StationOutbox
 from kioskfleet.protocol.broker_url import BrokerUrl
 from kioskfleet.protocol.devices import DeviceStatus
-from kioskfleet.protocol.messages import Ack, Command
-from kioskfleet.protocol.topics import ROOT, ack_topic, station_topic
+from kioskfleet.protocol.messages import Ack, Command, ControllerState
+from kioskfleet.protocol.topics import CONTROLLER_STATE_TOPIC, ROOT, ack_topic, station_topic
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class StationAgent:
         self._pump_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._resend_after = self.tuning.ack_timeout
         self._last_ack = time.monotonic()
+        self._controller_online: bool | None = None
         self._telemetry_task: asyncio.Task[None] | None = None
         self._resend_task: asyncio.Task[None] | None = None
         for entry in outbox.entries():  # a backlog from before a restart goes first
@@ -144,7 +145,11 @@ class StationAgent:
         self.link = MqttLink(
             client_id=self.station,
             url=broker,
-            subscriptions=[f"{ROOT}/{self.station}/cmd/#", ack_topic(self.station)],
+            subscriptions=[
+                f"{ROOT}/{self.station}/cmd/#",
+                ack_topic(self.station),
+                CONTROLLER_STATE_TOPIC,
+            ],
             will=self._will,
             on_connect=self._connected,
             on_message=self._message,
@@ -321,21 +326,37 @@ class StationAgent:
         crashed before persisting, a lost ack), backing off while nothing is confirmed."""
         while True:
             await asyncio.sleep(max(1.0, self.tuning.ack_timeout / 4))
-            if not self.link.connected:
-                continue
-            now = time.monotonic()
-            stale = [
-                key
-                for key, p in self._pending.items()
-                if p.state == "sent" and now - p.sent_at > self._resend_after
-            ]
-            if stale:
-                log.info("%s: %d messages unconfirmed, sending again", self.station, len(stale))
-                for key in stale:
-                    self._pending[key].state = "unsent"
-                self._unsent.extendleft(reversed(stale))
+            if self.link.connected and self.resend_stale(self._resend_after):
                 self._resend_after = min(self._resend_after * 2, 600.0)
-                self._schedule_pump()
+
+    def resend_stale(self, min_age: float) -> int:
+        """Queue again every message the broker acknowledged more than ``min_age`` seconds ago
+        that the controller has not confirmed; returns how many."""
+        now = time.monotonic()
+        stale = [
+            key
+            for key, p in self._pending.items()
+            if p.state == "sent" and now - p.sent_at > min_age
+        ]
+        if stale:
+            log.info("%s: %d messages unconfirmed, sending again", self.station, len(stale))
+            for key in stale:
+                self._pending[key].state = "unsent"
+            self._unsent.extendleft(reversed(stale))
+            self._schedule_pump()
+        return len(stale)
+
+    def _soon_resend_stale(self) -> None:
+        """After a reconnect or the controller's return: whatever is still unconfirmed a few
+        seconds later was lost on the way. Jittered, so a whole district does not resend at once."""
+        delay = self.rng.uniform(2.0, 6.0)
+        min_age = max(2.0, self.tuning.ack_timeout / 4)
+
+        def fire() -> None:
+            if self.link.connected:
+                self.resend_stale(min_age)
+
+        asyncio.get_running_loop().call_later(delay, fire)
 
     # -- MQTT callbacks ------------------------------------------------------------------------
     def _will(self) -> tuple[str, bytes]:
@@ -375,6 +396,9 @@ class StationAgent:
         self._publish_birth()
         # what paho had in flight it re-sends itself; what it never got is still unsent
         self._schedule_pump()
+        if self.link.connects > 1:
+            self._resend_after = self.tuning.ack_timeout
+            self._soon_resend_stale()
 
     def _publish_birth(self) -> None:
         payload = self._state_payload(self.outbox.session, online=True)
@@ -387,13 +411,22 @@ class StationAgent:
     def _message(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
         try:
-            if parts[-1] == "ack" and len(parts) == 4:
+            if topic == CONTROLLER_STATE_TOPIC:
+                self._controller_presence(ControllerState.model_validate_json(payload))
+            elif parts[-1] == "ack" and len(parts) == 4:
                 self._confirmed(Ack.model_validate_json(payload))
             elif len(parts) == 5 and parts[3] == "cmd":
                 command = Command.model_validate_json(payload)
                 asyncio.get_running_loop().create_task(self._run_command(parts[4], command))
         except ValidationError as err:
             log.warning("%s: ignored a malformed message on %s: %s", self.station, topic, err)
+
+    def _controller_presence(self, state: ControllerState) -> None:
+        was, self._controller_online = self._controller_online, state.online
+        if state.online and was is False:
+            # the controller is back: what it missed while away may need sending again
+            self._resend_after = self.tuning.ack_timeout
+            self._soon_resend_stale()
 
     # -- commands ------------------------------------------------------------------------------
     async def _run_command(self, name: str, command: Command) -> None:
@@ -426,7 +459,12 @@ class StationAgent:
             self._pending[key].state = "unsent"
         self._unsent.extendleft(reversed(keys))
         self._schedule_pump()
-        return {"resent": len(keys)}
+        # what we no longer hold (local state lost) is declared lost, so the gap closes
+        held = {k[1] for k in self._pending if k[0] == session}
+        missing = [seq for seq in range(first, min(last, first + 100_000) + 1) if seq not in held]
+        if missing:
+            self.outbox.declare_lost(session, missing)
+        return {"resent": len(keys), "lost": len(missing)}
 
     async def _cmd_self_test(self, args: dict[str, Any]) -> Any:
         await self.coordinator.refresh()

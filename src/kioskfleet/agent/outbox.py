@@ -221,6 +221,18 @@ class StationOutbox:
             ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def declare_lost(self, session: int, seqs: list[int]) -> None:
+        """Record seqs of ``session`` this station cannot send (its local state was lost); the
+        next queued messages declare them, so the controller's gap closes."""
+        victims = sorted((session, seq, "lost") for seq in seqs)
+        with self._store._tx() as db:
+            for sess, first, last, kind in _ranges(victims):
+                db.execute(
+                    "INSERT INTO dropped (station, session, from_seq, to_seq, kind) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (self.station, sess, first, last, kind),
+                )
+
     def confirm(self, session: int, seq: int) -> int:
         """Forget every message of ``session`` up to ``seq``; returns how many went."""
         with self._store._tx() as db:

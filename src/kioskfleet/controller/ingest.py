@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 _UNSUPPORTED_PROTOCOL = 132
 _REBIRTH_EVERY = 30.0  # seconds between birth requests to the same station
+_GAP_GRACE = 3.0  # a gap younger than this is usually a message still on its way
+_RESEND_EVERY = 15.0  # seconds between resend requests for the same station session
+_RANGES_PER_REQUEST = 8
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Ingest:
         self._acks: dict[tuple[str, int], int] = {}
         self._acks_lock = threading.Lock()
         self._rebirth_at: dict[str, float] = {}
+        self._resend_at: dict[tuple[str, int], float] = {}
         self._logged: set[tuple[str, str]] = set()
         self.connected = threading.Event()
         self.last_error: str | None = None
@@ -335,7 +339,23 @@ class Ingest:
             payload = json.dumps({"session": session, "seq": seq}, separators=(",", ":"))
             self._client.publish(ack_topic(station), payload.encode(), qos=1)
 
+    def _ask_for_gaps(self) -> None:
+        """Ask stations to send again what is missing (``cmd/resend``), without storms: a gap
+        is asked for once it is a few seconds old, then at most every ``_RESEND_EVERY`` s."""
+        now, mono = time.time(), time.monotonic()
+        self._resend_at = {k: t for k, t in self._resend_at.items() if k in self.store.gappy}
+        for station, session, ranges in self.store.gaps(now, min_age=_GAP_GRACE):
+            key = (station, session)
+            if mono - self._resend_at.get(key, -1e9) < _RESEND_EVERY:
+                continue
+            self._resend_at[key] = mono
+            for first, last in ranges[:_RANGES_PER_REQUEST]:
+                self.metrics.resend_requests.inc()
+                args = {"session": session, "from_seq": first, "to_seq": last}
+                self.send_command(station, "resend", args, ttl=_RESEND_EVERY)
+
     def _sweep(self) -> None:
+        self._ask_for_gaps()
         try:
             changes = self.store.sweep(time.time())
         except Exception as err:  # noqa: BLE001 - sweep again once the database is back

@@ -33,6 +33,11 @@ class Metrics:
             "Messages received again and not stored twice",
             registry=self.registry,
         )
+        self.resend_requests = Counter(
+            "kioskfleet_resend_requests",
+            "Ranges of missing messages asked for again (cmd/resend)",
+            registry=self.registry,
+        )
         self.db_errors = Counter(
             "kioskfleet_db_errors", "Failed batch commits (retried)", registry=self.registry
         )

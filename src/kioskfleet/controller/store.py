@@ -94,6 +94,8 @@ class BatchOutcome:
     rebirth: set[str] = field(default_factory=set)
     stored: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    #: seqs stations declared dropped (their outbox bound) or lost (their local state)
+    declared: dict[str, int] = field(default_factory=dict)
     #: status changes (station, old, new) for metrics and, later, alerts
     changes: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -111,6 +113,10 @@ class FleetStore:
         self._ledgers: dict[tuple[str, int], SeqLedger] = {}
         #: ledgers that already have a row (update, not insert)
         self._persisted: set[tuple[str, int]] = set()
+        #: (station, session) with seqs missing below the highest stored → since when
+        self.gappy: dict[tuple[str, int], float] = {}
+        self._touched_at: dict[tuple[str, int], float] = {}
+        self._evicted_at = 0.0
         self._insert_ignore = {
             kind: insert_ignore(engine, table) for kind, table in _TABLES.items()
         }
@@ -199,7 +205,9 @@ class FleetStore:
             for dropped in message.dropped:
                 ledger_d = self._ledger(station, dropped.session)
                 ledgers_touched.add((station, dropped.session))
-                ledger_d.add_range(dropped.from_seq, dropped.to_seq)
+                declared = ledger_d.add_range(dropped.from_seq, dropped.to_seq)
+                name = "declared_lost" if dropped.kind == "lost" else "declared_dropped"
+                out.declared[name] = out.declared.get(name, 0) + declared
                 out.acks[(station, dropped.session)] = 0
             if not ledger.add(message.seq):
                 out.duplicates += 1
@@ -247,7 +255,13 @@ class FleetStore:
         for state in touched.values():
             self._restatus(state, now, history, out, reason="message")
         for key in out.acks:
-            out.acks[key] = self._ledgers[key].watermark
+            self._touched_at[key] = now
+            ledger = self._ledgers[key]
+            out.acks[key] = ledger.watermark
+            if ledger.above:
+                self.gappy.setdefault(key, now)
+            else:
+                self.gappy.pop(key, None)
 
         with self.engine.begin() as conn:
             for station_id in new_stations:
@@ -264,6 +278,7 @@ class FleetStore:
                 conn.execute(insert(_HISTORY), history)
             self._save_ledgers(conn, ledgers_touched, now)
             increments = {f"ingested_{k}": n for k, n in out.stored.items()}
+            increments.update(out.declared)
             if rejected:
                 increments["rejected"] = rejected
             self._bump(conn, increments)
@@ -324,6 +339,8 @@ class FleetStore:
 
     def sweep(self, now: float) -> list[tuple[str, str, str]]:
         """Turn stations silent whose telemetry stopped; returns the status changes."""
+        if now - self._evicted_at > 60:
+            self._evict_idle_ledgers(now)
         out = BatchOutcome()
         history: list[dict[str, Any]] = []
         for state in self.stations.values():
@@ -346,7 +363,29 @@ class FleetStore:
                 conn.execute(insert(_HISTORY), history)
         return out.changes
 
+    def gaps(self, now: float, min_age: float) -> list[tuple[str, int, list[tuple[int, int]]]]:
+
+        due = []
+        for (station, session), since in self.gappy.items():
+            state = self.stations.get(station)
+            if now - since < min_age or state is None or not state.online:
+                continue
+            ranges = self._ledgers[(station, session)].gaps()
+            if ranges:
+                due.append((station, session, ranges))
+        return due
+
     # -- ledgers and counters ------------------------------------------------------------------
+    def _evict_idle_ledgers(self, now: float, idle: float = 600.0) -> None:
+        """Forget complete ledgers of sessions quiet for ``idle`` s (their rows stay; a late
+        redelivery reloads them): every reconnect starts a session, memory must not grow."""
+        self._evicted_at = now
+        for key, at in list(self._touched_at.items()):
+            if now - at > idle and key not in self.gappy:
+                del self._touched_at[key]
+                self._ledgers.pop(key, None)
+                self._persisted.discard(key)
+
     def _ledger(self, station: str, session: int) -> SeqLedger:
         key = (station, session)
         ledger = self._ledgers.get(key)

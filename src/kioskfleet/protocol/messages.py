@@ -35,7 +35,8 @@ class DroppedRange(BaseModel):
     session: NonNegative
     from_seq: Annotated[int, Field(ge=1, lt=2**63)]
     to_seq: Annotated[int, Field(ge=1, lt=2**63)]
-    kind: Literal["telemetry", "events", "reply"] = "telemetry"
+    #: what was dropped; ``lost`` when the station no longer has them at all
+    kind: Literal["telemetry", "events", "reply", "lost"] = "telemetry"
 
 
 class Envelope(BaseModel):
