@@ -101,6 +101,19 @@ def test_station_slots_and_needs() -> None:
         bank.slot("coin_acceptor")
 
 
+def test_slot_as_agent_device_config() -> None:
+    slot = load_station_profile("bank-agent-gen1").slot("cash_acceptor")
+    assert slot.as_device_config() == {
+        "driver": "cctalk",
+        "port": "/dev/ttyS2",
+        "timeout": 0.5,
+        "retries": 2,
+        "baudrate": 9600,
+        "address": 40,
+        "model": "ccTalk bill validator",
+    }
+
+
 def test_a_copy_of_the_shipped_tree_loads_from_another_root(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "models", tmp_path / "models")
     shutil.copytree(ROOT / "stations", tmp_path / "stations")

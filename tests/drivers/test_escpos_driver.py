@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -17,6 +18,7 @@ from kioskfleet.drivers.escpos.frames import PrinterFlags
 from kioskfleet.drivers.exceptions import DeviceTimeoutError, DriverError
 from kioskfleet.drivers.printer import PrinterNotReadyError, Receipt
 from kioskfleet.drivers.simulator import DeviceSimulator, SimulatorTransport
+from kioskfleet.protocol.devices import DEVICE_STATES, PAPER_LEVELS, PRINTER_FAULTS
 
 SNBC = DriverOptions(
     timeout=0.2,
@@ -79,6 +81,28 @@ def snbc(request: pytest.FixtureRequest) -> Iterator[Rig]:
 )
 def test_status_from_flags(flags: PrinterFlags, expected: tuple[str, list[str], str]) -> None:
     assert status_from_flags(flags) == expected
+
+
+flags_strategy = st.builds(
+    PrinterFlags, **{f.name: st.booleans() for f in dataclasses.fields(PrinterFlags)}
+)
+
+
+@given(flags_strategy, st.sampled_from(["mechanical_error", "paper_jam"]))
+def test_any_flags_map_into_the_vocabulary(flags: PrinterFlags, jam_bit: str) -> None:
+    state, faults, paper = status_from_flags(flags, jam_bit=jam_bit)
+    assert state in DEVICE_STATES
+    assert paper in PAPER_LEVELS
+    assert len(set(faults)) == len(faults)
+    assert all(f in PRINTER_FAULTS or f in ("mechanical_error", "hardware_fault") for f in faults)
+    if state == "online":
+        assert faults == []
+    if faults:
+        assert state != "online"
+    assert ("paper_out" in faults) == (flags.paper_end or flags.paper_end_stop)
+    assert ("paper_jam" in faults) == (paper == "jammed")
+    if "paper_jam" not in faults:
+        assert ("paper_out" in faults) == (paper == "out")
 
 
 def test_snbc_bit2_is_a_paper_jam() -> None:
@@ -299,3 +323,24 @@ def test_simulator_swallows_any_input(data: bytes) -> None:
     sim.receive(data)
     sim.receive(data)  # and again, after whatever mode the first left it in
     sim.unsolicited()
+
+
+@settings(max_examples=60)
+@given(
+    st.lists(st.text(alphabet="无锡市政务abc 123¥", max_size=12), min_size=1, max_size=6),
+    st.none() | st.text(min_size=1, max_size=80),
+    st.lists(st.integers(min_value=1, max_value=40), max_size=30),
+)
+def test_simulator_reassembles_split_writes(
+    lines: list[str], qr: str | None, cuts: list[int]
+) -> None:
+    data = frames.encode_receipt(lines, qr)
+    sim = EscPosSimulator()
+    pos = 0
+    for size in cuts:  # the host's bytes arrive in arbitrary pieces, as over a serial line
+        sim.receive(data[pos : pos + size])
+        pos += size
+    sim.receive(data[pos:])
+    [printed] = sim.receipts
+    assert [line for line in printed.lines if line] == [line for line in lines if line]
+    assert printed.qr == ([qr] if qr else [])

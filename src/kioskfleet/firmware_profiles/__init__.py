@@ -208,6 +208,20 @@ class StationSlot:
     #: the station cannot serve without this device (its failure degrades the station)
     required: bool = True
 
+    def as_device_config(self) -> dict[str, Any]:
+        """The slot as an agent configuration ``[devices.SLOT]`` table (driver, port, …)."""
+        config: dict[str, Any] = {
+            "driver": self.profile.driver,
+            "port": self.port,
+            "timeout": self.profile.timeout,
+            "retries": self.profile.retries,
+        }
+        for key in ("baudrate", "address", "model"):
+            value = getattr(self.profile, key)
+            if value is not None:
+                config[key] = value
+        return config
+
 
 @dataclass(frozen=True)
 class StationProfile:
