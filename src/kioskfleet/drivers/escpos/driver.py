@@ -143,7 +143,7 @@ class EscPosPrinter(ReceiptPrinter):
         self.jam_bit: str = str(jam)
         self.last_asb: frames.PrinterFlags | None = None
         self._rx = bytearray()
-        self._rx_since = 0.0  # when the incomplete tail in _rx started
+        self._rx_since = 0.0  # when the last bytes of an incomplete tail in _rx arrived
         self._xoff = False
         self._info: DeviceInfo | None = None
 
@@ -274,7 +274,8 @@ class EscPosPrinter(ReceiptPrinter):
         if remaining <= 0:
             raise DeviceTimeoutError(f"{self.name}: no reply before the timeout")
         self.transport.timeout = remaining
-        # one byte at a time at most what is waiting: pyserial's read(n) waits for all n
+        # block for the first byte only (pyserial's read(n) waits for all n), then take
+        # whatever else is already waiting without blocking
         chunk = self.transport.read(1)
         if not chunk:
             raise DeviceTimeoutError(f"{self.name}: no reply before the timeout")
