@@ -54,6 +54,8 @@ class _Incoming:
     payload: bytes
     mid: int
     qos: int
+    #: which connection delivered it: a PUBACK only makes sense on that connection
+    generation: int
 
 
 class Ingest:
@@ -102,6 +104,7 @@ class Ingest:
         self.last_error: str | None = None
         self._connack = False
         self._falling_back = False
+        self._generation = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -189,6 +192,7 @@ class Ingest:
                 log.warning(self.last_error)
             return
         self.last_error = None
+        self._generation += 1
         log.info("connected to %s (session present: %s)", self.broker, flags.session_present)
         for topic in subscriptions_for_controller():
             client.subscribe(topic, qos=1)
@@ -229,7 +233,9 @@ class Ingest:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # blocks when the writer falls behind: paho stops reading, the broker holds the rest
-        self._queue.put(_Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+        self._queue.put(
+            _Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation)
+        )
 
     # -- the writer ----------------------------------------------------------------------------
     def _writer(self) -> None:
@@ -291,7 +297,9 @@ class Ingest:
                     return
         # only now, with the batch committed, may the broker forget these messages
         for item in batch:
-            if item.qos > 0:
+            # after a reconnect the broker redelivers what we did not ack; an old mid could
+            # name another message on the new connection, so it is not acked there
+            if item.qos > 0 and item.generation == self._generation:
                 self._client.ack(item.mid, item.qos)
         self._after_commit(outcome)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
