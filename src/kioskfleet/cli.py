@@ -249,7 +249,11 @@ def _device(args: argparse.Namespace) -> int:
         if args.profile:
             from kioskfleet.firmware_profiles import load_model_profile
 
-            profile = load_model_profile(args.profile).as_options()
+            try:
+                profile = load_model_profile(args.profile).as_options()
+            except ValueError as err:  # ProfileError: unknown or invalid profile
+                print(f"kioskfleet device probe: {err}", file=sys.stderr)
+                return 2
         options = ProbeOptions(
             baudrate=args.baudrate, address=args.address, profile=profile, watch=args.watch
         )
