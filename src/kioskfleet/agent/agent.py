@@ -381,6 +381,7 @@ class StationAgent:
                 site_type=ident.site_type,
                 profile=ident.profile,
                 telemetry_interval=ident.telemetry_interval,
+                keepalive=self.tuning.keepalive,
                 versions={"agent": ident.agent_version, "catalogue": ident.catalogue_version},
                 devices={
                     slot: _for_telemetry(s).model_dump(exclude_none=True)
@@ -394,7 +395,6 @@ class StationAgent:
     def _connected(self) -> None:
         self.counters["reconnects"] = self.link.connects - 1
         self._publish_birth()
-        # what paho had in flight it re-sends itself; what it never got is still unsent
         self._schedule_pump()
         if self.link.connects > 1:
             self._resend_after = self.tuning.ack_timeout
@@ -405,8 +405,14 @@ class StationAgent:
         self.link.publish(station_topic(self.station, "state"), payload, retain=True)
 
     def _disconnected(self) -> None:
-        # paho forgets nothing it had in flight (it re-sends on reconnect), so nothing to undo
-        pass
+        # the link starts every connection with a fresh paho client: whatever was in flight
+        # goes out again, in order, from the outbox
+        self._by_mid.clear()
+        self._inflight = 0
+        for pending in self._pending.values():
+            if pending.state == "inflight":
+                pending.state = "unsent"
+        self._unsent = deque(k for k, p in self._pending.items() if p.state == "unsent")
 
     def _message(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")

@@ -63,6 +63,11 @@ class MqttLink:
         self.client_id = client_id
         self.url = url
         self.keepalive = keepalive
+        # The station promises to be seen offline within 1.5 × keepalive + 2 s after it dies.
+        # Mosquitto 2.0 checks keepalives only every 5 s, so 1.5 × keepalive alone can miss
+        # that by up to 5 s; a keepalive of 2/3 of the promise makes the broker notice at
+        # 1 × keepalive + 5 s, inside the promise for keepalives of 6 s and more.
+        self.wire_keepalive = max(1, int(keepalive * 2 / 3))
         self._subscriptions = subscriptions
         self._will = will
         self._on_connect_cb = on_connect
@@ -83,6 +88,7 @@ class MqttLink:
         self._sock: Any = None
         self._closed = asyncio.Event()
         self._connack = False
+        self._used = False
         #: how often this link (re)connected; tests and benchmarks read it
         self.connects = 0
 
@@ -196,6 +202,11 @@ class MqttLink:
             return
         self._attempts += 1
         self._connack = False
+        if self._used:
+            # a fresh client per connection: paho's in-flight state is memory-only and its
+            # re-sends after a reconnect are not ours to rely on; the outbox re-sends instead
+            self._client = self._build()
+        self._used = True
         topic, payload = self._will()
         self._client.will_set(topic, payload, qos=1, retain=True)
         try:
@@ -205,12 +216,12 @@ class MqttLink:
                 self._client.connect(
                     self.url.host,
                     self.url.port,
-                    keepalive=self.keepalive,
+                    keepalive=self.wire_keepalive,
                     clean_start=True,
                     properties=props,
                 )
             else:
-                self._client.connect(self.url.host, self.url.port, keepalive=self.keepalive)
+                self._client.connect(self.url.host, self.url.port, keepalive=self.wire_keepalive)
         except (TimeoutError, OSError, ValueError) as err:
             log.debug("%s: connect to %s failed: %s", self.client_id, self.url, err)
             self._schedule(self._backoff())

@@ -69,6 +69,8 @@ class StateMessage(Envelope):
     site_type: Label | None = None
     profile: Label | None = None
     telemetry_interval: Annotated[float, Field(gt=0, le=86400)] | None = None
+    #: seconds: the station is seen offline within 1.5 × keepalive + 2 s after it dies
+    keepalive: Annotated[int, Field(gt=0, le=65535)] | None = None
     versions: Versions | None = None
     devices: dict[SlotName, DeviceStatus] = Field(default_factory=dict, max_length=32)
     #: slots the station needs to serve; absent means every device it reports
