@@ -33,6 +33,10 @@ class Settings:
     ack_interval: float = 1.0
     #: how often silent stations are looked for (seconds)
     sweep_interval: float = 1.0
+    #: raw telemetry is kept this many days, then folded into hourly aggregates
+    retention_days: float = 30.0
+    #: how often retention runs (seconds)
+    retention_interval: float = 3600.0
 
     @property
     def broker(self) -> BrokerUrl:
@@ -51,6 +55,7 @@ _ENV = {
     "KIOSKFLEET_MQTT_URL": "mqtt_url",
     "KIOSKFLEET_LISTEN": "listen",
     "KIOSKFLEET_OFFLINE_ALERT_AFTER": "offline_alert_after",
+    "KIOSKFLEET_RETENTION_DAYS": "retention_days",
 }
 
 

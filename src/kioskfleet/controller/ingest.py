@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from kioskfleet.controller.metrics import Metrics
+from kioskfleet.controller.retention import apply_retention
 from kioskfleet.controller.store import BatchOutcome, FleetStore
 from kioskfleet.protocol.broker_url import BrokerUrl
 from kioskfleet.protocol.errors import ProtocolError
@@ -79,6 +80,7 @@ class Ingest:
         batch_size: int = 500,
         ack_interval: float = 1.0,
         sweep_interval: float = 1.0,
+        retention: tuple[float, float] | None = None,
         on_changes: Callable[[list[tuple[str, str, str]]], None] | None = None,
     ) -> None:
         self.store = store
@@ -89,6 +91,9 @@ class Ingest:
         self.batch_size = batch_size
         self.ack_interval = ack_interval
         self.sweep_interval = sweep_interval
+        #: (days kept raw, seconds between runs)
+        self.retention = retention
+        self._next_retention = time.monotonic() + 60.0
         self._on_changes = on_changes
         self._queue: queue.Queue[_Incoming | None] = queue.Queue(maxsize=20_000)
         self._protocol = mqtt.MQTTv311 if broker.version == "3.1.1" else mqtt.MQTTv5
@@ -362,7 +367,26 @@ class Ingest:
                 args = {"session": session, "from_seq": first, "to_seq": last}
                 self.send_command(station, "resend", args, ttl=_RESEND_EVERY)
 
+    def _retain(self) -> None:
+        if self.retention is None or time.monotonic() < self._next_retention:
+            return
+        days, every = self.retention
+        chunk = 2000
+        try:
+            # one chunk per sweep, so ingest goes on between chunks of a long first run
+            folded = apply_retention(
+                self.store.engine, cutoff=time.time() - days * 86400, chunk=chunk, max_chunks=1
+            )
+        except Exception as err:  # noqa: BLE001 - retention waits for its next turn
+            log.error("retention failed: %s", err)
+            folded = 0
+        if folded:
+            log.info("retention folded %d telemetry rows into hourly aggregates", folded)
+        if folded < chunk:
+            self._next_retention = time.monotonic() + every
+
     def _sweep(self) -> None:
+        self._retain()
         self._ask_for_gaps()
         try:
             changes = self.store.sweep(time.time())

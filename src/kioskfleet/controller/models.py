@@ -134,3 +134,22 @@ class Counter(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     value: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
+class TelemetryHourly(SQLModel, table=True):
+    """Telemetry older than the retention period, folded into one row per station and hour."""
+
+    __tablename__ = "telemetry_hourly"
+    __table_args__ = (UniqueConstraint("station", "hour", name="uq_telemetry_hourly_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    station: str = Field(max_length=64)
+    #: start of the hour (UTC Unix seconds) of the messages' own ``ts``
+    hour: float
+    samples: int
+    #: host metric → {"avg", "max", "n"} over the hour
+    host: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: device slot → {state: samples in that state}
+    device_states: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )

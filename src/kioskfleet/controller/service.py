@@ -40,6 +40,7 @@ class Controller:
             batch_size=self.settings.batch_size,
             ack_interval=self.settings.ack_interval,
             sweep_interval=self.settings.sweep_interval,
+            retention=(self.settings.retention_days, self.settings.retention_interval),
         )
         self.ingest.start()
         log.info(
