@@ -158,6 +158,8 @@ def run_demo(
             broker=parse_broker_url(broker_url),
             duration=duration,
             fault_rate=fault_rate,
+            # the fleet comes up healthy; printers run out of paper only after a minute
+            quiet_start=60.0,
             update_failure_rate=update_failure_rate,
             state_dir=work / "stations",
             keepalive=15,

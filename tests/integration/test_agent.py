@@ -39,7 +39,10 @@ def test_agent_reports_birth_telemetry_device_changes_and_goodbye(
             "broker": mosquitto.url,
             "telemetry_interval": 0.5,
             "state_dir": str(tmp_path),
-            "devices": {"printer": {"driver": "escpos", "port": server.port}},
+            "use_profile_devices": False,  # only the printer is plugged in here
+            "devices": {
+                "printer": {"driver": "escpos", "port": server.port, "profile": "snbc-btt080"}
+            },
         }
     )
     seen: list[tuple[str, dict[str, Any]]] = []

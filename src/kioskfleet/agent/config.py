@@ -24,7 +24,8 @@ class DeviceConfig:
     port: str
     baudrate: int | None = None
     address: int | None = None
-    model: str | None = None
+    #: the firmware profile (``firmware_profiles/models``) whose settings and quirks apply
+    profile: str | None = None
     timeout: float = 0.5
     retries: int = 2
 
@@ -79,29 +80,15 @@ def agent_config_from_dict(data: dict[str, Any], *, source: str = "config") -> A
     station = need("station", str)
     if not is_valid_station_id(station):
         raise ConfigError(f"{source}: station id {station!r} must match [a-z0-9][a-z0-9-]{{2,63}}")
+    broker_url = need("broker", str)
     try:
-        broker = parse_broker_url(need("broker", str))
+        broker = parse_broker_url(broker_url)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from err
     interval = float(data.get("telemetry_interval", 10.0))
     if not 0.1 <= interval <= 86400:
         raise ConfigError(f"{source}: telemetry_interval must be between 0.1 and 86400 s")
-    devices = []
-    for slot, spec in dict(data.get("devices", {})).items():
-        if not isinstance(spec, dict) or "driver" not in spec or "port" not in spec:
-            raise ConfigError(f"{source}: devices.{slot} needs driver and port")
-        devices.append(
-            DeviceConfig(
-                slot=slot,
-                driver=str(spec["driver"]),
-                port=str(spec["port"]),
-                baudrate=spec.get("baudrate"),
-                address=spec.get("address"),
-                model=spec.get("model"),
-                timeout=float(spec.get("timeout", 0.5)),
-                retries=int(spec.get("retries", 2)),
-            )
-        )
+    devices, required = _devices(data, source)
     return AgentConfig(
         station=station,
         district=need("district", str),
@@ -116,5 +103,49 @@ def agent_config_from_dict(data: dict[str, Any], *, source: str = "config") -> A
         update_root=Path(data["update_root"]) if "update_root" in data else None,
         catalogue_version=data.get("catalogue_version"),
         devices=tuple(devices),
-        required_devices=tuple(data.get("required_devices", ())),
+        required_devices=required,
     )
+
+
+def _devices(data: dict[str, Any], source: str) -> tuple[list[DeviceConfig], tuple[str, ...]]:
+    """The station profile's slots (when it is a shipped profile), overridden per slot by the
+    file's ``[devices.SLOT]`` tables; and the slots the station needs."""
+    from kioskfleet.firmware_profiles import ProfileError, load_station_profile
+
+    specs: dict[str, dict[str, Any]] = {}
+    required: tuple[str, ...] = tuple(data.get("required_devices", ()))
+    profile_name = data.get("profile")
+    if isinstance(profile_name, str) and data.get("use_profile_devices", True):
+        try:
+            station = load_station_profile(profile_name)
+        except ProfileError:
+            station = None  # a profile this agent does not ship: devices come from the file
+        if station is not None:
+            for entry in station.slots:
+                specs[entry.slot] = {**entry.as_device_config(), "profile": entry.profile.name}
+            if "required_devices" not in data:
+                required = station.needs
+    for slot, spec in dict(data.get("devices", {})).items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{source}: devices.{slot} must be a table")
+        specs[slot] = {**specs.get(slot, {}), **spec}
+    devices = []
+    for slot, spec in specs.items():
+        if "driver" not in spec or "port" not in spec:
+            raise ConfigError(f"{source}: devices.{slot} needs driver and port")
+        try:
+            devices.append(
+                DeviceConfig(
+                    slot=slot,
+                    driver=str(spec["driver"]),
+                    port=str(spec["port"]),
+                    baudrate=None if spec.get("baudrate") is None else int(spec["baudrate"]),
+                    address=None if spec.get("address") is None else int(spec["address"]),
+                    profile=None if spec.get("profile") is None else str(spec["profile"]),
+                    timeout=float(spec.get("timeout", 0.5)),
+                    retries=int(spec.get("retries", 2)),
+                )
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: devices.{slot}: {err}") from err
+    return devices, required

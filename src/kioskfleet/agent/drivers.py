@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from kioskfleet.agent.config import DeviceConfig
 from kioskfleet.drivers.base import Driver
@@ -72,9 +73,18 @@ class DriverSource:
         return self._interval
 
     def _open(self) -> Driver:
+        profile: dict[str, Any] = {}
+        if self.config.profile:
+            from kioskfleet.firmware_profiles import ProfileError, load_model_profile
+
+            try:
+                profile = load_model_profile(self.config.profile).as_options()
+            except ProfileError as err:
+                raise DeviceUnavailableError(f"{self.slot}: {err}") from err
         options = ProbeOptions(
             baudrate=self.config.baudrate,
             address=self.config.address,
+            profile=profile,
             timeout=self.config.timeout,
             retries=self.config.retries,
         )

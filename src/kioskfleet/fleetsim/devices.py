@@ -58,6 +58,7 @@ class SimulatedDevice:
         rng: random.Random,
         faults_per_hour: float = 0.0,
         poll_every: float = 5.0,
+        quiet_for: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.slot = slot
@@ -69,6 +70,8 @@ class SimulatedDevice:
         self.poll_every = poll_every
         self.clock = clock
         self._last = clock()
+        #: no spontaneous faults before this time (the demo starts with a healthy fleet)
+        self._quiet_until = self._last + quiet_for
         self._fault: tuple[str, list[str], dict[str, str]] | None = None
         self._fault_until = 0.0
         self._status = self._make(None)
@@ -93,6 +96,7 @@ class SimulatedDevice:
         elif (
             self._fault is None
             and self.faults_per_hour > 0
+            and now >= self._quiet_until
             and self.rng.random() < self.faults_per_hour * elapsed / 3600
         ):
             self.break_now(self.rng.randrange(8), duration=self.rng.uniform(60, 900))

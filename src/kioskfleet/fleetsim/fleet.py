@@ -106,7 +106,12 @@ def wuxi_fleet(
 
 
 def simulated_devices(
-    identity: StationIdentity, *, rng: random.Random, fault_rate: float, poll_every: float
+    identity: StationIdentity,
+    *,
+    rng: random.Random,
+    fault_rate: float,
+    poll_every: float,
+    quiet_for: float = 0.0,
 ) -> list[SimulatedDevice]:
     """The devices of a station's profile; ``fault_rate`` is faults per station-hour."""
     kinds = PROFILE_DEVICES.get(identity.profile, PROFILE_DEVICES["estation-gen2"])
@@ -118,6 +123,7 @@ def simulated_devices(
             rng=rng,
             faults_per_hour=fault_rate / len(kinds),
             poll_every=poll_every,
+            quiet_for=quiet_for,
         )
         for i, kind in enumerate(kinds)
     ]
@@ -132,6 +138,8 @@ class FleetSpec:
     seed: int = 1
     duration: float | None = None
     fault_rate: float = 0.0
+    #: seconds after start without spontaneous device faults
+    quiet_start: float = 0.0
     update_failure_rate: float = 0.0
     state_dir: Path | None = None
     keepalive: int = 30
@@ -189,6 +197,7 @@ class Fleet:
                     identity,
                     rng=station_rng,
                     fault_rate=spec.fault_rate,
+                    quiet_for=spec.quiet_start,
                     poll_every=min(5.0, identity.telemetry_interval),
                 )
             )
