@@ -25,8 +25,8 @@ system-deps:
 	scripts/ensure-test-deps.sh
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
