@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -17,7 +18,7 @@ from kioskfleet.agent.service import run_agent
 from kioskfleet.drivers.registry import driver_module
 from kioskfleet.drivers.simulator import PtyServer
 from kioskfleet.protocol import decode_agent_message
-from tests.conftest import Mosquitto
+from tests.conftest import Mosquitto, free_port
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -27,6 +28,7 @@ STATION = "wx-binhu-sub-03"
 def test_agent_reports_birth_telemetry_device_changes_and_goodbye(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
+    local_port = free_port()
     printer = driver_module("escpos").make_simulator(None)
     server = PtyServer(printer).start()
     config = agent_config_from_dict(
@@ -40,6 +42,7 @@ def test_agent_reports_birth_telemetry_device_changes_and_goodbye(
             "telemetry_interval": 0.5,
             "state_dir": str(tmp_path),
             "use_profile_devices": False,  # only the printer is plugged in here
+            "local_service": f"127.0.0.1:{local_port}",
             "devices": {
                 "printer": {"driver": "escpos", "port": server.port, "profile": "snbc-btt080"}
             },
@@ -56,6 +59,14 @@ def test_agent_reports_birth_telemetry_device_changes_and_goodbye(
         stop = asyncio.Event()
         task = asyncio.create_task(run_agent(config, stop))
         await asyncio.sleep(2.0)
+        # the kiosk's own application prints a receipt through the local device service
+        receipt = {
+            "lines": ["无锡市民卡缴费", "金额 100.00 元"],
+            "qr": "https://example.invalid/r/1",
+        }
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{local_port}") as local:
+            response = await local.post("/v1/receipts", json=receipt, timeout=15)
+        assert response.status_code == 200, response.text
         printer.set_fault("paper_out")
         await asyncio.sleep(3.0)
         stop.set()
@@ -88,6 +99,8 @@ def test_agent_reports_birth_telemetry_device_changes_and_goodbye(
     assert telemetry[-1]["devices"]["printer"]["state"] == "user_error"
     assert "paper_out" in telemetry[-1]["devices"]["printer"]["faults"]
     changes = [e for t, p in seen if t.endswith("/events") for e in p["events"]]
+    assert printer.receipts[-1].lines[0] == "无锡市民卡缴费"
+    assert any(e["type"] == "transaction" and e["kind"] == "receipt" for e in changes)
     assert any(
         e["type"] == "device_status" and "paper_out" in e["status"]["faults"] for e in changes
     )

@@ -48,6 +48,11 @@ class AgentConfig:
     catalogue_version: str | None = None
     devices: tuple[DeviceConfig, ...] = field(default_factory=tuple)
     required_devices: tuple[str, ...] = ()
+    #: ``host:port`` of the local device service for the kiosk's own application (loopback
+    #: only); None switches it off
+    local_service: str | None = "127.0.0.1:8765"
+    #: browser origins allowed to call the local service (the kiosk app's own page)
+    local_allowed_origins: tuple[str, ...] = ()
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
@@ -104,7 +109,18 @@ def agent_config_from_dict(data: dict[str, Any], *, source: str = "config") -> A
         catalogue_version=data.get("catalogue_version"),
         devices=tuple(devices),
         required_devices=required,
+        local_service=_local_service(data, source),
+        local_allowed_origins=tuple(str(o) for o in data.get("local_allowed_origins", ())),
     )
+
+
+def _local_service(data: dict[str, Any], source: str) -> str | None:
+    value = data.get("local_service", "127.0.0.1:8765")
+    if value is False or value == "":
+        return None
+    if not isinstance(value, str) or not value.rpartition(":")[2].isdigit():
+        raise ConfigError(f"{source}: local_service must be 'host:port' (loopback) or false")
+    return value
 
 
 def _devices(data: dict[str, Any], source: str) -> tuple[list[DeviceConfig], tuple[str, ...]]:

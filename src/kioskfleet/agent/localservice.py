@@ -361,8 +361,7 @@ class HubSource:
 
 
 def config_opener(config: DeviceConfig) -> Opener:
-    """An opener for a configured device: firmware profile, options, ``open_driver``
-    (the same steps as :class:`~kioskfleet.agent.drivers.DriverSource`)."""
+    """An opener for a configured device: firmware profile, options, ``open_driver``."""
 
     def open_device() -> Driver:
         profile: dict[str, Any] = {}

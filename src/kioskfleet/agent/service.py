@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
 from kioskfleet.agent.config import AgentConfig
 from kioskfleet.agent.devices import DeviceSource
-from kioskfleet.agent.drivers import DriverSource
 from kioskfleet.agent.host import HostSampler
+from kioskfleet.agent.localservice import HubSource, LocalService, hub_from_config
 from kioskfleet.agent.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
     store = OutboxStore(config.state_dir / "outbox.db", synchronous="FULL")
     # a day of telemetry at the configured interval, plus room for events
     bound = max(20_000, int(1.5 * 86400 / config.telemetry_interval))
-    sources: list[DeviceSource] = [DriverSource(device) for device in config.devices]
+    # one owner per port: the coordinator and the local service share the hub's drivers
+    hub = hub_from_config(config.devices)
+    sources: list[DeviceSource] = [HubSource(hub, device.slot) for device in config.devices]
     agent = StationAgent(
         identity_of(config),
         broker=config.broker,
@@ -50,13 +53,31 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         host=HostSampler(disk_path=str(config.state_dir)),
         tuning=AgentTuning(keepalive=config.keepalive),
     )
+    def publish_transactions(events: list[dict[str, Any]]) -> None:
+        agent.queue("events", {"events": events})
+
+    local: LocalService | None = None
+    if config.local_service:
+        host, _, port = config.local_service.rpartition(":")
+        local = LocalService(
+            hub,
+            host=host,
+            port=int(port),
+            allowed_origins=config.local_allowed_origins,
+            on_event=publish_transactions,
+        )
     # read every device once first, so the birth describes them all
     await agent.coordinator.refresh()
     agent.start()
+    if local is not None:
+        await local.start()  # LocalServiceError: not loopback, or the port is taken
     log.info("agent %s started, broker %s", config.station, config.broker)
     try:
         await stop.wait()
     finally:
+        if local is not None:
+            await local.stop()
         await agent.stop()
+        hub.close()
         store.close()
         log.info("agent %s stopped", config.station)
