@@ -130,7 +130,6 @@ class StationAgent:
         self._last_refill = time.monotonic()
         self._pump_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._resend_after = self.tuning.ack_timeout
-        self._last_ack = time.monotonic()
         self._controller_online: bool | None = None
         self._telemetry_task: asyncio.Task[None] | None = None
         self._resend_task: asyncio.Task[None] | None = None
@@ -174,7 +173,8 @@ class StationAgent:
         self._resend_task = asyncio.create_task(self._resend_loop())
 
     def stop_producing(self) -> None:
-        """Stop queueing telemetry (the simulator's end of run); confirmations keep flowing."""
+        """Queue nothing new, telemetry or device events (the simulator's end of run, a hung
+        agent in tests); what is queued still goes out and confirmations keep flowing."""
         self.producing = False
 
     @property
@@ -307,7 +307,6 @@ class StationAgent:
 
     def _confirmed(self, ack: Ack) -> None:
         self.outbox.confirm(ack.session, ack.seq)
-        self._last_ack = time.monotonic()
         self._resend_after = self.tuning.ack_timeout
         for key in list(self._pending):
             if key[0] > ack.session or (key[0] == ack.session and key[1] > ack.seq):
@@ -480,6 +479,8 @@ class StationAgent:
 
     # -- devices and telemetry -----------------------------------------------------------------
     def _device_changed(self, slot: str, status: DeviceStatus) -> None:
+        if not self.producing:
+            return
         events: list[dict[str, Any]] = [
             {
                 "type": "device_status",
