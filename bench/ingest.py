@@ -1,0 +1,396 @@
+"""Ingest benchmark: the controller's storing rate against a bare paho subscriber's drain rate
+of the same QoS-1 telemetry stream from the same broker, in one run.
+
+Design (see docs/benchmarks.md): every consumer's queue is *pre-loaded* — the consumer holds a
+persistent session (MQTT 5, clean start off, session expiry), goes offline, N messages are
+published into the broker, then the consumer connects and the drain is timed from its CONNACK
+to its N-th message (bare subscriber: received and PUBACKed; controller: committed, read off the
+``ingested_telemetry`` counter that feeds ``/api/fleet/summary``). Publishing concurrently
+would make both rates depend on the publishers, which on a 2-core machine compete with the
+consumer for CPU, and a consumer faster than the publishers would look exactly as fast as a
+slower one. Pre-loading measures what each consumer can take.
+
+The bare subscriber drains stations ``bench-bare-*``; each controller (SQLite, then
+PostgreSQL when reachable) drains stations of its own (``bench-sqlite-*``, ``bench-pg-*``)
+whose births it saw beforehand, as a running fleet's are. Each consumer's session exists only
+while its own messages are published, so no queue holds another run's messages.
+
+    .venv/bin/python bench/ingest.py --messages 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import psutil
+from _support import (
+    Mosquitto,
+    StationPayloads,
+    free_port,
+    log,
+    postgres_available,
+    start_py_spy,
+    stop_py_spy,
+    summarize_collapsed,
+    throwaway_postgres,
+    wait_port,
+)
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from kioskfleet.agent.host import HostSampler
+from kioskfleet.fleetsim.fleet import wuxi_fleet
+from kioskfleet.protocol.messages import decode_agent_message
+from kioskfleet.protocol.topics import station_topic, subscriptions_for_controller
+
+Message = tuple[str, bytes]
+
+
+def build_stream(prefix: str, stations: int, messages: int) -> tuple[list[Message], list[Message]]:
+    """(births, telemetry): ``messages`` telemetry over ``stations`` stations, round-robin the
+    way a fleet reports (everyone's seq 1, then everyone's seq 2, …)."""
+    host = HostSampler().sample()
+    session = int(time.time() * 1000)
+    fleet = [
+        StationPayloads(identity, session, host)
+        for identity in wuxi_fleet(stations, id_prefix=prefix)
+    ]
+    births = [(station_topic(p.identity.station, "state"), p.birth()) for p in fleet]
+    telemetry: list[Message] = []
+    seq = 0
+    while len(telemetry) < messages:
+        seq += 1
+        for p in fleet[: messages - len(telemetry)]:
+            telemetry.append((station_topic(p.identity.station, "telemetry"), p.telemetry(seq)))
+    # what the controller will see must be what an agent sends: check a sample
+    for topic, payload in births[:3] + telemetry[:3] + telemetry[-3:]:
+        parts = topic.split("/")
+        decode_agent_message(parts[3], parts[2], payload)
+    return births, telemetry
+
+
+def _client(client_id: str) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    return client
+
+
+def _connect(client: mqtt.Client, port: int, *, clean_start: bool, expiry: int) -> None:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = expiry
+    client.connect("127.0.0.1", port, keepalive=60, clean_start=clean_start, properties=props)
+
+
+def publish_all(port: int, messages: list[Message], publishers: int, retain: bool = False) -> float:
+    """Publish at QoS 1 as fast as the broker takes it over ``publishers`` connections; returns
+    messages per second (until the broker acknowledged the last one)."""
+    shares: list[list[Message]] = [[] for _ in range(publishers)]
+    # one station always goes through the same connection, so its messages stay in order
+    for topic, payload in messages:
+        shares[hash(topic.split("/")[2]) % publishers].append((topic, payload))
+    clients = []
+    for i in range(publishers):
+        client = _client(f"bench-publisher-{i}")
+        _connect(client, port, clean_start=True, expiry=0)
+        client.loop_start()
+        clients.append(client)
+    started = time.perf_counter()
+    infos = []
+
+    def run(client: mqtt.Client, share: list[Message]) -> None:
+        for topic, payload in share:
+            infos.append(client.publish(topic, payload, qos=1, retain=retain))
+
+    threads = [
+        threading.Thread(target=run, args=(c, s)) for c, s in zip(clients, shares, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for info in infos:
+        info.wait_for_publish(timeout=120)
+        if not info.is_published():
+            raise RuntimeError("the broker did not acknowledge a publish within 120 s")
+    elapsed = time.perf_counter() - started
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
+    return len(messages) / elapsed
+
+
+class BareSubscriber:
+    """A bare paho subscriber: persistent session, QoS 1, the controller's subscriptions,
+    automatic PUBACK after its callback, which only counts."""
+
+    client_id = "bench-bare-subscriber"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def open_session(self) -> None:
+        client = _client(self.client_id)
+        done = threading.Event()
+        client.on_subscribe = lambda *a: done.set()
+        _connect(client, self.port, clean_start=True, expiry=3600)
+        client.loop_start()
+        client.subscribe([(t, 1) for t in subscriptions_for_controller()])
+        if not done.wait(10):
+            raise RuntimeError("no SUBACK")
+        client.disconnect()
+        client.loop_stop()
+
+    def drain(self, expected: int) -> tuple[float, float]:
+        """Connect to the pre-loaded session; returns (seconds from CONNACK to the
+        ``expected``-th telemetry message, messages per second)."""
+        client = _client(self.client_id)
+        state: dict[str, Any] = {"n": 0, "t0": None, "t1": None}
+        finished = threading.Event()
+
+        def on_connect(*args: Any) -> None:
+            state["t0"] = time.perf_counter()
+
+        def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+            if msg.topic.endswith("/telemetry"):
+                state["n"] += 1
+                if state["n"] == expected:
+                    state["t1"] = time.perf_counter()
+                    finished.set()
+
+        client.on_connect = on_connect
+        client.on_message = on_message
+        _connect(client, self.port, clean_start=False, expiry=3600)
+        client.loop_start()
+        if not finished.wait(600):
+            raise RuntimeError(f"bare subscriber got {state['n']} of {expected}")
+        time.sleep(0.5)  # let the last PUBACKs go out before we leave
+        client.disconnect()
+        client.loop_stop()
+        # forget the session: it must not queue the controllers' messages
+        gone = _client(self.client_id)
+        _connect(gone, self.port, clean_start=True, expiry=0)
+        gone.loop_start()
+        time.sleep(0.3)
+        gone.disconnect()
+        gone.loop_stop()
+        seconds = state["t1"] - state["t0"]
+        return seconds, expected / seconds
+
+
+def _telemetry_counter(controller: Any) -> int:
+    from sqlalchemy import select
+
+    from kioskfleet.controller.models import Counter
+
+    table = Counter.__table__  # type: ignore[attr-defined]
+    with controller.engine.connect() as conn:
+        value = conn.execute(
+            select(table.c.value).where(table.c.name == "ingested_telemetry")
+        ).scalar()
+    return int(value or 0)
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def _summary_over_http(settings: Any, controller: Any) -> dict[str, Any]:
+    """The real ``/api/fleet/summary`` of this controller, served for one request."""
+    import uvicorn
+
+    from kioskfleet.controller.app import create_app
+
+    host, port = settings.host_port
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, controller), host=host, port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_port(port)
+        response = httpx.get(f"http://{host}:{port}/api/fleet/summary", timeout=10)
+        response.raise_for_status()
+        return dict(response.json())
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def controller_drain(
+    tag: str,
+    db_url: str,
+    broker: Mosquitto,
+    births: list[Message],
+    telemetry: list[Message],
+    publishers: int,
+    profile_dir: Path | None,
+) -> dict[str, Any]:
+    """Warm up (births, persistent session), go offline, pre-load, then time the drain."""
+    from kioskfleet.controller.config import Settings
+    from kioskfleet.controller.service import Controller
+
+    settings = Settings(
+        db_url=db_url,
+        mqtt_url=broker.url,
+        listen=f"127.0.0.1:{free_port()}",
+        client_id=f"bench-controller-{tag}",
+    )
+    warm = Controller(settings)
+    warm.start()
+    assert warm.ingest is not None
+    if not warm.ingest.connected.wait(20):
+        raise RuntimeError(f"controller ({tag}) did not connect")
+    publish_all(broker.port, births, publishers, retain=True)
+    stations = {topic.split("/")[2] for topic, _ in births}
+    store = warm.store
+    assert store is not None
+    _wait(lambda: all(s in store.stations for s in stations), 30, "the births")
+    time.sleep(2 * settings.ack_interval)  # the births' batch is committed and PUBACKed
+    warm.stop()
+
+    n = len(telemetry)
+    rate_pub = publish_all(broker.port, telemetry, publishers)
+    log(f"[{tag}] pre-loaded {n} telemetry messages at {rate_pub:.0f} msg/s")
+
+    controller = Controller(settings)
+    spy = None
+    if profile_dir is not None:
+        spy = start_py_spy(os.getpid(), profile_dir / f"ingest-{tag}.txt")
+        time.sleep(1.0)  # py-spy attaches
+    me = psutil.Process()
+    mosq = psutil.Process(broker.proc.pid) if broker.proc else None
+    cpu_before = (me.cpu_times(), mosq.cpu_times() if mosq else None)
+    controller.start()
+    assert controller.ingest is not None
+    controller.ingest.connected.wait(30)
+    t0 = time.perf_counter()
+    _wait(lambda: _telemetry_counter(controller) >= n, 900, f"{n} stored", every=0.02)
+    seconds = time.perf_counter() - t0
+    cpu_after = (me.cpu_times(), mosq.cpu_times() if mosq else None)
+    if spy is not None:
+        stop_py_spy(spy)
+    summary = _summary_over_http(settings, controller)
+    controller.stop()
+    result = {
+        "rate": round(n / seconds, 1),
+        "seconds": round(seconds, 2),
+        "publish_rate": round(rate_pub, 1),
+        "cpu_percent": _cpu(cpu_before, cpu_after, seconds),
+        "summary_ingested_telemetry": summary["ingested"]["telemetry"],
+        "summary_stations": summary["stations"],
+    }
+    if summary["ingested"]["telemetry"] != n:
+        raise RuntimeError(f"summary says {summary['ingested']} after storing {n}")
+    if profile_dir is not None:
+        result["profile"] = summarize_collapsed(profile_dir / f"ingest-{tag}.txt", top=12)
+    return result
+
+
+def _cpu(before: tuple[Any, Any], after: tuple[Any, Any], seconds: float) -> dict[str, float]:
+    def used(a: Any, b: Any) -> float:
+        return (b.user + b.system - a.user - a.system) / seconds * 100
+
+    out = {"bench_process": round(used(before[0], after[0]), 1)}
+    if before[1] is not None:
+        out["mosquitto"] = round(used(before[1], after[1]), 1)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--stations", type=int, default=100, help="publishing stations")
+    parser.add_argument("--publishers", type=int, default=4, help="publisher connections")
+    parser.add_argument(
+        "--db",
+        default="sqlite,postgres",
+        help="controllers to measure, comma-separated; postgres is skipped when unreachable",
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy the controller drains into DIR")
+    args = parser.parse_args()
+
+    dbs = [d.strip() for d in args.db.split(",") if d.strip()]
+    skipped: dict[str, str] = {}
+    if "postgres" in dbs and (why := postgres_available()):
+        skipped["postgres"] = why
+        dbs.remove("postgres")
+        log(f"PostgreSQL skipped: {why}")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    result: dict[str, Any] = {
+        "bench": "ingest",
+        "messages": args.messages,
+        "stations": args.stations,
+        "publishers": args.publishers,
+        "design": "pre-loaded persistent-session queue, drain timed from CONNACK",
+    }
+    with tempfile.TemporaryDirectory(prefix="kf-bench-ingest-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        broker = Mosquitto(work / "mosquitto").start()
+        stack.callback(broker.stop)
+
+        _, bare_stream = build_stream("bench-bare", args.stations, args.messages)
+        sizes = [len(p) for _, p in bare_stream]
+        result["payload_bytes"] = {"min": min(sizes), "max": max(sizes)}
+        bare = BareSubscriber(broker.port)
+        bare.open_session()
+        rate_pub = publish_all(broker.port, bare_stream, args.publishers)
+        log(f"[bare] pre-loaded {len(bare_stream)} telemetry messages at {rate_pub:.0f} msg/s")
+        me = psutil.Process()
+        mosq = psutil.Process(broker.proc.pid) if broker.proc else None
+        before = (me.cpu_times(), mosq.cpu_times() if mosq else None)
+        seconds, bare_rate = bare.drain(len(bare_stream))
+        after = (me.cpu_times(), mosq.cpu_times() if mosq else None)
+        del bare_stream
+        result["bare"] = {
+            "rate": round(bare_rate, 1),
+            "seconds": round(seconds, 2),
+            "publish_rate": round(rate_pub, 1),
+            "cpu_percent": _cpu(before, after, seconds),
+        }
+        log(f"[bare] drained at {bare_rate:.0f} msg/s")
+
+        result["controller"] = {}
+        for db in dbs:
+            tag = "pg" if db == "postgres" else db
+            births, stream = build_stream(f"bench-{tag}", args.stations, args.messages)
+            with (
+                throwaway_postgres()
+                if db == "postgres"
+                else nullcontext(f"sqlite:///{work / 'controller.db'}")
+            ) as url:
+                measured = controller_drain(
+                    tag, url, broker, births, stream, args.publishers, args.profile
+                )
+            measured["ratio"] = round(measured["rate"] / bare_rate, 3)
+            result["controller"][db] = measured
+            log(f"[{db}] stored at {measured['rate']:.0f} msg/s, ratio {measured['ratio']}")
+        for db, why in skipped.items():
+            result["controller"][db] = {"skipped": why}
+    ratios = [v["ratio"] for v in result["controller"].values() if "ratio" in v]
+    result["target_ratio"] = 0.8
+    result["ratio"] = min(ratios) if ratios else None
+    result["pass"] = bool(ratios) and min(ratios) >= 0.8
+    print(json.dumps(result, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
