@@ -53,6 +53,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         host=HostSampler(disk_path=str(config.state_dir)),
         tuning=AgentTuning(keepalive=config.keepalive),
     )
+
     def publish_transactions(events: list[dict[str, Any]]) -> None:
         agent.queue("events", {"events": events})
 
