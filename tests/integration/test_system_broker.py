@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import LoopThread, wait_until
-from tests.integration.fleet_helpers import make_fleet, served_controller, station_status
+from tests.integration.fleet_helpers import make_fleet, served_controller
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -81,10 +81,16 @@ def test_twenty_stations_on_the_running_mosquitto(tmp_path: Path, loop_thread: L
                 return sum(1 for s in items if s["id"] in ids)
 
             wait_until(lambda: online() == 20)
-            loop_thread.call(fleet.agents[0].link.abort)
-            wait_until(
-                lambda: station_status(api, fleet.agents[0].station) == "offline", timeout=10
-            )
+            # a network failure (no DISCONNECT): the will marks it offline, then it comes back
+            # and sends what it queued meanwhile
+            dropped = fleet.agents[0]
+            loop_thread.call(lambda: dropped.link.abort(reconnect=True))
+
+            def statuses() -> list[str]:
+                detail = api.get(f"/api/stations/{dropped.station}").json()
+                return [h["status"] for h in detail["history"]]
+
+            wait_until(lambda: statuses()[:2] == ["online", "offline"], timeout=15)
             loop_thread.call(fleet.stop_producing)
             assert loop_thread.run(fleet.wait_confirmed(30), timeout=40) == 0
             sent = fleet.result().sent

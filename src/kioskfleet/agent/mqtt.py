@@ -146,19 +146,26 @@ class MqttLink:
             self._misc.cancel()
         self._connected = False
 
-    def abort(self) -> None:
-        """Drop the connection without DISCONNECT (the broker will publish the will). Tests only."""
-        self._stopping = True
-        if self._retry is not None:
-            self._retry.cancel()
-        if self._misc is not None:
-            self._misc.cancel()
+    def abort(self, reconnect: bool = False) -> None:
+        """Drop the connection without DISCONNECT, as a network failure does (the broker
+        publishes the will). Without ``reconnect`` the link stays down (a kiosk that died);
+        with it, the link handles the loss as any other and connects again. Tests only."""
+        if not reconnect:
+            self._stopping = True
+            if self._retry is not None:
+                self._retry.cancel()
+            if self._misc is not None:
+                self._misc.cancel()
         sock = self._sock
         if sock is not None:
             self._unwatch(sock)
             sock.close()
             self._sock = None
-        self._connected = False
+        was, self._connected = self._connected, False
+        if reconnect:
+            if was:
+                self._on_disconnect_cb()
+            self._schedule(self._backoff())
 
     # -- paho ----------------------------------------------------------------------------------
     def _build(self) -> mqtt.Client:

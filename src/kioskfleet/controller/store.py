@@ -6,11 +6,12 @@ memory (loaded at start), so deduplication costs no query, and writes what chang
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from kioskfleet.controller.db import insert_ignore
 from kioskfleet.controller.fleet import is_degraded, silent_deadline, station_status
@@ -38,6 +39,7 @@ _STATION = Station.__table__  # type: ignore[attr-defined]
 _HISTORY = StationHistory.__table__  # type: ignore[attr-defined]
 _SESSION = StationSession.__table__  # type: ignore[attr-defined]
 _COUNTER = Counter.__table__  # type: ignore[attr-defined]
+_DESCRIPTION = ("district", "site", "site_type", "profile", "agent_version", "catalogue_version")
 _TABLES = {
     "telemetry": Telemetry.__table__,  # type: ignore[attr-defined]
     "events": EventBatch.__table__,  # type: ignore[attr-defined]
@@ -65,8 +67,11 @@ class StationState:
     description: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
-        """Column values for the station table."""
+        """Column values for the station table (always every column, so rows of many stations
+        go into one ``executemany``)."""
         return {
+            **dict.fromkeys(_DESCRIPTION),
+            **self.description,
             "id": self.id,
             "status": self.status,
             "online": self.online,
@@ -80,7 +85,6 @@ class StationState:
             "registered_at": self.registered_at,
             "devices": self.devices,
             "required_devices": self.required_devices,
-            **self.description,
         }
 
 
@@ -120,6 +124,25 @@ class FleetStore:
         self._insert_ignore = {
             kind: insert_ignore(engine, table) for kind, table in _TABLES.items()
         }
+        # statements with bind parameters: a batch writes all its rows in one executemany
+        columns = [c for c in StationState(id="-").row() if c != "id"]
+        self._update_station = (
+            update(_STATION)
+            .where(_STATION.c.id == bindparam("b_id"))
+            .values({c: bindparam(c) for c in columns})
+        )
+        self._update_session = (
+            update(_SESSION)
+            .where(
+                _SESSION.c.station == bindparam("b_station"),
+                _SESSION.c.session == bindparam("b_session"),
+            )
+            .values(
+                watermark=bindparam("watermark"),
+                above=bindparam("above"),
+                updated_at=bindparam("updated_at"),
+            )
+        )
         self._load()
 
     def _load(self) -> None:
@@ -139,17 +162,7 @@ class FleetStore:
                     registered_at=row["registered_at"],
                     devices=dict(row["devices"] or {}),
                     required_devices=row["required_devices"],
-                    description={
-                        key: row[key]
-                        for key in (
-                            "district",
-                            "site",
-                            "site_type",
-                            "profile",
-                            "agent_version",
-                            "catalogue_version",
-                        )
-                    },
+                    description={key: row[key] for key in _DESCRIPTION},
                 )
                 self.stations[state.id] = state
 
@@ -159,8 +172,20 @@ class FleetStore:
     ) -> BatchOutcome:
         """Store ``messages`` ((kind, message) in arrival order) in one transaction.
 
-        Returns what to confirm and whom to ask for a birth once the commit is done.
+        Returns what to confirm and whom to ask for a birth once the commit is done. When the
+        transaction fails, the in-memory picture and ledgers are put back as they were, so the
+        caller can apply the same batch again once the database is back.
         """
+        undo = _Undo()
+        try:
+            return self._apply(messages, now, rejected, undo)
+        except BaseException:
+            undo.restore(self)
+            raise
+
+    def _apply(
+        self, messages: list[tuple[str, AgentMessage]], now: float, rejected: int, undo: _Undo
+    ) -> BatchOutcome:
         out = BatchOutcome()
         touched: dict[str, StationState] = {}
         new_stations: set[str] = set()
@@ -168,9 +193,20 @@ class FleetStore:
         rows: dict[str, list[dict[str, Any]]] = {"telemetry": [], "events": [], "reply": []}
         ledgers_touched: set[tuple[str, int]] = set()
 
+        def ledger_for(station: str, session: int) -> SeqLedger:
+            key = (station, session)
+            ledger = self._ledger(station, session)
+            if key not in ledgers_touched:
+                ledgers_touched.add(key)
+                undo.ledgers[key] = (ledger.watermark, set(ledger.above))
+            return ledger
+
         def station_for(station_id: str, *, online: bool) -> StationState:
             state = self.stations.get(station_id)
+            if state is not None and station_id not in touched:
+                undo.stations[station_id] = copy.copy(state)
             if state is None:
+                undo.stations[station_id] = None
                 state = StationState(
                     id=station_id,
                     status="online" if online else "offline",
@@ -199,12 +235,10 @@ class FleetStore:
                 state.online = True
                 state.session = message.session
                 out.rebirth.add(station)
-            ledger = self._ledger(station, message.session)
-            ledgers_touched.add((station, message.session))
+            ledger = ledger_for(station, message.session)
             out.acks[(station, message.session)] = 0
             for dropped in message.dropped:
-                ledger_d = self._ledger(station, dropped.session)
-                ledgers_touched.add((station, dropped.session))
+                ledger_d = ledger_for(station, dropped.session)
                 declared = ledger_d.add_range(dropped.from_seq, dropped.to_seq)
                 name = "declared_lost" if dropped.kind == "lost" else "declared_dropped"
                 out.declared[name] = out.declared.get(name, 0) + declared
@@ -254,23 +288,17 @@ class FleetStore:
 
         for state in touched.values():
             self._restatus(state, now, history, out, reason="message")
-        for key in out.acks:
-            self._touched_at[key] = now
-            ledger = self._ledgers[key]
-            out.acks[key] = ledger.watermark
-            if ledger.above:
-                self.gappy.setdefault(key, now)
-            else:
-                self.gappy.pop(key, None)
 
         with self.engine.begin() as conn:
-            for station_id in new_stations:
-                conn.execute(insert(_STATION).values(touched[station_id].row()))
-            for station_id, state in touched.items():
-                if station_id not in new_stations:
-                    conn.execute(
-                        update(_STATION).where(_STATION.c.id == station_id).values(state.row())
-                    )
+            if new_stations:
+                conn.execute(insert(_STATION), [touched[s].row() for s in new_stations])
+            updated = [
+                {**state.row(), "b_id": station_id}
+                for station_id, state in touched.items()
+                if station_id not in new_stations
+            ]
+            if updated:
+                conn.execute(self._update_station, updated)
             for kind, kind_rows in rows.items():
                 if kind_rows:
                     conn.execute(self._insert_ignore[kind], kind_rows)
@@ -282,6 +310,15 @@ class FleetStore:
             if rejected:
                 increments["rejected"] = rejected
             self._bump(conn, increments)
+        self._persisted.update(ledgers_touched)
+        for key in out.acks:
+            self._touched_at[key] = now
+            ledger = self._ledgers[key]
+            out.acks[key] = ledger.watermark
+            if ledger.above:
+                self.gappy.setdefault(key, now)
+            else:
+                self.gappy.pop(key, None)
         return out
 
     def _apply_state(
@@ -403,6 +440,8 @@ class FleetStore:
         return ledger
 
     def _save_ledgers(self, conn: Connection, keys: set[tuple[str, int]], now: float) -> None:
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
         for station, session in keys:
             ledger = self._ledgers[(station, session)]
             values = {
@@ -411,14 +450,13 @@ class FleetStore:
                 "updated_at": now,
             }
             if (station, session) in self._persisted:
-                conn.execute(
-                    update(_SESSION)
-                    .where(_SESSION.c.station == station, _SESSION.c.session == session)
-                    .values(values)
-                )
+                updates.append({**values, "b_station": station, "b_session": session})
             else:
-                conn.execute(insert(_SESSION).values(station=station, session=session, **values))
-                self._persisted.add((station, session))
+                inserts.append({**values, "station": station, "session": session})
+        if updates:
+            conn.execute(self._update_session, updates)
+        if inserts:
+            conn.execute(insert(_SESSION), inserts)
 
     def _bump(self, conn: Connection, increments: dict[str, int]) -> None:
         for name, n in increments.items():
@@ -432,6 +470,27 @@ class FleetStore:
         """Persist rejected messages that came without anything to store."""
         with self.engine.begin() as conn:
             self._bump(conn, {"rejected": n})
+
+
+@dataclass
+class _Undo:
+    """What a batch changed in memory, to put back when its transaction fails."""
+
+    #: station → its state before the batch (None: the batch registered it)
+    stations: dict[str, StationState | None] = field(default_factory=dict)
+    #: (station, session) → (watermark, above) before the batch
+    ledgers: dict[tuple[str, int], tuple[int, set[int]]] = field(default_factory=dict)
+
+    def restore(self, store: FleetStore) -> None:
+        for station, state in self.stations.items():
+            if state is None:
+                store.stations.pop(station, None)
+            else:
+                store.stations[station] = state
+        for key, (watermark, above) in self.ledgers.items():
+            ledger = store._ledgers.get(key)
+            if ledger is not None:
+                ledger.watermark, ledger.above = watermark, above
 
 
 def _hist(station: str, status: str, reason: str, session: int, now: float) -> dict[str, Any]:
