@@ -18,6 +18,7 @@ from kioskfleet.protocol import (
     parse_topic,
 )
 from kioskfleet.protocol.broker_url import parse_broker_url
+from kioskfleet.protocol.messages import Reply
 
 STATION = "wx-binhu-sub-03"
 
@@ -96,6 +97,28 @@ BAD = [
         "schema",
     ),
     ("ts NaN", telemetry().replace(b'"ts": 1764000000.5', b'"ts": NaN'), "schema"),
+    ("NaN host metric", telemetry(host={"cpu_percent": float("nan")}), "schema"),
+    ("infinite host metric", telemetry(host={"cpu_percent": float("inf")}), "schema"),
+    (
+        "overflowing host metric",
+        telemetry(host={"temp": 1}).replace(b'"temp": 1', b'"temp": 1e400'),
+        "schema",
+    ),
+    (
+        "NaN deep in a device event",
+        telemetry(
+            devices={
+                "printer": {
+                    "device": "printer",
+                    "driver": "escpos",
+                    "state": "online",
+                    "faults": [],
+                    "events": [{"x": -float("inf")}],
+                }
+            }
+        ),
+        "schema",
+    ),
     ("future v", telemetry(v=2), "version"),
     ("v as string", telemetry(v="1"), "version"),
     ("other station", telemetry(station="wx-xishan-gov-01"), "station_mismatch"),
@@ -254,3 +277,20 @@ def test_broker_urls() -> None:
     for bad in ("http://x", "mqtt://", "mqtt://x?version=4", "mqtt://x:notaport"):
         with pytest.raises(ValueError):
             parse_broker_url(bad)
+
+
+def test_non_finite_numbers_are_refused_anywhere_but_look_alike_text_is_fine() -> None:
+    def reply(result: str) -> bytes:
+        return (
+            b'{"v": 1, "station": "%s", "session": 1, "seq": 2, "ts": 1.0, "id": "c1", '
+            b'"status": "ok", "result": %s}' % (STATION.encode(), result.encode())
+        )
+
+    fine = decode_agent_message(
+        "reply", STATION, reply('{"note": "NaN Infinity 1e400", "n": 2e10}')
+    )
+    assert isinstance(fine, Reply) and fine.result == {"note": "NaN Infinity 1e400", "n": 2e10}
+    for bad in ("NaN", "[1, -Infinity]", '{"big": 1E+400}', '{"big": 12e0400}'):
+        with pytest.raises(ProtocolError) as err:
+            decode_agent_message("reply", STATION, reply(bad))
+        assert err.value.reason == "schema" and "number" in str(err.value)

@@ -40,6 +40,9 @@ def _cases(victim: str) -> list[tuple[str, bytes]]:
             (topic, json.dumps({**good, "station": "wx-someone-else"}).encode()),
             (topic, json.dumps({**good, "pad": "x" * 70_000}).encode()),  # oversized
         ]
+    # valid in every other way, but NaN is not JSON and no database column takes it
+    nan = json.dumps({**good, "host": {"cpu_percent": float("nan")}}).encode()
+    cases.append((f"fleet/v1/{victim}/telemetry", nan))
     return cases
 
 

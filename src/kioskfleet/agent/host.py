@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -42,6 +43,8 @@ class HostSampler:
             "agent_rss_mb": round(self._process.memory_info().rss / 2**20, 1),
         }
         assert values.keys() == HOST_METRIC_KEYS
+        # a sensor driver may report NaN; the wire (JSON) and the controller do not take it
+        values = {k: v if v is None or math.isfinite(v) else None for k, v in values.items()}
         self._last, self._at = values, now
         return values
 

@@ -37,6 +37,9 @@ class Settings:
     retention_days: float = 30.0
     #: how often retention runs (seconds)
     retention_interval: float = 3600.0
+    #: the controller owns its process: freeze start-up objects out of the cyclic garbage
+    #: collector and collect young objects less often (see ``service.tune_gc``)
+    tune_gc: bool = True
 
     @property
     def broker(self) -> BrokerUrl:
@@ -95,6 +98,12 @@ def load_settings(
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
+    if kind in ("bool", bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise SettingsError(f"setting {name!r}: {value!r} is not true or false")
     try:
         if kind in ("float", float):
             return float(value)

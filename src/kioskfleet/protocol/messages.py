@@ -6,6 +6,9 @@ state messages always have ``seq`` 0 and are idempotent by (``session``, ``onlin
 Unknown extra keys are tolerated (the contract may grow); wrong types are not.
 """
 
+import json
+import math
+import re
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -200,12 +203,42 @@ def decode_agent_message(kind: str, station: str, payload: bytes) -> AgentMessag
         message = model.model_validate_json(payload)
     except ValidationError as err:
         raise _explain(err) from None
+    if _MAYBE_NOT_FINITE.search(payload):
+        _reject_non_finite(payload)
     if message.station != station:
         raise ProtocolError(
             "station_mismatch",
             f"payload names station {message.station!r} on the topic of {station!r}",
         )
     return message
+
+
+#: what a non-finite number looks like in JSON text (``NaN``, ``Infinity``, or an exponent large
+#: enough to overflow a double); strings may contain these too, so a match is only a suspicion
+_MAYBE_NOT_FINITE: Final = re.compile(rb"NaN|Infinity|[eE]\+?0*[1-9][0-9]{2}")
+
+
+def _not_finite(text: str) -> float:
+    raise ValueError(f"{text} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _reject_non_finite(payload: bytes) -> None:
+    """NaN and infinities are not JSON (RFC 8259), PostgreSQL refuses them in a JSON column,
+    and one stored in a batch would stop ingest; fields typed ``float`` already refuse them,
+    this catches them anywhere else (host metrics, reply results, event details)."""
+    try:
+        json.loads(payload, parse_constant=_not_finite, parse_float=_finite_float)
+    except ValueError as err:
+        raise ProtocolError(
+            "schema", f"payload holds a number JSON does not allow: {err}"
+        ) from None
 
 
 def _explain(err: ValidationError) -> ProtocolError:
