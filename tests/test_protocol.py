@@ -294,3 +294,22 @@ def test_non_finite_numbers_are_refused_anywhere_but_look_alike_text_is_fine() -
         with pytest.raises(ProtocolError) as err:
             decode_agent_message("reply", STATION, reply(bad))
         assert err.value.reason == "schema" and "number" in str(err.value)
+
+
+@pytest.mark.parametrize("result", ['"a\\u0000b"', '{"k\\u0000": 1}', '[["\\u0000"]]'])
+def test_nul_characters_are_refused_anywhere(result: str) -> None:
+    # PostgreSQL text refuses NUL: one such message would make every retry of its batch fail
+    payload = {"v": 1, "station": STATION, "session": 1, "seq": 2, "ts": 1.0, "id": "c1"}
+    raw = json.dumps({**payload, "status": "ok"})[:-1] + f', "result": {result}}}'
+    with pytest.raises(ProtocolError) as err:
+        decode_agent_message("reply", STATION, raw.encode())
+    assert err.value.reason == "schema" and "NUL" in str(err.value)
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
+    payload = {"v": 1, "station": STATION, "session": 1, "seq": 2, "ts": 1.0, "id": "c1"}
+    text = "a\\u0000b"  # backslash, then the letters u0000
+    message = decode_agent_message(
+        "reply", STATION, json.dumps({**payload, "status": "ok", "result": text}).encode()
+    )
+    assert isinstance(message, Reply) and message.result == text

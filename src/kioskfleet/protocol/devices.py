@@ -63,7 +63,7 @@ _FAULT_CODE = r"^[a-z][a-z0-9_]{0,63}$"
 class DeviceInfo(BaseModel):
     """Identity a device reports about itself; any part may be unknown."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False)
 
     model: str | None = Field(default=None, max_length=128)
     serial: str | None = Field(default=None, max_length=128)
@@ -73,7 +73,7 @@ class DeviceInfo(BaseModel):
 class DeviceStatus(BaseModel):
     """One device's status in the contract vocabulary."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False)
 
     device: DeviceKind
     driver: DriverName

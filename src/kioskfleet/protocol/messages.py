@@ -8,7 +8,6 @@ Unknown extra keys are tolerated (the contract may grow); wrong types are not.
 
 import json
 import math
-import re
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,7 +26,8 @@ SlotName = Annotated[
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 NonNegative = Annotated[int, Field(ge=0, lt=2**63)]
 
-_STRICT = ConfigDict(strict=True, frozen=True, extra="ignore")
+#: NaN and infinities are not JSON (RFC 8259) and no database JSON column takes them
+_STRICT = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False)
 
 
 class DroppedRange(BaseModel):
@@ -119,7 +119,7 @@ class TelemetryMessage(Sequenced):
 class Event(BaseModel):
     """One event; ``device_status`` events are checked against the device vocabulary."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow", allow_inf_nan=False)
 
     type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     device: SlotName | None = None
@@ -203,8 +203,10 @@ def decode_agent_message(kind: str, station: str, payload: bytes) -> AgentMessag
         message = model.model_validate_json(payload)
     except ValidationError as err:
         raise _explain(err) from None
-    if _MAYBE_NOT_FINITE.search(payload):
-        _reject_non_finite(payload)
+    if _NUL in payload:
+        _reject_nul(payload)
+    for value in _free_form(message):
+        _reject_non_finite(value)
     if message.station != station:
         raise ProtocolError(
             "station_mismatch",
@@ -215,30 +217,55 @@ def decode_agent_message(kind: str, station: str, payload: bytes) -> AgentMessag
 
 #: what a non-finite number looks like in JSON text (``NaN``, ``Infinity``, or an exponent large
 #: enough to overflow a double); strings may contain these too, so a match is only a suspicion
-_MAYBE_NOT_FINITE: Final = re.compile(rb"NaN|Infinity|[eE]\+?0*[1-9][0-9]{2}")
+#: how JSON writes a NUL character (raw control characters are not valid JSON)
+_NUL: Final = rb"\u0000"
 
 
-def _not_finite(text: str) -> float:
-    raise ValueError(f"{text} is not a finite number")
+def _free_form(message: AgentMessage) -> list[Any]:
+    """The parts of ``message`` whose numbers no model field checks."""
+    if isinstance(message, Reply):
+        return [message.result]
+    if isinstance(message, EventsMessage):
+        found: list[Any] = []
+        for event in message.events:
+            found.append(event.model_extra)
+            if event.status is not None and event.status.events:
+                found.append(event.status.events)
+        return found
+    return [d.events for d in message.devices.values() if d.events]
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not a finite number")
-    return value
+def _reject_non_finite(value: Any) -> None:
+    """Refuse NaN and infinities anywhere in ``value``: a free-form part of a payload may hold
+    one (``1e400`` parses as infinity), the database would refuse the batch holding it again
+    and again, and ingest would stop."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ProtocolError("schema", "payload holds a number JSON does not allow")
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
-def _reject_non_finite(payload: bytes) -> None:
-    """NaN and infinities are not JSON (RFC 8259), PostgreSQL refuses them in a JSON column,
-    and one stored in a batch would stop ingest; fields typed ``float`` already refuse them,
-    this catches them anywhere else (host metrics, reply results, event details)."""
-    try:
-        json.loads(payload, parse_constant=_not_finite, parse_float=_finite_float)
-    except ValueError as err:
-        raise ProtocolError(
-            "schema", f"payload holds a number JSON does not allow: {err}"
-        ) from None
+def _reject_nul(payload: bytes) -> None:
+    """Refuse NUL characters in strings: PostgreSQL text cannot hold them, so one would make
+    the database refuse its batch again and again. (``\\u0000`` in the payload may also be an
+    escaped backslash followed by the letters; only a real NUL is refused.)"""
+    stack = [json.loads(payload)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if chr(0) in item:
+                raise ProtocolError("schema", "payload holds a NUL character in a string")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _explain(err: ValidationError) -> ProtocolError:
