@@ -19,8 +19,10 @@ from tests.conftest import LoopThread, free_port
 
 @contextmanager
 def served_controller(
-    db_url: str, mqtt_url: str, **overrides: Any
+    db_url: str, mqtt_url: str, *, wait_connected: bool = True, **overrides: Any
 ) -> Iterator[tuple[ServedController, httpx.Client]]:
+    """A controller serving its API; by default, once it is subscribed at the broker (what is
+    published before that is not queued for it: its session does not exist yet)."""
     settings = Settings(
         db_url=db_url,
         mqtt_url=mqtt_url,
@@ -32,6 +34,10 @@ def served_controller(
     settings = replace(settings, **overrides)
     served = ServedController(settings)
     host, port = settings.host_port
+    ingest = served.controller.ingest
+    if wait_connected and (ingest is None or not ingest.connected.wait(30)):
+        served.stop()
+        raise RuntimeError("the controller did not connect to the broker in 30 s")
     try:
         with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as client:
             yield served, client

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.conftest import free_port, wait_until
 
@@ -54,6 +55,24 @@ class ControllerProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+
+    def writer_pids(self) -> list[int]:
+        """The controller's ingest writer process (Settings.writer = "process")."""
+        assert self.proc is not None
+        pids = []
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                if "spawn_main" in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+            except psutil.Error:
+                pass  # killed, not yet reaped by the controller
+        return pids
+
+    def kill_writer(self) -> int:
+        """SIGKILL the ingest writer; returns its pid."""
+        (pid,) = self.writer_pids()
+        os.kill(pid, signal.SIGKILL)
+        return pid
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

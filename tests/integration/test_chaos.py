@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mosquitto
+from tests.conftest import Mosquitto, wait_until
 from tests.integration.processes import ControllerProcess, SimulateProcess
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -47,6 +47,10 @@ def _run(mosquitto: Mosquitto, tmp_path: Path, chaos: str, db_url: str | None = 
             mosquitto.kill()
             time.sleep(1)
             mosquitto.start()
+        if chaos == "writer_kill":
+            killed = controller.kill_writer()
+            # the controller starts a new writer and hands it every batch not yet committed
+            wait_until(lambda: controller.writer_pids() not in ([], [killed]), timeout=15)
         if chaos in ("controller_kill", "both"):
             time.sleep(2)
             controller.kill()
@@ -73,6 +77,10 @@ def test_broker_killed_mid_stream(mosquitto: Mosquitto, tmp_path: Path) -> None:
 
 def test_controller_killed_mid_ingest(mosquitto: Mosquitto, tmp_path: Path) -> None:
     _run(mosquitto, tmp_path, "controller_kill")
+
+
+def test_ingest_writer_killed_mid_ingest(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    _run(mosquitto, tmp_path, "writer_kill")
 
 
 @pytest.mark.postgres

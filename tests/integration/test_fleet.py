@@ -160,7 +160,10 @@ def test_healthz_says_why_when_the_broker_is_unreachable(tmp_path) -> None:
     from tests.conftest import free_port
 
     dead = f"mqtt://127.0.0.1:{free_port()}"
-    with served_controller(f"sqlite:///{tmp_path / 'c.db'}", dead) as (_, api):
+    with served_controller(f"sqlite:///{tmp_path / 'c.db'}", dead, wait_connected=False) as (
+        _,
+        api,
+    ):
         response = api.get("/healthz")
         assert response.status_code == 503
         assert "broker" in response.json()["reason"]

@@ -27,8 +27,9 @@ class Settings:
     client_id: str = "kioskfleet-controller"
     #: seconds the broker keeps our session (and queues for us) while we are away
     session_expiry: int = 7 * 24 * 3600
-    #: largest number of messages stored in one database transaction
-    batch_size: int = 500
+    #: largest number of messages stored in one database transaction (each commit is an
+    #: fsync: larger batches make a backlog drain faster)
+    batch_size: int = 1000
     #: how often confirmations go out to stations (seconds)
     ack_interval: float = 1.0
     #: how often silent stations are looked for (seconds)
@@ -40,6 +41,9 @@ class Settings:
     #: the controller owns its process: freeze start-up objects out of the cyclic garbage
     #: collector and collect young objects less often (see ``service.tune_gc``)
     tune_gc: bool = True
+    #: where the ingest writer (decode, validate, store) runs: ``process`` (its own process,
+    #: so ingest uses a second core) or ``thread`` (inside the controller's process)
+    writer: str = "process"
 
     @property
     def broker(self) -> BrokerUrl:
@@ -89,6 +93,10 @@ def load_settings(
     for f in fields(Settings):
         if f.name in values:
             settings = replace(settings, **{f.name: _coerce(f.name, values[f.name], f.type)})
+    if settings.writer not in ("process", "thread"):
+        raise SettingsError(
+            f"setting 'writer' must be 'process' or 'thread', not {settings.writer!r}"
+        )
     try:
         settings.broker  # noqa: B018  (validates the URL early, with a clear message)
         settings.host_port  # noqa: B018

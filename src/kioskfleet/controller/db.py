@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,25 @@ from sqlmodel import create_engine
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+class RawJSON(str):
+    """JSON text already encoded (by pydantic's serializer, much cheaper than encoding the
+    dumped dicts again): a JSON column stores it as it is."""
+
+    __slots__ = ()
+
+
+def _to_json(value: Any) -> str:
+    return value if isinstance(value, RawJSON) else json.dumps(value)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``: SQLite (WAL, FULL sync: acked means on disk) or PostgreSQL."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            json_serializer=_to_json,
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -33,7 +49,9 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, json_serializer=_to_json
+    )
 
 
 def migrate(engine: Engine) -> None:

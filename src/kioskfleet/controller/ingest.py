@@ -1,21 +1,26 @@
-"""MQTT ingest: receive, validate, store in batches, confirm after the commit.
+"""MQTT ingest: receive, hand to the writer in batches, confirm after the commit.
 
-paho runs its own network thread; ``on_message`` only queues. One writer thread takes
-batches off the queue, decodes and validates them, stores each batch in one transaction
-(:class:`~kioskfleet.controller.store.FleetStore`), and only then sends the broker its PUBACKs
-(paho manual ack, in arrival order) and the stations their ``ack`` (at most once a second per
-station session). The broker keeps our persistent session, so whatever was not acked when we
-died is delivered again — and stored once, thanks to the seq ledgers.
+paho runs its own network thread; ``on_message`` only queues. A forwarder thread cuts the
+queue into batches and hands them, raw, to the writer (:mod:`kioskfleet.controller.writer`,
+a child process by default), which decodes, validates and stores each batch in one
+transaction. Only when the writer reports a batch committed does the MQTT side send the
+broker its PUBACKs (paho manual ack, in arrival order) and the stations their ``ack`` (at
+most once a second per station session). The broker keeps our persistent session, so
+whatever was not acked when we died is delivered again — and stored once, thanks to the seq
+ledgers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,16 +32,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from kioskfleet.controller.metrics import Metrics
-from kioskfleet.controller.retention import apply_retention
-from kioskfleet.controller.store import BatchOutcome, FleetStore
+from kioskfleet.controller.store import BatchOutcome
+from kioskfleet.controller.writer import BatchReport, SweepReport, WriterConfig, WriterHandle
 from kioskfleet.protocol.broker_url import BrokerUrl
-from kioskfleet.protocol.errors import ProtocolError
-from kioskfleet.protocol.messages import AgentMessage, decode_agent_message
 from kioskfleet.protocol.topics import (
     CONTROLLER_STATE_TOPIC,
     ack_topic,
     cmd_topic,
-    parse_topic,
     subscriptions_for_controller,
 )
 
@@ -44,9 +46,11 @@ log = logging.getLogger(__name__)
 
 _UNSUPPORTED_PROTOCOL = 132
 _REBIRTH_EVERY = 30.0  # seconds between birth requests to the same station
-_GAP_GRACE = 3.0  # a gap younger than this is usually a message still on its way
 _RESEND_EVERY = 15.0  # seconds between resend requests for the same station session
 _RANGES_PER_REQUEST = 8
+#: batches handed to the writer and not yet committed; beyond this the forwarder waits, the
+#: queue fills, paho stops reading and the broker holds the rest (backpressure)
+_BATCHES_IN_FLIGHT = 3
 
 
 @dataclass(frozen=True)
@@ -63,37 +67,35 @@ class Ingest:
     """The controller's MQTT side.
 
     Args:
-        store: where batches go.
+        writer: where and how batches are stored (database, retention, sweeps).
         broker: broker URL.
         client_id: stable id (the broker keeps this session's queue while we restart).
         metrics: Prometheus instruments.
+        writer_mode: ``process`` (the writer gets a process, and a core, of its own) or
+            ``thread``.
     """
 
     def __init__(
         self,
-        store: FleetStore,
+        writer: WriterConfig,
         *,
         broker: BrokerUrl,
         client_id: str,
         metrics: Metrics,
         session_expiry: int = 7 * 24 * 3600,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         ack_interval: float = 1.0,
-        sweep_interval: float = 1.0,
-        retention: tuple[float, float] | None = None,
+        writer_mode: str = "process",
         on_changes: Callable[[list[tuple[str, str, str]]], None] | None = None,
     ) -> None:
-        self.store = store
+        self.writer_config = writer
+        self.writer_mode = writer_mode
         self.broker = broker
         self.client_id = client_id
         self.metrics = metrics
         self.session_expiry = session_expiry
         self.batch_size = batch_size
         self.ack_interval = ack_interval
-        self.sweep_interval = sweep_interval
-        #: (days kept raw, seconds between runs)
-        self.retention = retention
-        self._next_retention = time.monotonic() + 60.0
         self._on_changes = on_changes
         self._queue: queue.Queue[_Incoming | None] = queue.Queue(maxsize=20_000)
         self._protocol = mqtt.MQTTv311 if broker.version == "3.1.1" else mqtt.MQTTv5
@@ -106,35 +108,59 @@ class Ingest:
         self._resend_at: dict[tuple[str, int], float] = {}
         self._logged: set[tuple[str, str]] = set()
         self.connected = threading.Event()
+        #: set once the writer has loaded the fleet and takes batches
+        self.writer_ready = threading.Event()
         self.last_error: str | None = None
+        self.writer_error: str | None = None
         self._connack = False
         self._falling_back = False
         self._generation = 0
+        self._writer: WriterHandle | None = None
+        self._mqtt_started = False
+        self._suback_pending: set[int] = set()
+        #: batch id → (raw items, (mid, qos, generation) of each), in the order handed over
+        self._inflight: OrderedDict[int, tuple[list[tuple[str, bytes]], list[tuple[int, int, int]]]]
+        self._inflight = OrderedDict()
+        self._inflight_lock = threading.Lock()
+        self._slots = threading.Semaphore(_BATCHES_IN_FLIGHT)
+        self._ids = itertools.count(1)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect (retrying in the background) and start the writer and sweeper."""
-        self._connect_async()
-        self._client.loop_start()
-        for name, target in (("ingest-writer", self._writer), ("ingest-acks", self._ack_loop)):
+        """Start the writer; once it is ready, connect (retrying in the background)."""
+        self._writer = WriterHandle(self.writer_config, self.writer_mode)
+        # the MQTT session starts once the writer is ready (see _reports): nothing piles up
+        for name, target in (
+            ("ingest-forward", self._forward),
+            ("ingest-reports", self._reports),
+            ("ingest-acks", self._ack_loop),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Drain what is queued, say offline, disconnect."""
+        """Store what is queued, say offline, disconnect, stop the writer."""
         self._stop.set()
         self._queue.put(None)
         for thread in self._threads:
-            thread.join(timeout=10)
+            thread.join(timeout=15)
         self._flush_acks()
         if self.connected.is_set():
             info = self._client.publish(
                 CONTROLLER_STATE_TOPIC, self._presence(False), qos=1, retain=True
             )
             info.wait_for_publish(timeout=2)
-        self._client.disconnect()
-        self._client.loop_stop()
+        if self._mqtt_started:
+            self._client.disconnect()
+            self._client.loop_stop()
+        if self._writer is not None:
+            self._writer.join(10)
+
+    @property
+    def writer_ok(self) -> bool:
+        """The writer runs and has loaded the fleet."""
+        return self.writer_ready.is_set() and self._writer is not None and self._writer.alive()
 
     # -- paho ----------------------------------------------------------------------------------
     def _build(self) -> mqtt.Client:
@@ -154,6 +180,7 @@ class Ingest:
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
@@ -162,8 +189,9 @@ class Ingest:
         if self._protocol == mqtt.MQTTv5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.session_expiry
-            # at most this many unacked messages in flight to us: the broker keeps the rest
-            props.ReceiveMaximum = 2000
+            # at most this many unacked messages in flight to us: the broker keeps the rest;
+            # enough for a batch being stored while the next ones fill
+            props.ReceiveMaximum = min(65535, max(2000, _BATCHES_IN_FLIGHT * self.batch_size))
             self._client.connect_async(
                 self.broker.host,
                 self.broker.port,
@@ -199,10 +227,18 @@ class Ingest:
         self.last_error = None
         self._generation += 1
         log.info("connected to %s (session present: %s)", self.broker, flags.session_present)
-        for topic in subscriptions_for_controller():
-            client.subscribe(topic, qos=1)
+        # connected (and healthy) once the broker confirmed every subscription
+        # (SUBACKs come on this same paho thread, after this callback returns)
+        mids = [client.subscribe(topic, qos=1)[1] for topic in subscriptions_for_controller()]
+        self._suback_pending = {mid for mid in mids if mid is not None}
         client.publish(CONTROLLER_STATE_TOPIC, self._presence(True), qos=1, retain=True)
-        self.connected.set()
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        self._suback_pending.discard(mid)
+        if not self._suback_pending:
+            self.connected.set()
 
     def _fall_back(self) -> None:
         old = self._client
@@ -242,23 +278,42 @@ class Ingest:
             _Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation)
         )
 
-    # -- the writer ----------------------------------------------------------------------------
-    def _writer(self) -> None:
-        # the one thread that writes fleet state: batches, and the silent-station sweep
-        next_sweep = time.monotonic() + self.sweep_interval
+    # -- to and from the writer ----------------------------------------------------------------
+    def _forward(self) -> None:
+        """Cut the queue into batches and hand them to the writer, a few at a time."""
         while True:
             batch = self._take_batch()
             if batch is None:
-                return
-            if batch:
-                self._process(batch)
-            if time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + self.sweep_interval
-                self._sweep()
+                break
+            if not batch:
+                continue
+            self._slots.acquire()
+            items = [(item.topic, item.payload) for item in batch]
+            acks = [(item.mid, item.qos, item.generation) for item in batch]
+            with self._inflight_lock:
+                batch_id = next(self._ids)
+                self._inflight[batch_id] = (items, acks)
+                self._hand_over(batch_id, items)
+        # stopping: let the writer finish what it has, then tell it to end
+        deadline = time.monotonic() + 10.0
+        while self._inflight and time.monotonic() < deadline and self._writer_alive():
+            time.sleep(0.02)
+        with self._inflight_lock, contextlib.suppress(OSError):  # OSError: already gone
+            if self._writer is not None:
+                self._writer.inbox.put(None)
+
+    def _hand_over(self, batch_id: int, items: list[tuple[str, bytes]]) -> None:
+        assert self._writer is not None
+        # OSError: the writer died; its replacement gets every batch still in flight
+        with contextlib.suppress(OSError):
+            self._writer.inbox.put(("batch", batch_id, items))
+
+    def _writer_alive(self) -> bool:
+        return self._writer is not None and self._writer.alive()
 
     def _take_batch(self) -> list[_Incoming] | None:
         try:
-            first = self._queue.get(timeout=min(0.5, self.sweep_interval))
+            first = self._queue.get(timeout=0.5)
         except queue.Empty:
             return None if self._stop.is_set() and self._queue.empty() else []
         if first is None:
@@ -275,48 +330,86 @@ class Ingest:
             batch.append(item)
         return batch
 
-    def _process(self, batch: list[_Incoming]) -> None:
-        started = time.perf_counter()
-        decoded: list[tuple[str, AgentMessage]] = []
-        rejected = 0
-        for item in batch:
-            if item.topic == CONTROLLER_STATE_TOPIC:
-                continue  # our own presence, seen through fleet/v1/+/state
-            try:
-                topic = parse_topic(item.topic)
-                decoded.append(
-                    (topic.kind, decode_agent_message(topic.kind, topic.station, item.payload))
-                )
-            except ProtocolError as err:
-                rejected += 1
-                self._reject(item.topic, err)
-        now = time.time()
+    def _reports(self) -> None:
+        """Act on what the writer reports: commits, sweeps, failures."""
         while True:
+            assert self._writer is not None
             try:
-                outcome = self.store.apply(decoded, now, rejected=rejected)
-                break
-            except Exception as err:  # noqa: BLE001 - the database may be away; never drop
-                self.metrics.db_errors.inc()
-                log.error("storing a batch failed, retrying in 1 s: %s", err)
-                if self._stop.wait(1.0):
+                report = self._writer.outbox.get(1.0)
+            except queue.Empty:
+                if not self._writer.alive():
+                    if self._stop.is_set() and not self._forwarding():
+                        return
+                    self._restart_writer("the writer ended without a word")
+                continue
+            except (EOFError, OSError):
+                if self._stop.is_set() and not self._forwarding():
                     return
+                self._restart_writer("lost the writer")
+                continue
+            kind = report[0]
+            if kind == "batch":
+                self._committed(report[1], report[2])
+            elif kind == "sweep":
+                self._swept(report[1])
+            elif kind == "ready":
+                self.writer_error = None
+                self.writer_ready.set()
+                if not self._mqtt_started:
+                    self._mqtt_started = True
+                    self._connect_async()
+                    self._client.loop_start()
+            elif kind == "failed":
+                self.writer_error = f"the writer could not start: {report[1]}"
+                log.error(self.writer_error)
+                if self._stop.wait(5.0):
+                    return
+                self._restart_writer(None)
+            elif kind == "stopped":
+                return
+
+    def _forwarding(self) -> bool:
+        return any(t.name == "ingest-forward" and t.is_alive() for t in self._threads)
+
+    def _restart_writer(self, why: str | None) -> None:
+        """Start a new writer and hand it every batch not yet committed, in order (nothing
+        of them was acked, and what the old one did commit is recognised by the ledgers)."""
+        if why:
+            self.writer_error = why
+            log.error("%s; starting a new one", why)
+        self.writer_ready.clear()
+        with self._inflight_lock:
+            self._writer = WriterHandle(self.writer_config, self.writer_mode)
+            for batch_id, (items, _) in self._inflight.items():
+                self._hand_over(batch_id, items)
+
+    def _committed(self, batch_id: int, report: BatchReport) -> None:
+        with self._inflight_lock:
+            entry = self._inflight.pop(batch_id, None)
+        if entry is None:
+            return
+        self._slots.release()
         # only now, with the batch committed, may the broker forget these messages
-        for item in batch:
+        for mid, qos, generation in entry[1]:
             # after a reconnect the broker redelivers what we did not ack; an old mid could
             # name another message on the new connection, so it is not acked there
-            if item.qos > 0 and item.generation == self._generation:
-                self._client.ack(item.mid, item.qos)
-        self._after_commit(outcome)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            if qos > 0 and generation == self._generation:
+                self._client.ack(mid, qos)
+        if report.db_errors:
+            self.metrics.db_errors.inc(report.db_errors)
+        for topic, reason, explanation in report.rejected:
+            self._reject(topic, reason, explanation)
+        self._after_commit(report.outcome)
+        self.metrics.batch_seconds.observe(report.seconds)
 
-    def _reject(self, topic: str, err: ProtocolError) -> None:
-        self.metrics.rejected.labels(err.reason).inc()
+    def _reject(self, topic: str, reason: str, explanation: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
         parts = topic.split("/")
         station = parts[2] if len(parts) > 2 else "?"
-        key = (station[:64], err.reason)
+        key = (station[:64], reason)
         if key not in self._logged and len(self._logged) < 10_000:
             self._logged.add(key)
-            log.warning("rejected a message on %s: %s: %s", topic[:200], err.reason, err)
+            log.warning("rejected a message on %s: %s: %s", topic, reason, explanation)
 
     def _after_commit(self, outcome: BatchOutcome) -> None:
         for kind, n in outcome.stored.items():
@@ -352,12 +445,20 @@ class Ingest:
             payload = json.dumps({"session": session, "seq": seq}, separators=(",", ":"))
             self._client.publish(ack_topic(station), payload.encode(), qos=1)
 
-    def _ask_for_gaps(self) -> None:
+    def _swept(self, report: SweepReport) -> None:
+        if report.folded:
+            log.info("retention folded %d telemetry rows into hourly aggregates", report.folded)
+        self._ask_for_gaps(report.gaps)
+        if report.changes and self._on_changes:
+            self._on_changes(report.changes)
+
+    def _ask_for_gaps(self, gaps: list[tuple[str, int, list[tuple[int, int]]]]) -> None:
         """Ask stations to send again what is missing (``cmd/resend``), without storms: a gap
         is asked for once it is a few seconds old, then at most every ``_RESEND_EVERY`` s."""
-        now, mono = time.time(), time.monotonic()
-        self._resend_at = {k: t for k, t in self._resend_at.items() if k in self.store.gappy}
-        for station, session, ranges in self.store.gaps(now, min_age=_GAP_GRACE):
+        mono = time.monotonic()
+        due = {(station, session) for station, session, _ in gaps}
+        self._resend_at = {k: t for k, t in self._resend_at.items() if k in due}
+        for station, session, ranges in gaps:
             key = (station, session)
             if mono - self._resend_at.get(key, -1e9) < _RESEND_EVERY:
                 continue
@@ -366,32 +467,3 @@ class Ingest:
                 self.metrics.resend_requests.inc()
                 args = {"session": session, "from_seq": first, "to_seq": last}
                 self.send_command(station, "resend", args, ttl=_RESEND_EVERY)
-
-    def _retain(self) -> None:
-        if self.retention is None or time.monotonic() < self._next_retention:
-            return
-        days, every = self.retention
-        chunk = 2000
-        try:
-            # one chunk per sweep, so ingest goes on between chunks of a long first run
-            folded = apply_retention(
-                self.store.engine, cutoff=time.time() - days * 86400, chunk=chunk, max_chunks=1
-            )
-        except Exception as err:  # noqa: BLE001 - retention waits for its next turn
-            log.error("retention failed: %s", err)
-            folded = 0
-        if folded:
-            log.info("retention folded %d telemetry rows into hourly aggregates", folded)
-        if folded < chunk:
-            self._next_retention = time.monotonic() + every
-
-    def _sweep(self) -> None:
-        self._retain()
-        self._ask_for_gaps()
-        try:
-            changes = self.store.sweep(time.time())
-        except Exception as err:  # noqa: BLE001 - sweep again once the database is back
-            log.error("sweeping for silent stations failed: %s", err)
-            return
-        if changes and self._on_changes:
-            self._on_changes(changes)

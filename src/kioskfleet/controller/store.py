@@ -11,9 +11,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
+from pydantic_core import to_json
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
-from kioskfleet.controller.db import insert_ignore
+from kioskfleet.controller.db import RawJSON, insert_ignore
 from kioskfleet.controller.fleet import is_degraded, silent_deadline, station_status
 from kioskfleet.controller.ledger import SeqLedger
 from kioskfleet.controller.models import (
@@ -25,8 +27,10 @@ from kioskfleet.controller.models import (
     StationSession,
     Telemetry,
 )
+from kioskfleet.protocol.devices import DeviceStatus
 from kioskfleet.protocol.messages import (
     AgentMessage,
+    Event,
     EventsMessage,
     Reply,
     StateMessage,
@@ -39,6 +43,8 @@ _STATION = Station.__table__  # type: ignore[attr-defined]
 _HISTORY = StationHistory.__table__  # type: ignore[attr-defined]
 _SESSION = StationSession.__table__  # type: ignore[attr-defined]
 _COUNTER = Counter.__table__  # type: ignore[attr-defined]
+_DEVICES: TypeAdapter[dict[str, DeviceStatus]] = TypeAdapter(dict[str, DeviceStatus])
+_EVENTS: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 _DESCRIPTION = ("district", "site", "site_type", "profile", "agent_version", "catalogue_version")
 _TABLES = {
     "telemetry": Telemetry.__table__,  # type: ignore[attr-defined]
@@ -223,9 +229,19 @@ class FleetStore:
             touched[station_id] = state
             return state
 
+        #: the newest devices a station's telemetry reported, turned into the station's picture
+        #: once per batch (not once per message)
+        latest_devices: dict[str, dict[str, DeviceStatus]] = {}
+
+        def settle_devices(station_id: str) -> None:
+            devices = latest_devices.pop(station_id, None)
+            if devices is not None:
+                touched[station_id].devices = _DEVICES.dump_python(devices, exclude_none=True)
+
         for kind, message in messages:
             station = message.station
             if isinstance(message, StateMessage):
+                settle_devices(station)
                 self._apply_state(station_for, message, now, history, out)
                 continue
             state = station_for(station, online=True)
@@ -255,19 +271,21 @@ class FleetStore:
             }
             if isinstance(message, TelemetryMessage):
                 row.update(
-                    host=message.host,
-                    devices={
-                        k: v.model_dump(exclude_none=True) for k, v in message.devices.items()
-                    },
-                    counters=message.counters,
+                    host=RawJSON(to_json(message.host).decode()),
+                    devices=RawJSON(
+                        _DEVICES.dump_json(message.devices, exclude_none=True).decode()
+                    ),
+                    counters=RawJSON(to_json(message.counters).decode()),
                 )
                 state.last_telemetry_at = now
                 state.silent_deadline = silent_deadline(now, state.telemetry_interval)
                 if message.devices:
-                    state.devices = row["devices"]
+                    latest_devices[station] = message.devices
             elif isinstance(message, EventsMessage):
-                events = [e.model_dump(exclude_none=True) for e in message.events]
-                row["events"] = events
+                row["events"] = RawJSON(
+                    _EVENTS.dump_json(message.events, exclude_none=True).decode()
+                )
+                settle_devices(station)
                 for event in message.events:
                     if event.type == "device_status" and event.device and event.status:
                         state.devices = {
@@ -286,6 +304,8 @@ class FleetStore:
             rows[kind].append(row)
             out.stored[kind] = out.stored.get(kind, 0) + 1
 
+        for station in list(latest_devices):
+            settle_devices(station)
         for state in touched.values():
             self._restatus(state, now, history, out, reason="message")
 
