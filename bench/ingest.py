@@ -336,9 +336,15 @@ class _CpuWatch:
         me = psutil.Process()
         out = {"bench_process": _used(me)}
         for child in me.children():
-            name = "publisher" if child.pid == self.publisher.pid else "writer_process"
-            if name == "writer_process" and "mosquitto" in " ".join(child.cmdline()):
+            command = " ".join(child.cmdline())
+            if child.pid == self.publisher.pid:
+                name = "publisher"
+            elif "mosquitto" in command:
                 name = "mosquitto"
+            elif "spawn_main" in command:
+                name = "writer_process"
+            else:
+                continue  # multiprocessing's resource tracker
             out[name] = out.get(name, 0.0) + _used(child)
         return out
 
