@@ -156,9 +156,13 @@ def main() -> int:
         simulator = subprocess.Popen(sim_cmd, stdout=subprocess.PIPE, stderr=sim_log, cwd=work)
         stack.callback(_terminate, simulator)
         assert broker.proc is not None
-        sampler = Sampler(
-            {"controller": controller.pid, "simulator": simulator.pid, "mosquitto": broker.proc.pid}
-        )
+        pids = {"controller": controller.pid, "simulator": simulator.pid}
+        pids["mosquitto"] = broker.proc.pid
+        # the controller's ingest writer runs in a child process of its own (decision 14)
+        for child in psutil.Process(controller.pid).children():
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids["controller_writer"] = child.pid
+        sampler = Sampler(pids)
         sampler.start()
         t0 = sampler.t0
         log("simulator started: " + " ".join(sim_cmd))
@@ -223,6 +227,12 @@ def main() -> int:
         reporting = [ms for at, ms in latencies if ramp <= at <= args.duration]
         resources = sampler.report(ramp, args.duration)
         sim_res = resources["simulator"]
+        if "controller_writer" in resources:
+            both = (resources["controller"], resources["controller_writer"])
+            resources["controller_total"] = {
+                "cpu_mean": round(sum(r["cpu_mean"] for r in both), 1),
+                "rss_mb_max": round(sum(r["rss_mb_max"] for r in both), 1),
+            }
         result: dict[str, Any] = {
             "bench": "fleet",
             "stations": args.stations,

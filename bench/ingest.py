@@ -336,7 +336,10 @@ class _CpuWatch:
         me = psutil.Process()
         out = {"bench_process": _used(me)}
         for child in me.children():
-            command = " ".join(child.cmdline())
+            try:
+                command = " ".join(child.cmdline())
+            except psutil.Error:
+                continue  # ended, not yet reaped
             if child.pid == self.publisher.pid:
                 name = "publisher"
             elif "mosquitto" in command:

@@ -85,6 +85,7 @@ class Ingest:
         session_expiry: int = 7 * 24 * 3600,
         batch_size: int = 1000,
         ack_interval: float = 1.0,
+        batch_linger: float = 0.05,
         writer_mode: str = "process",
         on_changes: Callable[[list[tuple[str, str, str]]], None] | None = None,
     ) -> None:
@@ -96,6 +97,8 @@ class Ingest:
         self.session_expiry = session_expiry
         self.batch_size = batch_size
         self.ack_interval = ack_interval
+        #: seconds a batch waits for more messages after its first one
+        self.batch_linger = batch_linger
         self._on_changes = on_changes
         self._queue: queue.Queue[_Incoming | None] = queue.Queue(maxsize=20_000)
         self._protocol = mqtt.MQTTv311 if broker.version == "3.1.1" else mqtt.MQTTv5
@@ -319,9 +322,12 @@ class Ingest:
         if first is None:
             return None
         batch = [first]
+        # a fleet's messages arrive one by one: wait a moment for more, so a commit (an
+        # fsync) is shared by many messages; under load the batch fills at once
+        deadline = time.monotonic() + self.batch_linger
         while len(batch) < self.batch_size:
             try:
-                item = self._queue.get_nowait()
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             if item is None:
