@@ -530,22 +530,38 @@ def run_preloaded(args: Any, work: Path, broker: Any, dbs: list[str]) -> dict[st
         "cpu_percent": _cpu(before, after, seconds),
     }
     log(f"[bare] drained at {bare_rate:.0f} msg/s")
-    out["controller"] = {}
+
+    def measure(tag: str, url: str, births: list[Message], stream: list[Message]) -> Any:
+        return controller_drain(tag, url, broker, births, stream, args.publishers, args.profile)
+
+    out["controller"] = each_controller(args, work, dbs, "", bare_rate, measure)
+    return out
+
+
+def each_controller(
+    args: Any,
+    work: Path,
+    dbs: list[str],
+    mode: str,
+    bare_rate: float,
+    measure: Callable[[str, str, list[Message], list[Message]], dict[str, Any]],
+) -> dict[str, Any]:
+    """Measure a controller on each database, on stations of its own; adds the ratio."""
+    results: dict[str, Any] = {}
     for db in dbs:
         tag = "pg" if db == "postgres" else db
-        births, stream = build_stream(f"bench-{tag}", args.stations, args.messages)
+        name = f"{mode}-{tag}" if mode else tag
+        births, stream = build_stream(f"bench-{name}", args.stations, args.messages)
         with (
             throwaway_postgres()
             if db == "postgres"
-            else nullcontext(f"sqlite:///{work / 'controller.db'}")
+            else nullcontext(f"sqlite:///{work / f'controller-{name}.db'}")
         ) as url:
-            measured = controller_drain(
-                tag, url, broker, births, stream, args.publishers, args.profile
-            )
+            measured = measure(tag, url, births, stream)
         measured["ratio"] = round(measured["rate"] / bare_rate, 3)
-        out["controller"][db] = measured
-        log(f"[{db}] stored at {measured['rate']:.0f} msg/s, ratio {measured['ratio']}")
-    return out
+        results[db] = measured
+        log(f"[{name}] stored at {measured['rate']:.0f} msg/s, ratio {measured['ratio']}")
+    return results
 
 
 def run_live(args: Any, work: Path, broker: Any, dbs: list[str]) -> dict[str, Any]:
@@ -559,19 +575,11 @@ def run_live(args: Any, work: Path, broker: Any, dbs: list[str]) -> dict[str, An
     del bare_stream
     bare_rate = out["bare"]["rate"]
     log(f"[live bare] drained at {bare_rate:.0f} msg/s")
-    out["controller"] = {}
-    for db in dbs:
-        tag = "pg" if db == "postgres" else db
-        births, stream = build_stream(f"bench-live-{tag}", args.stations, args.messages)
-        with (
-            throwaway_postgres()
-            if db == "postgres"
-            else nullcontext(f"sqlite:///{work / 'controller-live.db'}")
-        ) as url:
-            measured = controller_live(tag, url, broker, births, stream, args.publishers)
-        measured["ratio"] = round(measured["rate"] / bare_rate, 3)
-        out["controller"][db] = measured
-        log(f"[live {db}] stored at {measured['rate']:.0f} msg/s, ratio {measured['ratio']}")
+
+    def measure(tag: str, url: str, births: list[Message], stream: list[Message]) -> Any:
+        return controller_live(tag, url, broker, births, stream, args.publishers)
+
+    out["controller"] = each_controller(args, work, dbs, "live", bare_rate, measure)
     return out
 
 

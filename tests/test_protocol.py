@@ -34,6 +34,11 @@ def envelope(**extra: Any) -> dict[str, Any]:
     }
 
 
+def printer(**fields: Any) -> dict[str, Any]:
+    """A printer's status in the device vocabulary, with ``fields`` changed."""
+    return {"device": "printer", "driver": "escpos", "state": "online", "faults": [], **fields}
+
+
 def telemetry(**extra: Any) -> bytes:
     body = envelope(
         host={"cpu_percent": 3.5, "temperature_c": None},
@@ -106,17 +111,7 @@ BAD = [
     ),
     (
         "NaN deep in a device event",
-        telemetry(
-            devices={
-                "printer": {
-                    "device": "printer",
-                    "driver": "escpos",
-                    "state": "online",
-                    "faults": [],
-                    "events": [{"x": -float("inf")}],
-                }
-            }
-        ),
+        telemetry(devices={"printer": printer(events=[{"x": -float("inf")}])}),
         "schema",
     ),
     ("future v", telemetry(v=2), "version"),
@@ -125,30 +120,12 @@ BAD = [
     ("illegal station id", telemetry(station="X"), "schema"),
     (
         "unknown device state",
-        telemetry(
-            devices={
-                "printer": {
-                    "device": "printer",
-                    "driver": "escpos",
-                    "state": "on fire",
-                    "faults": [],
-                }
-            }
-        ),
+        telemetry(devices={"printer": printer(state="on fire")}),
         "schema",
     ),
     (
         "unknown slot",
-        telemetry(
-            devices={
-                "toaster": {
-                    "device": "printer",
-                    "driver": "escpos",
-                    "state": "online",
-                    "faults": [],
-                }
-            }
-        ),
+        telemetry(devices={"toaster": printer()}),
         "schema",
     ),
     ("oversized", telemetry(pad="x" * MAX_PAYLOAD_BYTES), "too_large"),

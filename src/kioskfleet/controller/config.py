@@ -38,8 +38,8 @@ class Settings:
     retention_days: float = 30.0
     #: how often retention runs (seconds)
     retention_interval: float = 3600.0
-    #: the controller owns its process: freeze start-up objects out of the cyclic garbage
-    #: collector and collect young objects less often (see ``service.tune_gc``)
+    #: the ingest writer owns its process: freeze start-up objects out of the cyclic garbage
+    #: collector and collect young objects less often (see ``writer.tune_gc``)
     tune_gc: bool = True
     #: where the ingest writer (decode, validate, store) runs: ``process`` (its own process,
     #: so ingest uses a second core) or ``thread`` (inside the controller's process)

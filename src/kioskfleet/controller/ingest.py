@@ -385,6 +385,8 @@ class Ingest:
             log.error("%s; starting a new one", why)
         self.writer_ready.clear()
         with self._inflight_lock:
+            if self._writer is not None:
+                self._writer.join(1.0)  # reap the old one (terminated if it somehow lives on)
             self._writer = WriterHandle(self.writer_config, self.writer_mode)
             for batch_id, (items, _) in self._inflight.items():
                 self._hand_over(batch_id, items)
