@@ -23,6 +23,7 @@ published, so no queue holds another run's messages.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -326,7 +327,8 @@ def controller_live(
 
 class _CpuWatch:
     """CPU (% of one core) of this process, its children (the controller's writer, the
-    publisher) and Mosquitto over a timed window."""
+    publisher), Mosquitto and the PostgreSQL server (every ``postgres`` process: the machine's
+    own server, which other databases share) over a timed window."""
 
     def __init__(self, publisher: Any) -> None:
         self.publisher = publisher
@@ -349,6 +351,10 @@ class _CpuWatch:
             else:
                 continue  # multiprocessing's resource tracker
             out[name] = out.get(name, 0.0) + _used(child)
+        for process in psutil.process_iter(["name"]):
+            if process.info["name"] == "postgres":
+                with contextlib.suppress(psutil.Error):
+                    out["postgres_server"] = out.get("postgres_server", 0.0) + _used(process)
         return out
 
     def begin(self) -> None:

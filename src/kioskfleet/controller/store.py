@@ -7,15 +7,16 @@ memory (loaded at start), so deduplication costs no query, and writes what chang
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter
 from pydantic_core import to_json
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, tuple_, update
 
-from kioskfleet.controller.db import RawJSON, insert_ignore
+from kioskfleet.controller.db import BulkRows, RawJSON
 from kioskfleet.controller.fleet import is_degraded, silent_deadline, station_status
 from kioskfleet.controller.ledger import SeqLedger
 from kioskfleet.controller.models import (
@@ -71,6 +72,14 @@ class StationState:
     devices: dict[str, Any] = field(default_factory=dict)
     required_devices: list[str] | None = None
     description: dict[str, Any] = field(default_factory=dict)
+    #: (the devices dict, its JSON text): spares encoding an unchanged picture every batch
+    devices_json: tuple[dict[str, Any], RawJSON] | None = field(default=None, compare=False)
+
+    def set_devices_json(self, text: str) -> None:
+        """Take the devices picture from telemetry's JSON text (decoded only if it changed)."""
+        if self.devices_json is None or self.devices_json[1] != text:
+            self.devices = json.loads(text)
+            self.devices_json = (self.devices, RawJSON(text))
 
     def row(self) -> dict[str, Any]:
         """Column values for the station table (always every column, so rows of many stations
@@ -89,7 +98,11 @@ class StationState:
             "silent_deadline": self.silent_deadline,
             "status_since": self.status_since,
             "registered_at": self.registered_at,
-            "devices": self.devices,
+            "devices": (
+                self.devices_json[1]
+                if self.devices_json is not None and self.devices_json[0] is self.devices
+                else self.devices
+            ),
             "required_devices": self.required_devices,
         }
 
@@ -127,28 +140,7 @@ class FleetStore:
         self.gappy: dict[tuple[str, int], float] = {}
         self._touched_at: dict[tuple[str, int], float] = {}
         self._evicted_at = 0.0
-        self._insert_ignore = {
-            kind: insert_ignore(engine, table) for kind, table in _TABLES.items()
-        }
-        # statements with bind parameters: a batch writes all its rows in one executemany
-        columns = [c for c in StationState(id="-").row() if c != "id"]
-        self._update_station = (
-            update(_STATION)
-            .where(_STATION.c.id == bindparam("b_id"))
-            .values({c: bindparam(c) for c in columns})
-        )
-        self._update_session = (
-            update(_SESSION)
-            .where(
-                _SESSION.c.station == bindparam("b_station"),
-                _SESSION.c.session == bindparam("b_session"),
-            )
-            .values(
-                watermark=bindparam("watermark"),
-                above=bindparam("above"),
-                updated_at=bindparam("updated_at"),
-            )
-        )
+        self._bulk = BulkRows(engine)
         self._load()
 
     def _load(self) -> None:
@@ -229,15 +221,23 @@ class FleetStore:
             touched[station_id] = state
             return state
 
-        #: the newest devices a station's telemetry reported, turned into the station's picture
-        #: once per batch (not once per message)
-        latest_devices: dict[str, dict[str, DeviceStatus]] = {}
+        #: the newest devices (JSON text) a station's telemetry reported, turned into the
+        #: station's picture once per batch (not once per message)
+        latest_devices: dict[str, str] = {}
 
         def settle_devices(station_id: str) -> None:
             devices = latest_devices.pop(station_id, None)
             if devices is not None:
-                touched[station_id].devices = _DEVICES.dump_python(devices, exclude_none=True)
+                touched[station_id].set_devices_json(devices)
 
+        self._load_ledgers(
+            {
+                (m.station, session)
+                for _, m in messages
+                if not isinstance(m, StateMessage)
+                for session in (m.session, *(d.session for d in m.dropped))
+            }
+        )
         for kind, message in messages:
             station = message.station
             if isinstance(message, StateMessage):
@@ -270,17 +270,16 @@ class FleetStore:
                 "received_at": now,
             }
             if isinstance(message, TelemetryMessage):
+                devices = RawJSON(_DEVICES.dump_json(message.devices, exclude_none=True).decode())
                 row.update(
                     host=RawJSON(to_json(message.host).decode()),
-                    devices=RawJSON(
-                        _DEVICES.dump_json(message.devices, exclude_none=True).decode()
-                    ),
+                    devices=devices,
                     counters=RawJSON(to_json(message.counters).decode()),
                 )
                 state.last_telemetry_at = now
                 state.silent_deadline = silent_deadline(now, state.telemetry_interval)
                 if message.devices:
-                    latest_devices[station] = message.devices
+                    latest_devices[station] = devices
             elif isinstance(message, EventsMessage):
                 row["events"] = RawJSON(
                     _EVENTS.dump_json(message.events, exclude_none=True).decode()
@@ -312,16 +311,14 @@ class FleetStore:
         with self.engine.begin() as conn:
             if new_stations:
                 conn.execute(insert(_STATION), [touched[s].row() for s in new_stations])
-            updated = [
-                {**state.row(), "b_id": station_id}
-                for station_id, state in touched.items()
-                if station_id not in new_stations
-            ]
-            if updated:
-                conn.execute(self._update_station, updated)
+            self._bulk.update(
+                conn,
+                _STATION,
+                ("id",),
+                [state.row() for sid, state in touched.items() if sid not in new_stations],
+            )
             for kind, kind_rows in rows.items():
-                if kind_rows:
-                    conn.execute(self._insert_ignore[kind], kind_rows)
+                self._bulk.insert_ignore(conn, _TABLES[kind], kind_rows)
             if history:
                 conn.execute(insert(_HISTORY), history)
             self._save_ledgers(conn, ledgers_touched, now)
@@ -443,6 +440,30 @@ class FleetStore:
                 self._ledgers.pop(key, None)
                 self._persisted.discard(key)
 
+    def _load_ledgers(self, keys: set[tuple[str, int]]) -> None:
+        """Bring the ledgers of ``keys`` into memory with a query per 500 sessions, not one
+        each (a district reconnecting starts hundreds of sessions in one batch)."""
+        missing = sorted(key for key in keys if key not in self._ledgers)
+        if not missing:
+            return
+        with self.engine.connect() as conn:
+            for start in range(0, len(missing), 500):
+                chunk = missing[start : start + 500]
+                found = conn.execute(
+                    select(
+                        _SESSION.c.station,
+                        _SESSION.c.session,
+                        _SESSION.c.watermark,
+                        _SESSION.c.above,
+                    ).where(tuple_(_SESSION.c.station, _SESSION.c.session).in_(chunk))
+                )
+                for station, session, watermark, above in found:
+                    key = (station, int(session))
+                    self._ledgers[key] = SeqLedger(int(watermark), set(above or ()))
+                    self._persisted.add(key)
+        for key in missing:
+            self._ledgers.setdefault(key, SeqLedger())
+
     def _ledger(self, station: str, session: int) -> SeqLedger:
         key = (station, session)
         ledger = self._ledgers.get(key)
@@ -470,11 +491,10 @@ class FleetStore:
                 "updated_at": now,
             }
             if (station, session) in self._persisted:
-                updates.append({**values, "b_station": station, "b_session": session})
+                updates.append({"station": station, "session": session, **values})
             else:
-                inserts.append({**values, "station": station, "session": session})
-        if updates:
-            conn.execute(self._update_session, updates)
+                inserts.append({"station": station, "session": session, **values})
+        self._bulk.update(conn, _SESSION, ("station", "session"), updates)
         if inserts:
             conn.execute(insert(_SESSION), inserts)
 
