@@ -17,7 +17,7 @@ PostgreSQL when reachable) drains stations of its own whose births it saw before
 running fleet's are. Each consumer's session exists only while its own messages are
 published, so no queue holds another run's messages.
 
-    .venv/bin/python bench/ingest.py --messages 20000
+    .venv/bin/python bench/ingest.py --messages 60000
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ class _CpuWatch:
                 command = " ".join(child.cmdline())
             except psutil.Error:
                 continue  # ended, not yet reaped
-            if child.pid == self.publisher.pid:
+            if self.publisher is not None and child.pid == self.publisher.pid:
                 name = "publisher"
             elif "mosquitto" in command:
                 name = "mosquitto"
@@ -465,20 +465,16 @@ def controller_drain(
     if profile_dir is not None:
         spy = start_py_spy(os.getpid(), profile_dir / f"ingest-{tag}.txt")
         time.sleep(1.0)  # py-spy attaches
-    me = psutil.Process()
-    mosq = psutil.Process(broker.proc.pid) if broker.proc else None
-    cpu_before = (me.cpu_times(), mosq.cpu_times() if mosq else None)
     controller.start()
     assert controller.ingest is not None
     controller.ingest.connected.wait(30)
+    # after the connect: the writer's process (Settings.writer = "process") runs by then
+    watch = _CpuWatch(None)
+    watch.begin()
     t0 = time.perf_counter()
-    # the writer's own process (Settings.writer = "process"), started before the connect
-    writer = [child for child in me.children() if child.is_running()]
-    writer_before = sum(c.cpu_times().user + c.cpu_times().system for c in writer)
     _wait(lambda: _telemetry_counter(controller) >= n, 900, f"{n} stored", every=0.02)
     seconds = time.perf_counter() - t0
-    cpu_after = (me.cpu_times(), mosq.cpu_times() if mosq else None)
-    writer_after = sum(c.cpu_times().user + c.cpu_times().system for c in writer)
+    cpu = watch.end(seconds)
     if spy is not None:
         stop_py_spy(spy)
     summary = _summary_over_http(settings, controller)
@@ -487,10 +483,7 @@ def controller_drain(
         "rate": round(n / seconds, 1),
         "seconds": round(seconds, 2),
         "publish_rate": round(rate_pub, 1),
-        "cpu_percent": {
-            **_cpu(cpu_before, cpu_after, seconds),
-            "writer_process": round(100 * (writer_after - writer_before) / seconds, 1),
-        },
+        "cpu_percent": cpu,
         "summary_ingested_telemetry": summary["ingested"]["telemetry"],
         "summary_stations": summary["stations"],
     }
@@ -499,16 +492,6 @@ def controller_drain(
     if profile_dir is not None:
         result["profile"] = summarize_collapsed(profile_dir / f"ingest-{tag}.txt", top=12)
     return result
-
-
-def _cpu(before: tuple[Any, Any], after: tuple[Any, Any], seconds: float) -> dict[str, float]:
-    def used(a: Any, b: Any) -> float:
-        return (b.user + b.system - a.user - a.system) / seconds * 100
-
-    out = {"bench_process": round(used(before[0], after[0]), 1)}
-    if before[1] is not None:
-        out["mosquitto"] = round(used(before[1], after[1]), 1)
-    return out
 
 
 def run_preloaded(args: Any, work: Path, broker: Any, dbs: list[str]) -> dict[str, Any]:
@@ -523,17 +506,16 @@ def run_preloaded(args: Any, work: Path, broker: Any, dbs: list[str]) -> dict[st
     bare.open_session()
     rate_pub = publish_all(broker.port, bare_stream, args.publishers)
     log(f"[bare] pre-loaded {len(bare_stream)} telemetry messages at {rate_pub:.0f} msg/s")
-    me = psutil.Process()
-    mosq = psutil.Process(broker.proc.pid) if broker.proc else None
-    before = (me.cpu_times(), mosq.cpu_times() if mosq else None)
+    watch = _CpuWatch(None)
+    watch.begin()
     seconds, bare_rate = bare.drain(len(bare_stream))
-    after = (me.cpu_times(), mosq.cpu_times() if mosq else None)
+    cpu = watch.end(seconds)
     del bare_stream
     out["bare"] = {
         "rate": round(bare_rate, 1),
         "seconds": round(seconds, 2),
         "publish_rate": round(rate_pub, 1),
-        "cpu_percent": _cpu(before, after, seconds),
+        "cpu_percent": cpu,
     }
     log(f"[bare] drained at {bare_rate:.0f} msg/s")
 
@@ -591,7 +573,7 @@ def run_live(args: Any, work: Path, broker: Any, dbs: list[str]) -> dict[str, An
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--messages", type=int, default=60_000)
     parser.add_argument("--stations", type=int, default=100, help="publishing stations")
     parser.add_argument("--publishers", type=int, default=4, help="publisher connections")
     parser.add_argument(

@@ -8,10 +8,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, Connection, Engine, Table, bindparam, event, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, Connection, Engine, Table, event
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.sql.dml import Insert, Update
 from sqlmodel import create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -63,22 +61,15 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def _insert_ignore(dialect: str, table: Table) -> Insert:
-    """``INSERT … ON CONFLICT DO NOTHING`` for ``dialect``."""
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    raise ValueError(f"unsupported database dialect {dialect!r}")
-
-
 class BulkRows:
     """Many rows written in one go, the fastest way each dialect has.
 
-    SQLite: one ``executemany`` (in-process, each row costs little). PostgreSQL: the rows are
-    copied (``COPY … FROM STDIN``) into a temporary staging table, then one ``INSERT … SELECT``
-    or ``UPDATE … FROM`` moves them; a statement per row would cost a parse, a plan and a
-    round of the protocol each (docs/decisions.md, decision 17).
+    The rows go to the driver as tuples (JSON columns encoded once, here), not through
+    SQLAlchemy's per-row parameter processing. SQLite: one ``executemany`` (in-process, each
+    row costs little). PostgreSQL: the rows are copied (``COPY … FROM STDIN``) into a temporary
+    staging table, then one ``INSERT … SELECT`` or ``UPDATE … FROM`` moves them; a statement
+    per row would cost a parse, a plan and a round of the protocol each (docs/decisions.md,
+    decision 17).
 
     Each staging table is emptied at commit (``ON COMMIT DELETE ROWS``), so a table is written
     through :meth:`insert_ignore` or :meth:`update` at most once per transaction.
@@ -88,22 +79,21 @@ class BulkRows:
         self.dialect = engine.dialect.name
         if self.dialect not in ("postgresql", "sqlite"):
             raise ValueError(f"unsupported database dialect {self.dialect!r}")
-        self._inserts: dict[str, Insert] = {}
-        self._updates: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Update] = {}
 
     def insert_ignore(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` (all with the same keys); a row whose unique key is taken is skipped."""
         if not rows:
             return
-        if self.dialect == "sqlite":
-            statement = self._inserts.get(table.name)
-            if statement is None:
-                statement = self._inserts[table.name] = _insert_ignore("sqlite", table)
-            conn.execute(statement, rows)
-            return
         columns = list(rows[0])
-        stage = self._stage(conn, table, "ins", rows, columns)
         names = ", ".join(f'"{c}"' for c in columns)
+        if self.dialect == "sqlite":
+            marks = ", ".join("?" * len(columns))
+            conn.exec_driver_sql(
+                f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING',
+                _tuples(table, rows, columns),
+            )
+            return
+        stage = self._stage(conn, table, "ins", rows, columns)
         conn.exec_driver_sql(
             f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {stage} '
             "ON CONFLICT DO NOTHING"
@@ -116,20 +106,16 @@ class BulkRows:
         columns; all rows carry the same columns."""
         if not rows:
             return
-        columns = list(rows[0])
-        values = tuple(c for c in columns if c not in keys)
+        values = [c for c in rows[0] if c not in keys]
         if self.dialect == "sqlite":
-            cache_key = (table.name, keys, values)
-            statement = self._updates.get(cache_key)
-            if statement is None:
-                statement = self._updates[cache_key] = (
-                    update(table)
-                    .where(*(table.c[k] == bindparam(f"k_{k}") for k in keys))
-                    .values({c: bindparam(c) for c in values})
-                )
-            conn.execute(statement, [{**r, **{f"k_{k}": r[k] for k in keys}} for r in rows])
+            sets = ", ".join(f'"{c}" = ?' for c in values)
+            match = " AND ".join(f'"{k}" = ?' for k in keys)
+            conn.exec_driver_sql(
+                f'UPDATE "{table.name}" SET {sets} WHERE {match}',
+                _tuples(table, rows, [*values, *keys]),
+            )
             return
-        stage = self._stage(conn, table, "upd", rows, columns)
+        stage = self._stage(conn, table, "upd", rows, list(rows[0]))
         sets = ", ".join(f'"{c}" = s."{c}"' for c in values)
         match = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
         conn.exec_driver_sql(
@@ -150,18 +136,24 @@ class BulkRows:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
             f'SELECT * FROM "{table.name}" WITH NO DATA'
         )
-        as_json = {c for c in columns if isinstance(table.c[c].type, JSON)}
         names = ", ".join(f'"{c}"' for c in columns)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(
-                        [
-                            _to_json(row[c]) if c in as_json and row[c] is not None else row[c]
-                            for c in columns
-                        ]
-                    )
+                for row in _tuples(table, rows, columns):
+                    copy.write_row(row)
         finally:
             cursor.close()
         return stage
+
+
+def _tuples(table: Table, rows: list[dict[str, Any]], columns: list[str]) -> list[tuple[Any, ...]]:
+    """``rows`` as tuples in ``columns`` order, JSON columns as JSON text (NULL stays NULL)."""
+    as_json = [isinstance(table.c[c].type, JSON) for c in columns]
+    if not any(as_json):
+        return [tuple(row[c] for c in columns) for row in rows]
+    pairs = list(zip(columns, as_json, strict=True))
+    return [
+        tuple(_to_json(row[c]) if encode and row[c] is not None else row[c] for c, encode in pairs)
+        for row in rows
+    ]
