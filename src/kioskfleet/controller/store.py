@@ -83,7 +83,7 @@ class StationState:
 
     def row(self) -> dict[str, Any]:
         """Column values for the station table (always every column, so rows of many stations
-        go into one ``executemany``)."""
+        go into one bulk update)."""
         return {
             **dict.fromkeys(_DESCRIPTION),
             **self.description,

@@ -75,8 +75,37 @@ class SweepReport:
     folded: int = 0
 
 
+@dataclass
+class DecodedBatch:
+    """A batch after decoding: the messages to store, in arrival order, and the refused."""
+
+    messages: list[tuple[str, AgentMessage]] = field(default_factory=list)
+    #: (topic, reason, explanation) of each message refused
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)
+    #: seconds spent decoding it
+    seconds: float = 0.0
+
+
+def decode_batch(items: list[tuple[str, bytes]]) -> DecodedBatch:
+    """Parse and validate raw ``(topic, payload)`` messages; needs no database."""
+    started = time.perf_counter()
+    batch = DecodedBatch()
+    for topic, payload in items:
+        if topic == CONTROLLER_STATE_TOPIC:
+            continue  # our own presence, seen through fleet/v1/+/state
+        try:
+            parsed = parse_topic(topic)
+            message = decode_agent_message(parsed.kind, parsed.station, payload)
+        except ProtocolError as err:
+            batch.rejected.append((topic[:200], err.reason, str(err)[:500]))
+            continue
+        batch.messages.append((parsed.kind, message))
+    batch.seconds = time.perf_counter() - started
+    return batch
+
+
 class Writer:
-    """Decode, validate and store batches; sweep for silent stations, gaps and old rows."""
+    """Store decoded batches; sweep for silent stations, gaps and old rows."""
 
     def __init__(self, config: WriterConfig) -> None:
         self.config = config
@@ -88,24 +117,19 @@ class Writer:
         self.engine.dispose()
 
     def batch(self, items: list[tuple[str, bytes]], stop: threading.Event) -> BatchReport | None:
-        """Store one batch; retries while the database is away. None when stopped first."""
+        """Decode and store one batch; retries while the database is away. None when stopped
+        first."""
+        return self.store_batch(decode_batch(items), stop)
+
+    def store_batch(self, batch: DecodedBatch, stop: threading.Event) -> BatchReport | None:
+        """Store a decoded batch in one transaction, retrying while the database is away;
+        None when ``stop`` is set before it could be stored."""
         started = time.perf_counter()
-        report = BatchReport(BatchOutcome())
-        decoded: list[tuple[str, AgentMessage]] = []
-        for topic, payload in items:
-            if topic == CONTROLLER_STATE_TOPIC:
-                continue  # our own presence, seen through fleet/v1/+/state
-            try:
-                parsed = parse_topic(topic)
-                message = decode_agent_message(parsed.kind, parsed.station, payload)
-            except ProtocolError as err:
-                report.rejected.append((topic[:200], err.reason, str(err)[:500]))
-                continue
-            decoded.append((parsed.kind, message))
+        report = BatchReport(BatchOutcome(), rejected=batch.rejected)
         while True:
             try:
                 report.outcome = self.store.apply(
-                    decoded, time.time(), rejected=len(report.rejected)
+                    batch.messages, time.time(), rejected=len(batch.rejected)
                 )
                 break
             except Exception as err:  # noqa: BLE001 - the database may be away; never drop
@@ -113,7 +137,7 @@ class Writer:
                 log.error("storing a batch failed, retrying in 1 s: %s", err)
                 if stop.wait(1.0):
                     return None
-        report.seconds = time.perf_counter() - started
+        report.seconds = batch.seconds + time.perf_counter() - started
         return report
 
     def sweep(self) -> SweepReport:
@@ -205,7 +229,12 @@ class PipeChannel:
 
 
 def run_writer(config: WriterConfig, inbox: Channel, outbox: Channel) -> None:
-    """The writer's loop: batches in, reports out, a sweep every ``sweep_interval``."""
+    """The writer's loop: batches in, reports out, a sweep every ``sweep_interval``.
+
+    Two stages: a thread receives and decodes the next batches (pure CPU, no database) while
+    this one stores the current batch and waits on its commit, during which the GIL is free —
+    the fsync on SQLite, PostgreSQL's own work on the other side of the socket.
+    """
     stop = threading.Event()
     try:
         writer = Writer(config)
@@ -214,21 +243,29 @@ def run_writer(config: WriterConfig, inbox: Channel, outbox: Channel) -> None:
         return
     if config.tune_gc:
         tune_gc()
+    #: decoded batches waiting to be stored: (batch id, DecodedBatch), None at the end, or the
+    #: exception that ended the decoding stage
+    ready: queue.Queue[tuple[int, DecodedBatch] | BaseException | None] = queue.Queue(2)
+    decoder = threading.Thread(
+        target=_decode_stage, args=(inbox, ready, stop), name="writer-decode", daemon=True
+    )
+    decoder.start()
     outbox.put(("ready",))
     next_sweep = time.monotonic() + config.sweep_interval
     try:
         while True:
             try:
-                request = inbox.get(max(0.0, next_sweep - time.monotonic()))
+                item = ready.get(timeout=max(0.0, next_sweep - time.monotonic()))
             except queue.Empty:
-                request = ()
-            except EOFError:
-                return  # the controller is gone
-            if request is None:
-                return
-            if request:
-                _, batch_id, items = request
-                report = writer.batch(items, stop)
+                if stop.is_set():
+                    return  # asked to stop (or the controller is gone), and all is stored
+            else:
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                batch_id, batch = item
+                report = writer.store_batch(batch, stop)
                 if report is None:
                     return
                 outbox.put(("batch", batch_id, report))
@@ -236,8 +273,46 @@ def run_writer(config: WriterConfig, inbox: Channel, outbox: Channel) -> None:
                 next_sweep = time.monotonic() + config.sweep_interval
                 outbox.put(("sweep", writer.sweep()))
     finally:
+        stop.set()
+        decoder.join(5)
         writer.close()
         outbox.put(("stopped",))
+
+
+def _decode_stage(
+    inbox: Channel,
+    ready: queue.Queue[tuple[int, DecodedBatch] | BaseException | None],
+    stop: threading.Event,
+) -> None:
+    """Receive and decode batches until asked to stop; a stop request also ends the storing
+    stage's retries (what was not committed is not acked, so the broker keeps it)."""
+
+    def offer(item: tuple[int, DecodedBatch] | BaseException | None) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                ready.put(item, timeout=0.5)
+                return True
+        return False
+
+    try:
+        while not stop.is_set():
+            try:
+                request = inbox.get(0.5)
+            except queue.Empty:
+                continue
+            except EOFError:
+                request = None  # the controller is gone
+            if request is None:
+                stop.set()
+                # the storing stage may be waiting for a batch: wake it
+                with contextlib.suppress(queue.Full):
+                    ready.put_nowait(None)
+                return
+            _, batch_id, items = request
+            if not offer((batch_id, decode_batch(items))):
+                return
+    except BaseException as err:  # noqa: BLE001 - handed to the storing stage, which ends
+        offer(err)
 
 
 def _child_main(
