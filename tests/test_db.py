@@ -145,7 +145,7 @@ def test_update_by_one_key_with_nulls_booleans_and_json(engine: Engine) -> None:
 
 def test_update_by_a_composite_key_touches_only_its_rows(engine: Engine) -> None:
     bulk = BulkRows(engine)
-    ledgers = [
+    ledgers: list[dict[str, Any]] = [
         {"station": s, "session": n, "watermark": 0, "above": [], "updated_at": 0.0}
         for s in ("wx-a-01", "wx-b-02")
         for n in (1, 2)
@@ -209,7 +209,7 @@ def test_awkward_text_survives_the_trip(engine: Engine) -> None:
 )
 @given(
     texts=st.lists(
-        st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40),
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40),
         min_size=1,
         max_size=8,
     )

@@ -192,9 +192,10 @@ class Ingest:
         if self._protocol == mqtt.MQTTv5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.session_expiry
-            # at most this many unacked messages in flight to us: the broker keeps the rest;
-            # enough for a batch being stored while the next ones fill
-            props.ReceiveMaximum = min(65535, max(2000, _BATCHES_IN_FLIGHT * self.batch_size))
+            # at most this many unacked messages in flight to us, the broker keeps the rest:
+            # the batches in the writer plus the one filling (deploy/mosquitto: the broker's
+            # own max_inflight_messages must be as large)
+            props.ReceiveMaximum = min(65535, max(2000, (_BATCHES_IN_FLIGHT + 1) * self.batch_size))
             self._client.connect_async(
                 self.broker.host,
                 self.broker.port,
