@@ -3,16 +3,19 @@ budget goes when the controller must keep up with a bare paho subscriber (bench/
 
 Stages, each on the same realistic telemetry as bench/ingest.py, one thread, no contention:
 ``json.loads`` (a floor for any decoder), ``decode_agent_message`` (pydantic, what the writer
-runs), the per-message ``model_dump`` the store does to build its row, and
-``FleetStore.apply`` on batches of ``--batch`` already-decoded messages (SQLite in a temp dir,
-or PostgreSQL with ``--db postgres``).
+runs), the devices JSON the store encodes for each row, and ``FleetStore.apply`` on batches
+of ``--batch`` already-decoded messages (SQLite in a temp dir, or PostgreSQL with
+``--db postgres``, whose server CPU is reported beside it), with the garbage collector tuned
+as the writer tunes it.
 
-    .venv/bin/python bench/costs.py --messages 20000
+    .venv/bin/python bench/costs.py --messages 30000
+    .venv/bin/python bench/costs.py --messages 30000 --db postgres
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import pstats
@@ -42,50 +45,24 @@ def per_message_us(
     return round((time.process_time() - started) / n * 1e6, 1)
 
 
-def station_update_costs(engine: Any, store: Any, rows: int) -> dict[str, Any]:
-    """The store updates every touched station row with its own ``update().values(row)``
-    statement (and its ledger row likewise): measure that against one ``executemany`` of a
-    statement with bind parameters, on the same rows of the same database — the suggested fix."""
-    from sqlalchemy import bindparam, update
+def postgres_server_cpu() -> float:
+    """CPU seconds used so far by every ``postgres`` process on this machine."""
+    import psutil
 
-    from kioskfleet.controller.models import Station
-
-    table = Station.__table__  # type: ignore[attr-defined]
-    states = list(store.stations.values())[:rows]
-    values = [state.row() for state in states]
-    columns = [key for key in values[0] if key != "id"]
-    many = (
-        update(table)
-        .where(table.c.id == bindparam("station_id"))
-        .values({c: bindparam(c) for c in columns})
-    )
-    params = [{"station_id": v["id"], **{c: v[c] for c in columns}} for v in values]
-    repeats = 20
-
-    def per_row() -> None:
-        for _ in range(repeats):
-            with engine.begin() as conn:
-                for state in states:
-                    conn.execute(update(table).where(table.c.id == state.id).values(state.row()))
-
-    def executemany() -> None:
-        for _ in range(repeats):
-            with engine.begin() as conn:
-                conn.execute(many, params)
-
-    n = repeats * len(states)
-    return {
-        "rows_per_transaction": len(states),
-        "us_per_row_update_values": per_message_us(per_row, n),
-        "us_per_row_executemany_bindparam": per_message_us(executemany, n),
-    }
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "postgres":
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+    return total
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--stations", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=500, help="the controller's batch_size")
+    parser.add_argument("--batch", type=int, default=1000, help="the controller's batch_size")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument(
         "--cprofile", action="store_true", help="cProfile decode and apply, top functions on stderr"
@@ -94,7 +71,8 @@ def main() -> int:
     profiler = cProfile.Profile() if args.cprofile else None
 
     from kioskfleet.controller.db import make_engine, migrate
-    from kioskfleet.controller.store import FleetStore
+    from kioskfleet.controller.store import _DEVICES, FleetStore
+    from kioskfleet.controller.writer import tune_gc
 
     host = HostSampler().sample()
     session = int(time.time() * 1000)
@@ -118,7 +96,7 @@ def main() -> int:
     def dump() -> None:
         for message in decoded:
             assert isinstance(message, TelemetryMessage)
-            {k: v.model_dump(exclude_none=True) for k, v in message.devices.items()}
+            _DEVICES.dump_json(message.devices, exclude_none=True)
 
     result: dict[str, Any] = {
         "bench": "costs",
@@ -127,7 +105,7 @@ def main() -> int:
         "us_per_message": {
             "json_loads": per_message_us(loads, n),
             "decode_agent_message": per_message_us(decode, n, profiler),
-            "store_model_dump": per_message_us(dump, n),
+            "store_devices_json": per_message_us(dump, n),
         },
     }
     with (
@@ -148,12 +126,16 @@ def main() -> int:
             for batch in batches:
                 store.apply([("telemetry", m) for m in batch], time.time())
 
-        wall = time.perf_counter()
+        tune_gc()
+        wall, server = time.perf_counter(), postgres_server_cpu()
         result["us_per_message"][f"store_apply_{args.db}_batch{args.batch}"] = per_message_us(
             apply, n, profiler
         )
         result["store_apply_wall_us_per_message"] = round((time.perf_counter() - wall) / n * 1e6, 1)
-        result["station_update"] = station_update_costs(engine, store, args.batch)
+        if args.db == "postgres":
+            result["us_per_message"]["postgres_server"] = round(
+                (postgres_server_cpu() - server) / n * 1e6, 1
+            )
         engine.dispose()
     costs = result["us_per_message"]
     result["us_per_message"]["controller_total_without_mqtt"] = round(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +12,8 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from kioskfleet.controller.config import Settings
 from kioskfleet.demo import ServedController
@@ -79,3 +84,73 @@ def station_status(client: httpx.Client, station: str) -> str:
         return "unknown"
     response.raise_for_status()
     return str(response.json()["status"])
+
+
+KINDS = ["state", "telemetry", "events", "reply"]
+
+
+def garbage_cases(victim: str) -> list[tuple[str, bytes]]:
+    """A bad message of every kind on each agent → controller topic of station ``victim``."""
+    good = {"v": 1, "station": victim, "session": 5, "seq": 7, "ts": time.time()}
+    cases: list[tuple[str, bytes]] = []
+    for kind in KINDS:
+        topic = f"fleet/v1/{victim}/{kind}"
+        cases += [
+            (topic, b"not json at all"),
+            (topic, json.dumps({"hello": "world"}).encode()),
+            (topic, json.dumps({**good, "seq": "7"}).encode()),  # wrong type
+            (topic, json.dumps({**good, "v": 99}).encode()),  # future version
+            (topic, json.dumps({**good, "station": "wx-someone-else"}).encode()),
+            (topic, json.dumps({**good, "pad": "x" * 70_000}).encode()),  # oversized
+        ]
+    # valid in every other way, but NaN is not JSON and no database column takes it
+    nan = json.dumps({**good, "host": {"cpu_percent": float("nan")}}).encode()
+    cases.append((f"fleet/v1/{victim}/telemetry", nan))
+    return cases
+
+
+class GarbagePublisher:
+    """Publishes bad messages (QoS 1) in the background, through broker restarts, and counts
+    those the broker confirmed."""
+
+    def __init__(self, port: int, victims: list[str], every: float = 0.1) -> None:
+        self.cases = [case for victim in victims for case in garbage_cases(victim)]
+        self.every = every
+        self.confirmed = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"garbage-{uuid.uuid4().hex[:8]}"
+        )
+        self.client.on_publish = self._on_publish
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_publish(self, *args: Any) -> None:
+        with self._lock:
+            self.confirmed += 1
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(self.every):
+            if self.client.is_connected():
+                self.client.publish(*self.cases[n % len(self.cases)], qos=1)
+                n += 1
+
+    def start(self) -> GarbagePublisher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """Stop publishing (once); how many the broker confirmed."""
+        if self._stop.is_set():
+            return self.confirmed
+        self._stop.set()
+        self._thread.join(5)
+        time.sleep(0.5)  # the last PUBACKs
+        self.client.loop_stop()
+        self.client.disconnect()
+        with self._lock:
+            return self.confirmed

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mosquitto, wait_until
+from tests.integration.fleet_helpers import GarbagePublisher
 from tests.integration.processes import ControllerProcess, SimulateProcess
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -37,6 +38,13 @@ def _run(mosquitto: Mosquitto, tmp_path: Path, chaos: str, db_url: str | None = 
         "--id-prefix",
         "chaos",
     )
+    # garbage next to the fleet, on a real station's topics and a stranger's: refused and
+    # counted, and the exact accounting of the good messages must not notice it
+    garbage = (
+        GarbagePublisher(mosquitto.port, ["chaos-0003", "wx-garbage-01"]).start()
+        if chaos in ("controller_kill", "both")
+        else None
+    )
     try:
         time.sleep(6)
         if chaos in ("broker_restart", "both"):
@@ -57,12 +65,19 @@ def _run(mosquitto: Mosquitto, tmp_path: Path, chaos: str, db_url: str | None = 
             time.sleep(2)
             controller.start()
         result = sim.result()
+        confirmed = garbage.stop() if garbage is not None else 0
         assert result["unconfirmed"] == 0, result
         summary = controller.summary()
         assert summary["ingested"] == result["sent"], (summary, result)
         assert result["sent"]["telemetry"] > 15 * 20
         assert result["sent"]["events"] > 0
+        if garbage is not None:
+            assert confirmed > 50
+            # each counted at least once (a redelivery after the kill may count one twice)
+            wait_until(lambda: controller.summary()["rejected"] >= confirmed, timeout=15)
     finally:
+        if garbage is not None:
+            garbage.stop()
         sim.kill()
         controller.stop()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -13,11 +12,9 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import LoopThread, Mosquitto, wait_until
-from tests.integration.fleet_helpers import make_fleet, served_controller
+from tests.integration.fleet_helpers import KINDS, garbage_cases, make_fleet, served_controller
 
 pytestmark = [pytest.mark.mosquitto]
-
-KINDS = ["state", "telemetry", "events", "reply"]
 
 
 def _publisher(port: int) -> mqtt.Client:
@@ -25,25 +22,6 @@ def _publisher(port: int) -> mqtt.Client:
     client.connect("127.0.0.1", port)
     client.loop_start()
     return client
-
-
-def _cases(victim: str) -> list[tuple[str, bytes]]:
-    good = {"v": 1, "station": victim, "session": 5, "seq": 7, "ts": time.time()}
-    cases: list[tuple[str, bytes]] = []
-    for kind in KINDS:
-        topic = f"fleet/v1/{victim}/{kind}"
-        cases += [
-            (topic, b"not json at all"),
-            (topic, json.dumps({"hello": "world"}).encode()),
-            (topic, json.dumps({**good, "seq": "7"}).encode()),  # wrong type
-            (topic, json.dumps({**good, "v": 99}).encode()),  # future version
-            (topic, json.dumps({**good, "station": "wx-someone-else"}).encode()),
-            (topic, json.dumps({**good, "pad": "x" * 70_000}).encode()),  # oversized
-        ]
-    # valid in every other way, but NaN is not JSON and no database column takes it
-    nan = json.dumps({**good, "host": {"cpu_percent": float("nan")}}).encode()
-    cases.append((f"fleet/v1/{victim}/telemetry", nan))
-    return cases
 
 
 def test_garbage_on_every_topic_is_rejected_counted_and_harmless(
@@ -54,7 +32,7 @@ def test_garbage_on_every_topic_is_rejected_counted_and_harmless(
         try:
             wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == 3)
             victim = "wx-garbage-01"  # a station nobody runs: an invalid message registers nothing
-            cases = _cases(victim)
+            cases = garbage_cases(victim)
             pub = _publisher(mosquitto.port)
             for topic, payload in cases:
                 pub.publish(topic, payload, qos=1).wait_for_publish(5)
