@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import exc, func, select
 from sqlmodel import create_engine
 
-from kioskfleet.controller.db import migrate
+from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.models import Counter, Station, StationSession, Telemetry
 from kioskfleet.controller.store import FleetStore
 from kioskfleet.protocol import decode_agent_message
@@ -92,4 +92,47 @@ def test_a_failed_first_batch_does_not_leave_a_station_registered(tmp_path: Path
     assert out.stored == {"telemetry": 1}
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Station)).scalar_one() == 1
+    engine.dispose()
+
+
+def _printer(state: str) -> dict[str, object]:
+    return {"printer": {"device": "printer", "driver": "escpos", "state": state, "faults": []}}
+
+
+def test_the_devices_picture_follows_every_message_that_sets_it(tmp_path: Path) -> None:
+    """Telemetry's devices, then a birth's, then telemetry's again (the same text as the first):
+    the station must show the latest each time, in memory and on disk."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    store = FleetStore(engine)
+
+    def stored_printer() -> object:
+        with engine.connect() as conn:
+            devices = conn.execute(select(Station.devices)).scalar_one()  # type: ignore[call-overload]
+        return devices["printer"]["state"]
+
+    store.apply([_birth(), _message("telemetry", 1, devices=_printer("online"))], now=100.0)
+    assert store.stations[STATION].devices["printer"]["state"] == "online"
+    assert stored_printer() == "online"
+    assert not store.stations[STATION].degraded
+
+    birth = _message(
+        "state",
+        0,
+        online=True,
+        district="Xinwu",
+        site="Xinwu bank branch 2",
+        site_type="bank_agent_branch",
+        profile="bank-agent-gen1",
+        telemetry_interval=10,
+        devices=_printer("hardware_error"),
+    )
+    store.apply([birth], now=110.0)  # type: ignore[list-item]
+    assert stored_printer() == "hardware_error"
+    assert store.stations[STATION].degraded
+
+    store.apply([_message("telemetry", 2, devices=_printer("online"))], now=120.0)  # type: ignore[list-item]
+    assert store.stations[STATION].devices["printer"]["state"] == "online"
+    assert stored_printer() == "online"
+    assert not store.stations[STATION].degraded
     engine.dispose()

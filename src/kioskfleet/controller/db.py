@@ -103,7 +103,7 @@ class BulkRows:
         self, conn: Connection, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]]
     ) -> None:
         """Update the rows found by ``keys`` (columns each row carries) with the row's other
-        columns; all rows carry the same columns."""
+        columns; all rows carry the same columns, and no two the same key."""
         if not rows:
             return
         values = [c for c in rows[0] if c not in keys]

@@ -76,8 +76,10 @@ class StationState:
     devices_json: tuple[dict[str, Any], RawJSON] | None = field(default=None, compare=False)
 
     def set_devices_json(self, text: str) -> None:
-        """Take the devices picture from telemetry's JSON text (decoded only if it changed)."""
-        if self.devices_json is None or self.devices_json[1] != text:
+        """Take the devices picture from telemetry's JSON text (decoded only if it changed
+        since this text last set it: a birth or an event may have set another picture since)."""
+        cached = self.devices_json
+        if cached is None or cached[0] is not self.devices or cached[1] != text:
             self.devices = json.loads(text)
             self.devices_json = (self.devices, RawJSON(text))
 
