@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, create_mock_engine, select
+from sqlalchemy import Engine, create_mock_engine, exc, func, select
 
 from kioskfleet.controller.db import BulkRows, RawJSON, make_engine, migrate
 from kioskfleet.controller.models import Station, StationSession, Telemetry
@@ -232,3 +232,26 @@ def test_an_unknown_dialect_is_refused() -> None:
     engine = create_mock_engine("mysql://", executor=lambda *args, **kwargs: None)
     with pytest.raises(ValueError, match="mysql"):
         BulkRows(engine)  # type: ignore[arg-type]
+
+
+def test_insert_writes_json_once_and_refuses_a_taken_key(engine: Engine) -> None:
+    bulk = BulkRows(engine)
+    with engine.begin() as conn:
+        bulk.insert(
+            conn,
+            _STATION,
+            [
+                _station("wx-a-01", devices=RawJSON('{"printer":{"state":"online"}}')),
+                _station("wx-b-02", devices={"cash": {"state": "jam"}}, required_devices=["cash"]),
+            ],
+        )
+    with engine.connect() as conn:
+        rows = {r.id: (r.devices, r.required_devices) for r in conn.execute(select(_STATION))}
+    assert rows == {
+        "wx-a-01": ({"printer": {"state": "online"}}, None),
+        "wx-b-02": ({"cash": {"state": "jam"}}, ["cash"]),
+    }
+    with pytest.raises(exc.IntegrityError), engine.begin() as conn:
+        bulk.insert(conn, _STATION, [_station("wx-c-03"), _station("wx-a-01")])
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(_STATION)).scalar_one() == 2

@@ -8,7 +8,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, Connection, Engine, Table, event
+from sqlalchemy import JSON, Connection, Engine, Table, event, exc
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import create_engine
 
@@ -80,6 +80,21 @@ class BulkRows:
         if self.dialect not in ("postgresql", "sqlite"):
             raise ValueError(f"unsupported database dialect {self.dialect!r}")
 
+    def insert(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` (all with the same keys); a taken unique key fails the transaction."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        names = ", ".join(f'"{c}"' for c in columns)
+        if self.dialect == "sqlite":
+            marks = ", ".join("?" * len(columns))
+            conn.exec_driver_sql(
+                f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})',
+                _tuples(table, rows, columns),
+            )
+            return
+        self._copy(conn, f'"{table.name}"', table, rows, columns)
+
     def insert_ignore(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` (all with the same keys); a row whose unique key is taken is skipped."""
         if not rows:
@@ -136,15 +151,27 @@ class BulkRows:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
             f'SELECT * FROM "{table.name}" WITH NO DATA'
         )
+        self._copy(conn, stage, table, rows, columns)
+        return stage
+
+    @staticmethod
+    def _copy(
+        conn: Connection, target: str, table: Table, rows: list[dict[str, Any]], columns: list[str]
+    ) -> None:
+        """``COPY`` ``rows`` (shaped as ``table``'s) into ``target``; the driver's errors come
+        out as SQLAlchemy's, as from any other statement."""
         names = ", ".join(f'"{c}"' for c in columns)
+        statement = f"COPY {target} ({names}) FROM STDIN"
+        dbapi = conn.dialect.loaded_dbapi
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            with cursor.copy(statement) as copy:
                 for row in _tuples(table, rows, columns):
                     copy.write_row(row)
+        except dbapi.Error as err:
+            raise exc.DBAPIError.instance(statement, None, err, dbapi.Error) from err
         finally:
             cursor.close()
-        return stage
 
 
 def _tuples(table: Table, rows: list[dict[str, Any]], columns: list[str]) -> list[tuple[Any, ...]]:

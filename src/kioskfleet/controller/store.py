@@ -312,7 +312,7 @@ class FleetStore:
 
         with self.engine.begin() as conn:
             if new_stations:
-                conn.execute(insert(_STATION), [touched[s].row() for s in new_stations])
+                self._bulk.insert(conn, _STATION, [touched[s].row() for s in new_stations])
             self._bulk.update(
                 conn,
                 _STATION,
@@ -322,7 +322,7 @@ class FleetStore:
             for kind, kind_rows in rows.items():
                 self._bulk.insert_ignore(conn, _TABLES[kind], kind_rows)
             if history:
-                conn.execute(insert(_HISTORY), history)
+                self._bulk.insert(conn, _HISTORY, history)
             self._save_ledgers(conn, ledgers_touched, now)
             increments = {f"ingested_{k}": n for k, n in out.stored.items()}
             increments.update(out.declared)
@@ -416,7 +416,7 @@ class FleetStore:
                         .where(_STATION.c.id == station_id)
                         .values(status=new, status_since=state.status_since)
                     )
-                conn.execute(insert(_HISTORY), history)
+                self._bulk.insert(conn, _HISTORY, history)
         return out.changes
 
     def gaps(self, now: float, min_age: float) -> list[tuple[str, int, list[tuple[int, int]]]]:
@@ -498,7 +498,7 @@ class FleetStore:
                 inserts.append({"station": station, "session": session, **values})
         self._bulk.update(conn, _SESSION, ("station", "session"), updates)
         if inserts:
-            conn.execute(insert(_SESSION), inserts)
+            self._bulk.insert(conn, _SESSION, inserts)
 
     def _bump(self, conn: Connection, increments: dict[str, int]) -> None:
         for name, n in increments.items():
