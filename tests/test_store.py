@@ -24,7 +24,7 @@ def _message(kind: str, seq: int, **body: object) -> tuple[str, object]:
     return kind, decode_agent_message(kind, STATION, json.dumps(payload).encode())
 
 
-def _birth() -> tuple[str, object]:
+def _birth(**body: object) -> tuple[str, object]:
     return _message(
         "state",
         0,
@@ -34,6 +34,7 @@ def _birth() -> tuple[str, object]:
         site_type="bank_agent_branch",
         profile="bank-agent-gen1",
         telemetry_interval=10,
+        **body,
     )
 
 
@@ -116,18 +117,7 @@ def test_the_devices_picture_follows_every_message_that_sets_it(tmp_path: Path) 
     assert stored_printer() == "online"
     assert not store.stations[STATION].degraded
 
-    birth = _message(
-        "state",
-        0,
-        online=True,
-        district="Xinwu",
-        site="Xinwu bank branch 2",
-        site_type="bank_agent_branch",
-        profile="bank-agent-gen1",
-        telemetry_interval=10,
-        devices=_printer("hardware_error"),
-    )
-    store.apply([birth], now=110.0)  # type: ignore[list-item]
+    store.apply([_birth(devices=_printer("hardware_error"))], now=110.0)  # type: ignore[list-item]
     assert stored_printer() == "hardware_error"
     assert store.stations[STATION].degraded
 

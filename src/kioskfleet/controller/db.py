@@ -82,37 +82,33 @@ class BulkRows:
 
     def insert(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` (all with the same keys); a taken unique key fails the transaction."""
-        if not rows:
-            return
-        columns = list(rows[0])
-        names = ", ".join(f'"{c}"' for c in columns)
-        if self.dialect == "sqlite":
-            marks = ", ".join("?" * len(columns))
-            conn.exec_driver_sql(
-                f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})',
-                _tuples(table, rows, columns),
-            )
-            return
-        self._copy(conn, f'"{table.name}"', table, rows, columns)
+        self._insert(conn, table, rows, ignore=False)
 
     def insert_ignore(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` (all with the same keys); a row whose unique key is taken is skipped."""
+        self._insert(conn, table, rows, ignore=True)
+
+    def _insert(
+        self, conn: Connection, table: Table, rows: list[dict[str, Any]], *, ignore: bool
+    ) -> None:
         if not rows:
             return
         columns = list(rows[0])
         names = ", ".join(f'"{c}"' for c in columns)
+        conflict = " ON CONFLICT DO NOTHING" if ignore else ""
         if self.dialect == "sqlite":
             marks = ", ".join("?" * len(columns))
             conn.exec_driver_sql(
-                f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING',
+                f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}){conflict}',
                 _tuples(table, rows, columns),
             )
-            return
-        stage = self._stage(conn, table, "ins", rows, columns)
-        conn.exec_driver_sql(
-            f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {stage} '
-            "ON CONFLICT DO NOTHING"
-        )
+        elif not ignore:
+            self._copy(conn, f'"{table.name}"', table, rows, columns)
+        else:
+            stage = self._stage(conn, table, "ins", rows, columns)
+            conn.exec_driver_sql(
+                f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {stage}{conflict}'
+            )
 
     def update(
         self, conn: Connection, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]]
