@@ -193,8 +193,8 @@ class Ingest:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.session_expiry
             # at most this many unacked messages in flight to us, the broker keeps the rest:
-            # the batches in the writer plus the one filling (deploy/mosquitto: the broker's
-            # own max_inflight_messages must be as large)
+            # the batches in the writer plus the one filling (Mosquitto honours this for MQTT 5
+            # clients in place of its max_inflight_messages, docs/decisions.md 18)
             props.ReceiveMaximum = min(65535, max(2000, (_BATCHES_IN_FLIGHT + 1) * self.batch_size))
             self._client.connect_async(
                 self.broker.host,

@@ -468,19 +468,9 @@ class FleetStore:
 
     def _ledger(self, station: str, session: int) -> SeqLedger:
         key = (station, session)
-        ledger = self._ledgers.get(key)
-        if ledger is None:
-            with self.engine.connect() as conn:
-                row = conn.execute(
-                    select(_SESSION.c.watermark, _SESSION.c.above).where(
-                        _SESSION.c.station == station, _SESSION.c.session == session
-                    )
-                ).first()
-            ledger = SeqLedger() if row is None else SeqLedger(int(row[0]), set(row[1] or ()))
-            if row is not None:
-                self._persisted.add(key)
-            self._ledgers[key] = ledger
-        return ledger
+        if key not in self._ledgers:
+            self._load_ledgers({key})
+        return self._ledgers[key]
 
     def _save_ledgers(self, conn: Connection, keys: set[tuple[str, int]], now: float) -> None:
         updates: list[dict[str, Any]] = []

@@ -116,11 +116,6 @@ class Writer:
     def close(self) -> None:
         self.engine.dispose()
 
-    def batch(self, items: list[tuple[str, bytes]], stop: threading.Event) -> BatchReport | None:
-        """Decode and store one batch; retries while the database is away. None when stopped
-        first."""
-        return self.store_batch(decode_batch(items), stop)
-
     def store_batch(self, batch: DecodedBatch, stop: threading.Event) -> BatchReport | None:
         """Store a decoded batch in one transaction, retrying while the database is away;
         None when ``stop`` is set before it could be stored."""
