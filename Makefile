@@ -34,5 +34,9 @@ typecheck: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev system-deps lint typecheck
 	$(BIN)/pytest -q -ra
 
+# everything that needs no broker, no database server and no browser: well under a minute
+unit: $(VENV)/.installed-dev
+	$(BIN)/pytest -q -ra -m "not mosquitto and not postgres and not chromium and not slow"
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
