@@ -107,7 +107,7 @@ class ServedController:
         from kioskfleet.controller import crud
 
         with self.controller.engine.connect() as conn:
-            return crud.fleet_summary(conn)
+            return crud.fleet_summary(conn=conn).model_dump(mode="json")
 
     def stop(self) -> None:
         """Stop serving, then stop the controller."""

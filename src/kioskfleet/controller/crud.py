@@ -1,7 +1,9 @@
-"""Read side of the fleet: keyword-only query functions, no HTTP in them."""
+"""Read side of the fleet: keyword-only query functions that return the API's public models
+(``controller.public``), no HTTP in them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,20 +11,24 @@ from sqlalchemy import Connection, func, select
 
 from kioskfleet.controller.fleet import STATUSES
 from kioskfleet.controller.models import Counter, Station, StationHistory
+from kioskfleet.controller.public import FleetSummary, StationDetail, StationList
 
 _S = Station.__table__  # type: ignore[attr-defined]
 _H = StationHistory.__table__  # type: ignore[attr-defined]
 _C = Counter.__table__  # type: ignore[attr-defined]
 
 
-def iso(ts: float | None) -> str | None:
-    """UTC Unix seconds → ISO 8601 with ``Z``."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+def utc(ts: float) -> datetime:
+    """UTC Unix seconds → an aware datetime (the API renders it ISO 8601 with ``Z``)."""
+    return datetime.fromtimestamp(ts, UTC)
 
 
-def status_counts(conn: Connection) -> dict[tuple[str, str], int]:
+def utc_or_none(ts: float | None) -> datetime | None:
+    """:func:`utc`, passing None through."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def status_counts(*, conn: Connection) -> dict[tuple[str, str], int]:
     """Stations per (district, status)."""
     rows = conn.execute(
         select(func.coalesce(_S.c.district, "unknown"), _S.c.status, func.count()).group_by(
@@ -40,11 +46,11 @@ def totals_template() -> dict[str, int]:
     return dict.fromkeys(STATUSES, 0)
 
 
-def fleet_summary(conn: Connection, *, open_alerts: int = 0) -> dict[str, Any]:
+def fleet_summary(*, conn: Connection, open_alerts: int = 0) -> FleetSummary:
     """CONTRACT §4 ``/api/fleet/summary``."""
     totals = totals_template()
     districts: dict[str, dict[str, int]] = {}
-    for (district, status), n in status_counts(conn).items():
+    for (district, status), n in status_counts(conn=conn).items():
         if status not in totals:
             continue
         totals[status] += n
@@ -52,20 +58,38 @@ def fleet_summary(conn: Connection, *, open_alerts: int = 0) -> dict[str, Any]:
         entry[status] += n
         entry["stations"] += n
     counters = {name: int(value) for name, value in conn.execute(select(_C.c.name, _C.c.value))}
-    return {
-        "stations": sum(totals.values()),
-        **totals,
-        "open_alerts": open_alerts,
-        "ingested": {
-            "telemetry": counters.get("ingested_telemetry", 0),
-            "events": counters.get("ingested_events", 0),
-        },
-        "rejected": counters.get("rejected", 0),
-        "districts": dict(sorted(districts.items())),
-    }
+    return FleetSummary.model_validate(
+        {
+            "stations": sum(totals.values()),
+            **totals,
+            "open_alerts": open_alerts,
+            "ingested": {
+                "telemetry": counters.get("ingested_telemetry", 0),
+                "events": counters.get("ingested_events", 0),
+            },
+            "rejected": counters.get("rejected", 0),
+            "districts": dict(sorted(districts.items())),
+        }
+    )
 
 
-def _public(row: Any) -> dict[str, Any]:
+#: what a list item needs: not ``devices``, whose JSON would be decoded for every row
+_LISTED = (
+    _S.c.id,
+    _S.c.district,
+    _S.c.site,
+    _S.c.site_type,
+    _S.c.profile,
+    _S.c.status,
+    _S.c.status_since,
+    _S.c.last_seen,
+    _S.c.agent_version,
+    _S.c.catalogue_version,
+    _S.c.telemetry_interval,
+)
+
+
+def _listed(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
         "district": row.district,
@@ -73,22 +97,26 @@ def _public(row: Any) -> dict[str, Any]:
         "site_type": row.site_type,
         "profile": row.profile,
         "status": row.status,
-        "status_since": iso(row.status_since),
-        "last_seen": iso(row.last_seen),
+        "status_since": utc(row.status_since),
+        "last_seen": utc_or_none(row.last_seen),
         "versions": {"agent": row.agent_version, "catalogue": row.catalogue_version},
         "telemetry_interval": row.telemetry_interval,
     }
 
 
 def list_stations(
-    conn: Connection,
     *,
-    filters: dict[str, str | None],
+    conn: Connection,
+    filters: Mapping[str, str | None],
     limit: int,
     offset: int,
-) -> dict[str, Any]:
-    """CONTRACT §4 ``/api/stations``: filtered, paged, ordered by id."""
-    query = select(_S)
+) -> StationList:
+    """CONTRACT §4 ``/api/stations``: filtered, paged, ordered by id.
+
+    ``filters`` maps a column (``district``, ``site``, ``site_type``, ``profile``, ``status``)
+    to the value it must have; None leaves that column free.
+    """
+    query = select(*_LISTED)
     counted = select(func.count()).select_from(_S)
     for column, value in filters.items():
         if value is not None:
@@ -96,11 +124,15 @@ def list_stations(
             counted = counted.where(_S.c[column] == value)
     total = int(conn.execute(counted).scalar_one())
     rows = conn.execute(query.order_by(_S.c.id).limit(limit).offset(offset))
-    return {"items": [_public(row) for row in rows], "total": total}
+    # one validation of the whole page, in pydantic's core (cheaper than a model per row)
+    return StationList.model_validate({"items": [_listed(row) for row in rows], "total": total})
 
 
-def get_station(conn: Connection, *, station_id: str, history: int = 50) -> dict[str, Any] | None:
-    """CONTRACT §4 ``/api/stations/{id}``: the list item plus devices, history, alerts."""
+def get_station(*, conn: Connection, station_id: str, history: int = 50) -> StationDetail | None:
+    """CONTRACT §4 ``/api/stations/{id}``: the list item plus devices, history, alerts.
+
+    None when no station has that id. ``history`` bounds the status changes returned.
+    """
     row = conn.execute(select(_S).where(_S.c.id == station_id)).first()
     if row is None:
         return None
@@ -110,17 +142,20 @@ def get_station(conn: Connection, *, station_id: str, history: int = 50) -> dict
         .order_by(_H.c.at.desc(), _H.c.id.desc())
         .limit(history)
     )
-    return {
-        **_public(row),
-        "online": row.online,
-        "session": row.session,
-        "last_telemetry_at": iso(row.last_telemetry_at),
-        "registered_at": iso(row.registered_at),
-        "devices": row.devices or {},
-        "required_devices": row.required_devices,
-        "history": [
-            {"status": h.status, "reason": h.reason, "session": h.session, "at": iso(h.at)}
-            for h in recent
-        ],
-        "alerts": [],
-    }
+    return StationDetail.model_validate(
+        {
+            **_listed(row),
+            "online": row.online,
+            "session": row.session,
+            "last_telemetry_at": utc_or_none(row.last_telemetry_at),
+            "registered_at": utc(row.registered_at),
+            "devices": row.devices or {},
+            "required_devices": row.required_devices,
+            "history": [
+                {"status": h.status, "reason": h.reason, "session": h.session, "at": utc(h.at)}
+                for h in recent
+            ],
+            # open alerts arrive with the alerts issue
+            "alerts": [],
+        }
+    )

@@ -71,4 +71,4 @@ class Controller:
 
     def _counts(self) -> dict[tuple[str, str], int]:
         with self.engine.connect() as conn:
-            return crud.status_counts(conn)
+            return crud.status_counts(conn=conn)

@@ -1,15 +1,15 @@
 """Stations: list with filters, one station in detail."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from kioskfleet.controller import crud
 from kioskfleet.controller.api.deps import ConnDep
+from kioskfleet.controller.fleet import StationStatus
+from kioskfleet.controller.public import ErrorDetail, StationDetail, StationList
 
 router = APIRouter(prefix="/api/stations", tags=["stations"])
-
-StatusFilter = Literal["online", "degraded", "silent", "offline"]
 
 
 @router.get("")
@@ -19,10 +19,10 @@ def list_stations(
     site: str | None = None,
     site_type: str | None = None,
     profile: str | None = None,
-    status: StatusFilter | None = None,
+    status: StationStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> dict[str, Any]:
+) -> StationList:
     """Stations, filtered by district, site, site type, profile or status; paged."""
     filters = {
         "district": district,
@@ -31,13 +31,15 @@ def list_stations(
         "profile": profile,
         "status": status,
     }
-    return crud.list_stations(conn, filters=filters, limit=limit, offset=offset)
+    return crud.list_stations(conn=conn, filters=filters, limit=limit, offset=offset)
 
 
-@router.get("/{station_id}")
-def get_station(conn: ConnDep, station_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+@router.get(
+    "/{station_id}", responses={404: {"model": ErrorDetail, "description": "No such station"}}
+)
+def get_station(conn: ConnDep, station_id: Annotated[str, Path(max_length=64)]) -> StationDetail:
     """One station: its description, devices, recent status history and open alerts."""
-    station = crud.get_station(conn, station_id=station_id)
+    station = crud.get_station(conn=conn, station_id=station_id)
     if station is None:
         raise HTTPException(status_code=404, detail=f"no station {station_id!r}")
     return station

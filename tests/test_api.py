@@ -1,0 +1,293 @@
+"""The read API (CONTRACT §4) as a client sees it: the JSON, the schemas ``/openapi.json``
+documents for it, paging limits and errors. The app runs in-process over ASGI on a SQLite
+database that the real ``FleetStore`` filled; no broker (so ``/healthz`` says 503)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+from fastapi import FastAPI
+
+from kioskfleet.controller.app import create_app
+from kioskfleet.controller.config import Settings
+from kioskfleet.controller.db import migrate
+from kioskfleet.controller.service import Controller
+from kioskfleet.controller.store import FleetStore
+from kioskfleet.protocol import decode_agent_message
+
+T0 = 1764000000.25  # 2025-11-24T16:00:00.250000Z
+PRINTER = {
+    "device": "printer",
+    "driver": "escpos",
+    "state": "online",
+    "faults": [],
+    "info": {"model": "TM-T88", "serial": "P1"},
+    "supplies": {"paper": "full"},
+}
+CARD_READER = {
+    "device": "card_reader",
+    "driver": "crt591",
+    "state": "online",
+    "faults": [],
+    "info": {},
+    "media": "not_present",
+}
+PAPER_OUT = {
+    **PRINTER,
+    "state": "user_error",
+    "faults": ["paper_out"],
+    "supplies": {"paper": "out"},
+}
+
+
+def _message(kind: str, station: str, **body: Any) -> tuple[str, Any]:
+    payload = {"v": 1, "station": station, "session": 7, "seq": 0, "ts": T0, **body}
+    return kind, decode_agent_message(kind, station, json.dumps(payload).encode())
+
+
+def _birth(station: str, district: str, **body: Any) -> tuple[str, Any]:
+    return _message(
+        "state",
+        station,
+        online=True,
+        district=district,
+        site=f"{district} Government Affairs Service Center 1",
+        site_type="government_service_center",
+        profile="estation-gen2",
+        telemetry_interval=10,
+        **body,
+    )
+
+
+def fill(engine: Any) -> None:
+    """Three stations: one degraded by its printer, one gone offline, one plain online."""
+    store = FleetStore(engine)
+    store.apply(
+        [
+            _birth(
+                "wx-binhu-gov-01",
+                "Binhu",
+                versions={"agent": "0.1.0", "catalogue": "2026.11"},
+                devices={"printer": PRINTER, "card_reader": CARD_READER},
+                required_devices=["printer"],
+            ),
+            _birth("wx-binhu-gov-02", "Binhu", versions={"agent": "0.1.0"}),
+            _birth("wx-liangxi-gov-01", "Liangxi"),
+        ],
+        now=T0,
+    )
+    status_change = {"type": "device_status", "device": "printer", "status": PAPER_OUT}
+    store.apply(
+        [
+            _message("events", "wx-binhu-gov-01", seq=1, events=[status_change]),
+            _message("state", "wx-binhu-gov-02", online=False),
+        ],
+        now=T0 + 10.25,
+    )
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[FastAPI]:
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'controller.db'}")
+    controller = Controller(settings)  # never started: no broker, no ingest
+    migrate(controller.engine)
+    fill(controller.engine)
+    yield create_app(settings, controller)
+    controller.engine.dispose()
+
+
+def get(app: FastAPI, path: str, **params: Any) -> httpx.Response:
+    """One GET through the whole ASGI app."""
+
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://controller") as client:
+            return await client.get(path, params=params)
+
+    return asyncio.run(run())
+
+
+def documented(openapi: dict[str, Any], path: str, status: int) -> dict[str, Any]:
+    """The JSON schema ``/openapi.json`` gives for a GET's response with ``status``, made
+    self-contained (its ``#/components/...`` references resolve inside it)."""
+    response = openapi["paths"][path]["get"]["responses"][str(status)]
+    schema: dict[str, Any] = response["content"]["application/json"]["schema"]
+    return {**schema, "components": openapi["components"]}
+
+
+def check(openapi: dict[str, Any], path: str, response: httpx.Response) -> None:
+    """The response validates against what the API documents for its path and status."""
+    schema = documented(openapi, path, response.status_code)
+    jsonschema.Draft202012Validator(schema).validate(response.json())
+
+
+def test_every_read_route_documents_a_typed_200_response() -> None:
+    app = create_app(Settings(db_url="sqlite:///unused.db"))
+    openapi = app.openapi()
+    components = openapi["components"]["schemas"]
+    checked = []
+    for path, operations in openapi["paths"].items():
+        if "get" not in operations or not (path.startswith("/api/") or path == "/healthz"):
+            continue
+        schema = operations["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        # a named model with its keys: not {} nor a free-form {"type": "object"}
+        ref = schema.get("$ref", "")
+        assert ref.startswith("#/components/schemas/"), f"GET {path}: 200 is {schema}"
+        target = components[ref.removeprefix("#/components/schemas/")]
+        assert target["type"] == "object" and target["properties"], f"GET {path}: {target}"
+        assert target["required"], f"GET {path}: {ref} promises no key"
+        checked.append(path)
+    assert {"/healthz", "/api/fleet/summary", "/api/stations", "/api/stations/{station_id}"} <= set(
+        checked
+    )
+    # the station's devices are documented by the protocol's own model, not as free dicts
+    devices = components["StationDetail"]["properties"]["devices"]
+    assert [*devices["patternProperties"].values()] == [
+        {"$ref": "#/components/schemas/DeviceStatus"}
+    ]
+    errors = openapi["paths"]["/api/stations/{station_id}"]["get"]["responses"]
+    assert errors["404"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorDetail")
+    health = openapi["paths"]["/healthz"]["get"]["responses"]
+    assert health["503"]["content"]["application/json"]["schema"]["$ref"].endswith("Unhealthy")
+
+
+def test_responses_validate_against_the_documented_schemas(app: FastAPI) -> None:
+    openapi = get(app, "/openapi.json").json()
+    summary = get(app, "/api/fleet/summary")
+    listed = get(app, "/api/stations")
+    assert summary.status_code == listed.status_code == 200
+    check(openapi, "/api/fleet/summary", summary)
+    check(openapi, "/api/stations", listed)
+    assert listed.json()["total"] == 3
+    for item in listed.json()["items"]:
+        detail = get(app, f"/api/stations/{item['id']}")
+        assert detail.status_code == 200
+        check(openapi, "/api/stations/{station_id}", detail)
+    unhealthy = get(app, "/healthz")  # the controller was never started: no broker
+    assert unhealthy.status_code == 503
+    check(openapi, "/healthz", unhealthy)
+    missing = get(app, "/api/stations/wx-nowhere-01")
+    assert missing.status_code == 404
+    check(openapi, "/api/stations/{station_id}", missing)
+    refused = get(app, "/api/stations", limit=0)
+    assert refused.status_code == 422
+    check(openapi, "/api/stations", refused)
+
+    # and the check can fail: a list without its total is not what is documented
+    broken = {"items": listed.json()["items"]}
+    with pytest.raises(jsonschema.ValidationError, match="'total' is a required property"):
+        jsonschema.validate(broken, documented(openapi, "/api/stations", 200))
+
+
+def test_the_json_on_the_wire(app: FastAPI) -> None:
+    assert get(app, "/api/fleet/summary").json() == {
+        "stations": 3,
+        "online": 1,
+        "degraded": 1,
+        "silent": 0,
+        "offline": 1,
+        "open_alerts": 0,
+        "ingested": {"telemetry": 0, "events": 1},
+        "rejected": 0,
+        "districts": {
+            "Binhu": {"stations": 2, "online": 0, "degraded": 1, "silent": 0, "offline": 1},
+            "Liangxi": {"stations": 1, "online": 1, "degraded": 0, "silent": 0, "offline": 0},
+        },
+    }
+    item = {
+        "id": "wx-binhu-gov-01",
+        "district": "Binhu",
+        "site": "Binhu Government Affairs Service Center 1",
+        "site_type": "government_service_center",
+        "profile": "estation-gen2",
+        "status": "degraded",
+        "status_since": "2025-11-24T16:00:10.500000Z",
+        "last_seen": "2025-11-24T16:00:10.500000Z",
+        "versions": {"agent": "0.1.0", "catalogue": "2026.11"},
+        "telemetry_interval": 10.0,
+    }
+    page = get(app, "/api/stations", district="Binhu", limit=1).json()
+    assert page == {"items": [item], "total": 2}
+    offline = get(app, "/api/stations", status="offline").json()["items"]
+    assert [(s["id"], s["versions"]) for s in offline] == [
+        ("wx-binhu-gov-02", {"agent": "0.1.0", "catalogue": None})
+    ]
+
+    detail = get(app, "/api/stations/wx-binhu-gov-01").json()
+    assert list(detail) == [
+        *item,
+        "online",
+        "session",
+        "last_telemetry_at",
+        "registered_at",
+        "devices",
+        "required_devices",
+        "history",
+        "alerts",
+    ]
+    assert {key: detail[key] for key in item} == item
+    assert detail["online"] is True
+    assert detail["session"] == 7
+    assert detail["last_telemetry_at"] is None
+    assert detail["registered_at"] == "2025-11-24T16:00:00.250000Z"
+    # each device as stored: no nulls for what it did not report (the printer's media, its
+    # events, which a status change does not carry)
+    card_reader = {**CARD_READER, "supplies": {}, "events": []}
+    assert detail["devices"] == {"printer": PAPER_OUT, "card_reader": card_reader}
+    assert detail["required_devices"] == ["printer"]
+    assert [(h["status"], h["at"]) for h in detail["history"]] == [
+        ("degraded", "2025-11-24T16:00:10.500000Z"),
+        ("online", "2025-11-24T16:00:00.250000Z"),
+    ]
+    assert set(detail["history"][0]) == {"status", "reason", "session", "at"}
+    assert detail["alerts"] == []
+
+    assert get(app, "/healthz").json() == {
+        "status": "unavailable",
+        "reason": "broker not connected",
+    }
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": -1},
+        {"limit": 1001},
+        {"limit": "ten"},
+        {"limit": 1.5},
+        {"offset": -1},
+        {"offset": "x"},
+        {"status": "sleeping"},
+    ],
+)
+def test_bad_paging_and_filters_are_refused_with_422(app: FastAPI, params: dict[str, Any]) -> None:
+    response = get(app, "/api/stations", **params)
+    assert response.status_code == 422
+    (name,) = params
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", name]]
+
+
+@pytest.mark.parametrize(
+    ("limit", "offset", "ids"), [(1, 0, 1), (1000, 0, 3), (2, 2, 1), (5, 3, 0)]
+)
+def test_paging_at_its_bounds(app: FastAPI, limit: int, offset: int, ids: int) -> None:
+    page = get(app, "/api/stations", limit=limit, offset=offset).json()
+    assert page["total"] == 3
+    assert len(page["items"]) == ids
+
+
+def test_an_unknown_station_is_404_with_a_json_body(app: FastAPI) -> None:
+    response = get(app, "/api/stations/wx-nowhere-01")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"detail": "no station 'wx-nowhere-01'"}
+    too_long = get(app, "/api/stations/" + "x" * 65)
+    assert too_long.status_code == 422
