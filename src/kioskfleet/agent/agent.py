@@ -2,6 +2,8 @@
 
 The pieces around it are injected: the :class:`~kioskfleet.agent.outbox.StationOutbox`, the
 :class:`~kioskfleet.agent.mqtt.MqttLink` it builds, the device coordinator and the host sampler.
+What goes out when is decided by the pure :class:`~kioskfleet.agent.sendwindow.SendWindow`, what
+the messages hold by :mod:`kioskfleet.agent.payloads`; this class is the I/O glue between them.
 The same class runs on a kiosk and, thousands of times over one event loop, in the fleet
 simulator.
 """
