@@ -8,6 +8,7 @@ Each message type is built as the agent builds it (``agent/payloads.py``, and th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -273,13 +274,69 @@ def test_the_agent_does_not_queue_what_its_models_refuse(
     assert "张三" not in caplog.text  # offending values stay out of the log
 
 
-def test_a_station_the_controller_would_refuse_fails_at_construction(tmp_path: Path) -> None:
-    bad = StationIdentity(station="WX_Bad", district="d", site="s", site_type="t", profile="p")
-    with pytest.raises(ValueError, match="station"):
+class FixedSource:
+    """An in-memory :class:`DeviceSource` reporting whatever ``status`` is set to."""
+
+    slot = "printer"
+    blocking = False
+
+    def __init__(self, status: DeviceStatus) -> None:
+        self.status = status
+
+    def read(self) -> DeviceStatus:
+        return self.status
+
+    def poll_interval(self) -> float:
+        return 1.0
+
+
+def test_a_malformed_driver_event_is_logged_and_does_not_reach_the_coordinator(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    healthy = devices()["printer"]
+    source = FixedSource(healthy)
+
+    async def scenario() -> None:
+        agent = StationAgent(
+            IDENTITY,
+            broker=parse_broker_url("mqtt://127.0.0.1:1"),
+            outbox=OutboxStore(":memory:").outbox(STATION),
+            sources=[source],
+            host=None,
+        )
+        agent.coordinator.poll_once()
+        source.status = healthy.model_copy(
+            update={"state": "user_error", "faults": ["paper_out"], "events": [{"type": "Bad!"}]}
+        )
+        agent.coordinator.poll_once()  # raises nothing into the coordinator
+        assert len(agent.outbox) == 0
+        source.status = healthy
+        agent.coordinator.poll_once()  # the next change still goes out
+        assert [e.kind for e in agent.outbox.entries()] == ["events"]
+
+    asyncio.run(scenario())
+    assert "did not queue a malformed events message: type" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("identity", "slot", "complaint"),
+    [
+        (dataclasses.replace(IDENTITY, station="WX_Bad"), "printer", "station"),
+        (dataclasses.replace(IDENTITY, site=""), "printer", "site"),
+        (dataclasses.replace(IDENTITY, telemetry_interval=0), "printer", "telemetry_interval"),
+        (IDENTITY, "receipt_printer", "String should match pattern"),
+    ],
+)
+def test_a_station_the_controller_would_refuse_fails_at_construction(
+    identity: StationIdentity, slot: str, complaint: str
+) -> None:
+    source = FixedSource(devices()["printer"])
+    source.slot = slot
+    with pytest.raises(ValueError, match=complaint):
         StationAgent(
-            bad,
+            identity,
             broker=parse_broker_url("mqtt://127.0.0.1:1"),
             outbox=OutboxStore(":memory:").outbox("wx-bad"),
-            sources=[],
+            sources=[source],
             host=None,
         )

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from kioskfleet.agent import payloads
@@ -37,6 +37,7 @@ from kioskfleet.protocol.messages import (
     ControllerState,
     Event,
     Sequenced,
+    SlotName,
     encode,
 )
 from kioskfleet.protocol.topics import (
@@ -83,7 +84,8 @@ class StationAgent:
         tuning: pacing and extra command handlers.
 
     Raises:
-        pydantic.ValidationError: ``identity`` would make a birth the controller rejects.
+        pydantic.ValidationError: ``identity`` would make a birth the controller rejects, or a
+            source's slot is not one the contract names.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class StationAgent:
         # a birth the controller would reject is a configuration error: say so now, not at
         # every connect
         payloads.birth(identity, session=0, ts=0.0, keepalive=self.tuning.keepalive, devices={})
+        _SLOTS.validate_python([source.slot for source in sources])
         self.coordinator = Coordinator(sources, self._device_changed)
         self.window = SendWindow(
             window=self.tuning.window,
@@ -396,8 +399,10 @@ class StationAgent:
 
     # -- devices and telemetry -----------------------------------------------------------------
     def _device_changed(self, slot: str, status: DeviceStatus) -> None:
-        if self.producing:
-            self.queue_events(payloads.device_change(slot, status))
+        if self.producing:  # built inside _queue, so a driver's malformed event is caught there
+            self._queue(
+                "events", lambda stamp: payloads.events(stamp, payloads.device_change(slot, status))
+            )
 
     async def _telemetry_loop(self, first_delay: float) -> None:
         await asyncio.sleep(first_delay)
@@ -414,6 +419,7 @@ class StationAgent:
 
 
 _SEQUENCED_KINDS: tuple[Kind, ...] = ("telemetry", "events", "reply")
+_SLOTS = TypeAdapter(list[SlotName])
 
 
 def _why(err: ValidationError | PydanticSerializationError) -> str:
