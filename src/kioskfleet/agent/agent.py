@@ -2,6 +2,8 @@
 
 The pieces around it are injected: the :class:`~kioskfleet.agent.outbox.StationOutbox`, the
 :class:`~kioskfleet.agent.mqtt.MqttLink` it builds, the device coordinator and the host sampler.
+What goes out when is decided by the pure :class:`~kioskfleet.agent.sendwindow.SendWindow`, what
+the messages hold by :mod:`kioskfleet.agent.payloads`; this class is the I/O glue between them.
 The same class runs on a kiosk and, thousands of times over one event loop, in the fleet
 simulator.
 """
@@ -9,65 +11,46 @@ simulator.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
-from kioskfleet import __version__
+from kioskfleet.agent import payloads
 from kioskfleet.agent.devices import Coordinator, DeviceSource
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.agent.mqtt import MqttLink
 from kioskfleet.agent.outbox import DroppedRange, Entry, Kind, StationOutbox
+from kioskfleet.agent.payloads import ReplyStatus, Stamp, StationIdentity
+from kioskfleet.agent.sendwindow import SendCounts, SendWindow
 from kioskfleet.protocol.broker_url import BrokerUrl
 from kioskfleet.protocol.devices import DeviceStatus
-from kioskfleet.protocol.messages import Ack, Command, ControllerState
-from kioskfleet.protocol.topics import CONTROLLER_STATE_TOPIC, ROOT, ack_topic, station_topic
+from kioskfleet.protocol.errors import ProtocolError
+from kioskfleet.protocol.messages import (
+    Ack,
+    Command,
+    ControllerState,
+    Event,
+    Sequenced,
+    SlotName,
+    encode,
+)
+from kioskfleet.protocol.topics import (
+    CONTROLLER_STATE_TOPIC,
+    ack_topic,
+    cmd_topic,
+    parse_topic,
+    station_topic,
+)
+
+__all__ = ["AgentTuning", "CommandHandler", "SendCounts", "StationAgent", "StationIdentity"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StationIdentity:
-    """What a station says about itself in its birth (CONTRACT §3 ``state``)."""
-
-    station: str
-    district: str
-    site: str
-    site_type: str
-    profile: str
-    telemetry_interval: float = 10.0
-    agent_version: str = __version__
-    catalogue_version: str | None = None
-    #: device slots the station needs to serve; empty means every configured device
-    required_devices: tuple[str, ...] = ()
-
-
-@dataclass
-class _Pending:
-    kind: Kind
-    state: str = "unsent"  # unsent → inflight (published) → sent (broker PUBACK) → confirmed
-    sent_at: float = 0.0
-    counted: bool = False
-
-
-@dataclass
-class SendCounts:
-    """Distinct messages the broker acknowledged, per kind (CONTRACT §2 ``simulate`` ``sent``)."""
-
-    telemetry: int = 0
-    events: int = 0
-    reply: int = 0
-
-    def add(self, kind: str) -> None:
-        """Count one message of ``kind``."""
-        setattr(self, kind, getattr(self, kind) + 1)
 
 
 CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -99,6 +82,10 @@ class StationAgent:
         sources: the station's devices.
         host: host metrics sampler (shared in the simulator).
         tuning: pacing and extra command handlers.
+
+    Raises:
+        pydantic.ValidationError: ``identity`` would make a birth the controller rejects, or a
+            source's slot is not one the contract names.
     """
 
     def __init__(
@@ -118,23 +105,28 @@ class StationAgent:
         self.host = host
         self.tuning = tuning or AgentTuning()
         self.rng = rng or random.Random()
+        # a birth the controller would reject is a configuration error: say so now, not at
+        # every connect
+        payloads.birth(identity, session=0, ts=0.0, keepalive=self.tuning.keepalive, devices={})
+        _SLOTS.validate_python([source.slot for source in sources])
         self.coordinator = Coordinator(sources, self._device_changed)
-        self.sent = SendCounts()
+        self.window = SendWindow(
+            window=self.tuning.window,
+            max_rate=self.tuning.max_rate,
+            ack_timeout=self.tuning.ack_timeout,
+        )
+        #: distinct messages the broker took, per kind
+        self.sent = self.window.counts
         self.counters: dict[str, int] = {"commands": 0, "reconnects": 0}
         self.producing = True
-        self._pending: dict[tuple[int, int], _Pending] = {}
-        self._unsent: deque[tuple[int, int]] = deque()
-        self._by_mid: dict[int, tuple[int, int]] = {}
-        self._inflight = 0
-        self._tokens = float(self.tuning.window)
-        self._last_refill = time.monotonic()
+        self._topics = {kind: station_topic(self.station, kind) for kind in _SEQUENCED_KINDS}
+        self._state_topic = station_topic(self.station, "state")
         self._pump_handle: asyncio.Handle | asyncio.TimerHandle | None = None
-        self._resend_after = self.tuning.ack_timeout
         self._controller_online: bool | None = None
         self._telemetry_task: asyncio.Task[None] | None = None
         self._resend_task: asyncio.Task[None] | None = None
         for entry in outbox.entries():  # a backlog from before a restart goes first
-            self._track(entry)
+            self.window.track(entry)
         self._commands: dict[str, CommandHandler] = {
             "rebirth": self._cmd_rebirth,
             "resend": self._cmd_resend,
@@ -145,7 +137,7 @@ class StationAgent:
             client_id=self.station,
             url=broker,
             subscriptions=[
-                f"{ROOT}/{self.station}/cmd/#",
+                cmd_topic(self.station, "#"),
                 ack_topic(self.station),
                 CONTROLLER_STATE_TOPIC,
             ],
@@ -180,7 +172,7 @@ class StationAgent:
     @property
     def unconfirmed(self) -> int:
         """Messages queued and not yet confirmed by the controller."""
-        return len(self._pending)
+        return len(self.window)
 
     async def stop(self) -> None:
         """Shut down cleanly: offline state, DISCONNECT (so the broker sends no will)."""
@@ -191,66 +183,46 @@ class StationAgent:
         await self.coordinator.stop()
         if self._pump_handle is not None:
             self._pump_handle.cancel()
-        goodbye = self._state_payload(self.outbox.session, online=False)
-        await self.link.stop((station_topic(self.station, "state"), goodbye))
+        await self.link.stop((self._state_topic, self._goodbye(self.outbox.session)))
 
     # -- queueing ------------------------------------------------------------------------------
-    def queue(self, kind: Kind, body: dict[str, Any]) -> Entry:
-        """Stamp ``body`` with the envelope, store it durably and schedule its publication."""
+    def queue_telemetry(self) -> Entry | None:
+        """Queue one telemetry message with host metrics and every device's status."""
+        host = self.host.sample() if self.host else {}
+        return self._queue(
+            "telemetry",
+            lambda stamp: payloads.telemetry(
+                stamp, host=host, devices=self.coordinator.statuses, counters=self.counters
+            ),
+        )
 
-        def build(session: int, seq: int, dropped: list[DroppedRange]) -> bytes:
-            message: dict[str, Any] = {
-                "v": 1,
-                "station": self.station,
-                "session": session,
-                "seq": seq,
-                "ts": time.time(),
-                **body,
-            }
-            if dropped:
-                message["dropped"] = [
-                    {
-                        "session": d.session,
-                        "from_seq": d.from_seq,
-                        "to_seq": d.to_seq,
-                        "kind": d.kind,
-                    }
-                    for d in dropped
-                ]
-            return json.dumps(message, separators=(",", ":")).encode()
+    def queue_events(self, events: Sequence[Event | Mapping[str, Any]]) -> Entry | None:
+        """Queue one ``events`` message (transactions, cash movements, device events)."""
+        return self._queue("events", lambda stamp: payloads.events(stamp, events))
 
-        entry = self.outbox.enqueue(kind, build)
-        self._track(entry)
-        if len(self.outbox) < len(self._pending):  # the bound dropped some: forget them too
-            self._forget_dropped()
+    def _queue(self, kind: Kind, build: Callable[[Stamp], Sequenced]) -> Entry | None:
+        """Stamp a message with the envelope, store it durably and schedule its publication.
+
+        A message our own models refuse is a bug upstream (a driver's event, a command's
+        result): it is logged and not queued — the controller would only reject it — and its
+        seq is not used, so no gap opens. Returns None then.
+        """
+
+        def stamped(session: int, seq: int, dropped: list[DroppedRange]) -> bytes:
+            return encode(build(Stamp(self.station, session, seq, time.time(), dropped)))
+
+        try:
+            entry = self.outbox.enqueue(kind, stamped)
+        except (ValidationError, PydanticSerializationError) as err:
+            log.error("%s: did not queue a malformed %s message: %s", self.station, kind, _why(err))
+            return None
+        self.window.track(entry)
+        if len(self.outbox) < len(self.window):  # the bound dropped some: forget them too
+            self.window.keep_only({(e.session, e.seq) for e in self.outbox.entries()})
         self._schedule_pump()
         return entry
 
-    def queue_telemetry(self) -> Entry:
-        """Queue one telemetry message with host metrics and every device's status."""
-        devices = {
-            slot: _for_telemetry(status).model_dump(exclude_none=True)
-            for slot, status in self.coordinator.statuses.items()
-        }
-        body: dict[str, Any] = {
-            "host": self.host.sample() if self.host else {},
-            "devices": devices,
-            "counters": dict(self.counters),
-        }
-        return self.queue("telemetry", body)
-
-    def _track(self, entry: Entry) -> None:
-        key = (entry.session, entry.seq)
-        self._pending[key] = _Pending(entry.kind)
-        self._unsent.append(key)
-
-    def _forget_dropped(self) -> None:
-        alive = {(e.session, e.seq) for e in self.outbox.entries()}
-        for key in [k for k in self._pending if k not in alive]:
-            del self._pending[key]
-        self._unsent = deque(k for k in self._unsent if k in self._pending)
-
-    # -- the pump: publish in order, bounded window and rate -----------------------------------
+    # -- the pump: publish what the send window says, when it says -----------------------------
     def _schedule_pump(self, delay: float = 0.0) -> None:
         if self._pump_handle is not None:
             return
@@ -263,87 +235,49 @@ class StationAgent:
         self._pump_handle = None
         if not self.link.connected:
             return
-        now = time.monotonic()
-        self._tokens = min(
-            float(self.tuning.window),
-            self._tokens + (now - self._last_refill) * self.tuning.max_rate,
-        )
-        self._last_refill = now
-        while self._unsent and self._inflight < self.tuning.window:
-            if self._tokens < 1:
-                self._schedule_pump(1 / self.tuning.max_rate)
+        window = self.window
+        while True:
+            entry = window.due()
+            if entry is None:
+                return  # nothing to send, or the window is full: a PUBACK calls us again
+            if isinstance(entry, float):
+                self._schedule_pump(entry)  # the rate limit
                 return
-            key = self._unsent[0]
-            pending = self._pending.get(key)
-            if pending is None or pending.state != "unsent":
-                self._unsent.popleft()
-                continue
-            payload = self.outbox.payload(Entry(key[0], key[1], pending.kind))
+            payload = self.outbox.payload(entry)
             if payload is None:  # confirmed or dropped meanwhile
-                self._unsent.popleft()
-                self._pending.pop(key, None)
+                window.gone(entry)
                 continue
-            mid = self.link.publish(station_topic(self.station, pending.kind), payload)
+            mid = self.link.publish(self._topics[entry.kind], payload)
             if mid is None:
-                return
-            self._unsent.popleft()
-            pending.state, pending.sent_at = "inflight", now
-            self._by_mid[mid] = key
-            self._inflight += 1
-            self._tokens -= 1
+                return  # not connected after all: the next connect pumps again
+            window.published(entry, mid)
 
     def _published(self, mid: int) -> None:
-        key = self._by_mid.pop(mid, None)
-        if key is None:
-            return  # a birth or goodbye
-        self._inflight -= 1
-        pending = self._pending.get(key)
-        if pending is not None and pending.state == "inflight":
-            pending.state = "sent"
-            if not pending.counted:
-                pending.counted = True
-                self.sent.add(pending.kind)
-        self._schedule_pump()
+        if self.window.acknowledged(mid):
+            self._schedule_pump()
 
     def _confirmed(self, ack: Ack) -> None:
         self.outbox.confirm(ack.session, ack.seq)
-        self._resend_after = self.tuning.ack_timeout
-        for key in list(self._pending):
-            if key[0] > ack.session or (key[0] == ack.session and key[1] > ack.seq):
-                break
-            if key[0] != ack.session:
-                continue
-            pending = self._pending.pop(key)
-            if not pending.counted:  # stored by the controller, so the broker took it
-                self.sent.add(pending.kind)
-            if pending.state == "inflight":
-                self._inflight -= 1
-                self._by_mid = {m: k for m, k in self._by_mid.items() if k != key}
+        self.window.confirm(ack.session, ack.seq)
 
     async def _resend_loop(self) -> None:
         """Send again what the broker took but the controller never confirmed (a broker that
         crashed before persisting, a lost ack), backing off while nothing is confirmed."""
         while True:
             await asyncio.sleep(max(1.0, self.tuning.ack_timeout / 4))
-            if self.link.connected and self.resend_stale(self._resend_after):
-                self._resend_after = min(self._resend_after * 2, 600.0)
+            if self.link.connected:
+                self._announce_resend(self.window.resend_overdue())
 
     def resend_stale(self, min_age: float) -> int:
         """Queue again every message the broker acknowledged more than ``min_age`` seconds ago
         that the controller has not confirmed; returns how many."""
-        now = time.monotonic()
-        stale = [
-            key
-            for key, p in self._pending.items()
-            if p.state == "sent" and now - p.sent_at > min_age
-        ]
-        if stale:
-            log.info("%s: %d messages unconfirmed, sending again", self.station, len(stale))
-            for key in stale:
-                self._pending[key].state = "unsent"
-            self._unsent.extendleft(reversed(stale))
+        return self._announce_resend(self.window.resend_stale(min_age))
+
+    def _announce_resend(self, count: int) -> int:
+        if count:
+            log.info("%s: %d messages unconfirmed, sending again", self.station, count)
             self._schedule_pump()
-        return len(stale)
+        return count
 
     def _soon_resend_stale(self) -> None:
         """After a reconnect or the controller's return: whatever is still unconfirmed a few
@@ -360,94 +294,89 @@ class StationAgent:
     # -- MQTT callbacks ------------------------------------------------------------------------
     def _will(self) -> tuple[str, bytes]:
         """Called by the link before every connect attempt: a new session, and its will."""
-        session = self.outbox.new_session()
-        return station_topic(self.station, "state"), self._state_payload(session, online=False)
+        return self._state_topic, self._goodbye(self.outbox.new_session())
 
-    def _state_payload(self, session: int, *, online: bool) -> bytes:
-        message: dict[str, Any] = {
-            "v": 1,
-            "station": self.station,
-            "session": session,
-            "seq": 0,
-            "ts": time.time(),
-            "online": online,
-        }
-        if online:
-            ident = self.identity
-            message.update(
-                district=ident.district,
-                site=ident.site,
-                site_type=ident.site_type,
-                profile=ident.profile,
-                telemetry_interval=ident.telemetry_interval,
-                keepalive=self.tuning.keepalive,
-                versions={"agent": ident.agent_version, "catalogue": ident.catalogue_version},
-                devices={
-                    slot: _for_telemetry(s).model_dump(exclude_none=True)
-                    for slot, s in self.coordinator.statuses.items()
-                },
-            )
-            if ident.required_devices:
-                message["required_devices"] = list(ident.required_devices)
-        return json.dumps(message, separators=(",", ":")).encode()
+    def _goodbye(self, session: int) -> bytes:
+        return encode(payloads.goodbye(self.station, session=session, ts=time.time()))
 
     def _connected(self) -> None:
         self.counters["reconnects"] = self.link.connects - 1
         self._publish_birth()
         self._schedule_pump()
         if self.link.connects > 1:
-            self._resend_after = self.tuning.ack_timeout
+            self.window.reset_backoff()
             self._soon_resend_stale()
 
     def _publish_birth(self) -> None:
-        payload = self._state_payload(self.outbox.session, online=True)
-        self.link.publish(station_topic(self.station, "state"), payload, retain=True)
+        message = payloads.birth(
+            self.identity,
+            session=self.outbox.session,
+            ts=time.time(),
+            keepalive=self.tuning.keepalive,
+            devices=self.coordinator.statuses,
+        )
+        self.link.publish(self._state_topic, encode(message), retain=True)
 
     def _disconnected(self) -> None:
         # the link starts every connection with a fresh paho client: whatever was in flight
         # goes out again, in order, from the outbox
-        self._by_mid.clear()
-        self._inflight = 0
-        for pending in self._pending.values():
-            if pending.state == "inflight":
-                pending.state = "unsent"
-        self._unsent = deque(k for k, p in self._pending.items() if p.state == "unsent")
+        self.window.disconnected()
 
     def _message(self, topic: str, payload: bytes) -> None:
-        parts = topic.split("/")
         try:
             if topic == CONTROLLER_STATE_TOPIC:
                 self._controller_presence(ControllerState.model_validate_json(payload))
-            elif parts[-1] == "ack" and len(parts) == 4:
+                return
+            parsed = parse_topic(topic)
+            if parsed.station != self.station:
+                return
+            if parsed.kind == "ack":
                 self._confirmed(Ack.model_validate_json(payload))
-            elif len(parts) == 5 and parts[3] == "cmd":
+            elif parsed.kind == "cmd" and parsed.name:
                 command = Command.model_validate_json(payload)
-                asyncio.get_running_loop().create_task(self._run_command(parts[4], command))
-        except ValidationError as err:
+                asyncio.get_running_loop().create_task(self._run_command(parsed.name, command))
+        except (ValidationError, ProtocolError) as err:
             log.warning("%s: ignored a malformed message on %s: %s", self.station, topic, err)
 
     def _controller_presence(self, state: ControllerState) -> None:
         was, self._controller_online = self._controller_online, state.online
         if state.online and was is False:
             # the controller is back: what it missed while away may need sending again
-            self._resend_after = self.tuning.ack_timeout
+            self.window.reset_backoff()
             self._soon_resend_stale()
 
     # -- commands ------------------------------------------------------------------------------
     async def _run_command(self, name: str, command: Command) -> None:
         self.counters["commands"] += 1
-        reply: dict[str, Any] = {"id": command.id}
         handler = self._commands.get(name)
+        result: Any = None
+        status: ReplyStatus
+        error: str | None
         if command.expires_at < time.time():
-            reply.update(status="expired", error="the command expired before it arrived")
+            status, error = "expired", "the command expired before it arrived"
         elif handler is None:
-            reply.update(status="rejected", error=f"this agent does not know command {name!r}")
+            status, error = "rejected", f"this agent does not know command {name!r}"
         else:
             try:
-                reply.update(status="ok", result=await handler(command.args))
+                status, error, result = "ok", None, await handler(command.args)
             except (ValueError, KeyError, TypeError) as err:
-                reply.update(status="error", error=str(err))
-        self.queue("reply", reply)
+                status, error = "error", str(err)
+        entry = self._queue(
+            "reply",
+            lambda stamp: payloads.reply(
+                stamp, command_id=command.id, status=status, result=result, error=error
+            ),
+        )
+        if entry is None and status == "ok":  # the result is not JSON: still answer
+            self._queue(
+                "reply",
+                lambda stamp: payloads.reply(
+                    stamp,
+                    command_id=command.id,
+                    status="error",
+                    error=f"command {name!r} returned a result that is not JSON",
+                ),
+            )
 
     async def _cmd_rebirth(self, args: dict[str, Any]) -> Any:
         self._publish_birth()
@@ -455,21 +384,12 @@ class StationAgent:
 
     async def _cmd_resend(self, args: dict[str, Any]) -> Any:
         session, first, last = int(args["session"]), int(args["from_seq"]), int(args["to_seq"])
-        keys = [
-            k
-            for k, p in self._pending.items()
-            if k[0] == session and first <= k[1] <= last and p.state == "sent"
-        ]
-        for key in keys:
-            self._pending[key].state = "unsent"
-        self._unsent.extendleft(reversed(keys))
+        outcome = self.window.resend(session, first, last)
         self._schedule_pump()
         # what we no longer hold (local state lost) is declared lost, so the gap closes
-        held = {k[1] for k in self._pending if k[0] == session}
-        missing = [seq for seq in range(first, min(last, first + 100_000) + 1) if seq not in held]
-        if missing:
-            self.outbox.declare_lost(session, missing)
-        return {"resent": len(keys), "lost": len(missing)}
+        if outcome.missing:
+            self.outbox.declare_lost(session, outcome.missing)
+        return {"resent": outcome.resent, "lost": len(outcome.missing)}
 
     async def _cmd_self_test(self, args: dict[str, Any]) -> Any:
         await self.coordinator.refresh()
@@ -479,17 +399,10 @@ class StationAgent:
 
     # -- devices and telemetry -----------------------------------------------------------------
     def _device_changed(self, slot: str, status: DeviceStatus) -> None:
-        if not self.producing:
-            return
-        events: list[dict[str, Any]] = [
-            {
-                "type": "device_status",
-                "device": slot,
-                "status": _for_telemetry(status).model_dump(exclude_none=True),
-            }
-        ]
-        events += [{**event, "device": slot} for event in status.events]
-        self.queue("events", {"events": events})
+        if self.producing:  # built inside _queue, so a driver's malformed event is caught there
+            self._queue(
+                "events", lambda stamp: payloads.events(stamp, payloads.device_change(slot, status))
+            )
 
     async def _telemetry_loop(self, first_delay: float) -> None:
         await asyncio.sleep(first_delay)
@@ -505,6 +418,15 @@ class StationAgent:
             await asyncio.sleep(max(0.0, next_at - asyncio.get_running_loop().time()))
 
 
-def _for_telemetry(status: DeviceStatus) -> DeviceStatus:
-    """In telemetry and births a device's ``events`` stay empty (CONTRACT §5)."""
-    return status.model_copy(update={"events": []}) if status.events else status
+_SEQUENCED_KINDS: tuple[Kind, ...] = ("telemetry", "events", "reply")
+_SLOTS = TypeAdapter(list[SlotName])
+
+
+def _why(err: ValidationError | PydanticSerializationError) -> str:
+    """The first problem, without the offending values (they may hold a citizen's data)."""
+    if isinstance(err, PydanticSerializationError):
+        return "not serialisable as JSON"
+    first = err.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "message"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"

@@ -55,7 +55,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
     )
 
     def publish_transactions(events: list[dict[str, Any]]) -> None:
-        agent.queue("events", {"events": events})
+        agent.queue_events(events)
 
     local: LocalService | None = None
     if config.local_service:

@@ -285,5 +285,12 @@ def _explain(err: ValidationError) -> ProtocolError:
 
 
 def encode(message: BaseModel) -> bytes:
-    """Serialise a message to its compact JSON wire form (UTF-8, None fields left out)."""
-    return message.model_dump_json(exclude_none=True).encode()
+    """Serialise a message to its compact JSON wire form (UTF-8).
+
+    Left out: fields that are None, an event's null keys too (on this wire null and absent mean
+    the same), and top-level fields the message was built without — a will carries no
+    ``devices``, a message that declares nothing dropped no ``dropped``. Values inside ``host``,
+    ``counters`` and ``result`` keep their nulls.
+    """
+    unset = type(message).model_fields.keys() - message.model_fields_set
+    return message.model_dump_json(exclude_none=True, exclude=unset or None).encode()
