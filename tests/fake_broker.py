@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -37,10 +38,18 @@ class Connect:
 
 class FakeBroker:
     """Listens on 127.0.0.1; refuses MQTT 5 (``refuse``), accepts MQTT 3.1.1 and then answers
-    SUBSCRIBE and PINGREQ until the client goes."""
+    SUBSCRIBE and PINGREQ until the client goes.
 
-    def __init__(self, refuse: Refusal) -> None:
+    With ``tls`` (a server context) it speaks TLS; ``after_connack`` is sent with the CONNACK
+    in one write (so, over TLS, in one record).
+    """
+
+    def __init__(
+        self, refuse: Refusal, tls: ssl.SSLContext | None = None, after_connack: bytes = b""
+    ) -> None:
         self.refuse = refuse
+        self.tls = tls
+        self.after_connack = after_connack
         self.connects: list[Connect] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._server.getsockname()[1])
@@ -71,8 +80,15 @@ class FakeBroker:
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def _session(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError, EOFError), conn:
+            if self.tls is not None:
+                conn.settimeout(5)
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            self._converse(conn)
+
+    def _converse(self, conn: socket.socket) -> None:
         conn.settimeout(0.2)
-        with conn, contextlib.suppress(OSError, EOFError):
+        with conn:
             kind, body = self._packet(conn)
             assert kind == 0x10, f"expected CONNECT, got {kind:#x}"
             connect = _decode_connect(body)
@@ -83,7 +99,7 @@ class FakeBroker:
                 elif self.refuse == "connack-3.1.1":  # a 3.1.1 CONNACK, return code 1
                     conn.sendall(bytes([0x20, 2, 0, 1]))
                 return  # "close": not a word
-            conn.sendall(bytes([0x20, 2, 0, 0]))
+            conn.sendall(bytes([0x20, 2, 0, 0]) + self.after_connack)
             while not self._stop.is_set():
                 kind, body = self._packet(conn)
                 if kind == 0x80:  # SUBSCRIBE → SUBACK granting QoS 1 to each filter
@@ -191,3 +207,10 @@ def _count_filters(payload: bytes) -> int:
         r.u8()
         n += 1
     return n
+
+
+def publish_packet(topic: str, payload: bytes) -> bytes:
+    """An MQTT 3.1.1 PUBLISH, QoS 0 (remaining length below 128 bytes)."""
+    body = struct.pack("!H", len(topic)) + topic.encode() + payload
+    assert len(body) < 128
+    return bytes([0x30, len(body)]) + body

@@ -36,7 +36,7 @@ from kioskfleet.mqttclient import (
 from kioskfleet.protocol.broker_url import parse_broker_url
 from kioskfleet.protocol.topics import CONTROLLER_STATE_TOPIC
 from tests.conftest import free_port
-from tests.fake_broker import Connect, FakeBroker, Refusal
+from tests.fake_broker import Connect, FakeBroker, Refusal, publish_packet
 from tests.tls_certs import TestCA
 
 SESSION_EXPIRY, RECEIVE_MAXIMUM = 0x11, 0x21  # MQTT 5 CONNECT property identifiers
@@ -301,9 +301,9 @@ def _link(url: str, will: Callable[[], tuple[str, bytes]]) -> MqttLink:
     )
 
 
-async def _until(check: Callable[[], bool]) -> None:
+async def _until(check: Callable[[], bool], *, within: float = 10.0) -> None:
     """Poll a condition the link's callbacks change (nothing to await on)."""
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(within):
         while not check():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
@@ -328,6 +328,37 @@ def test_the_link_falls_back_to_311_when_the_broker_refuses_5(refuse: Refusal) -
     # each attempt carries the will of its own session
     assert [c.will_payload for c in (first, second)] == [b"will 1", b"will 2"]
     assert {c.keepalive for c in (first, second)} == {4}  # 2/3 of the promised 6 s
+
+
+def test_the_link_reads_every_packet_of_a_tls_record(pki: tuple[TestCA, TestCA]) -> None:
+    # a broker may put several packets in one TLS record: the loop's reader sees the socket
+    # readable once, and what paho did not read yet waits decrypted inside the SSL object
+    ca, _ = pki
+    server = ca.server("fake-broker", ["127.0.0.1"])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server.cert, server.key)
+    burst = b"".join(publish_packet("fleet/v1/x/cmd/ping", b"%d" % n) for n in range(5))
+    received: list[bytes] = []
+
+    async def main(broker: FakeBroker) -> None:
+        link = MqttLink(
+            client_id="wx-tls-burst",
+            url=parse_broker_url(f"mqtts://127.0.0.1:{broker.port}?version=3.1.1"),
+            subscriptions=[],
+            will=lambda: ("fleet/v1/x/state", b""),
+            on_connect=lambda: None,
+            on_message=lambda topic, payload: received.append(payload),
+            on_published=lambda mid: None,
+            keepalive=30,  # no ping (which would bring the rest) for 20 s
+            tls=TlsFiles(ca=ca.cert),
+        )
+        link.start()
+        await _until(lambda: len(received) == 5, within=3)
+        await link.stop()
+
+    with FakeBroker("close", tls=context, after_connack=burst) as broker:
+        asyncio.run(main(broker))
+    assert received == [b"0", b"1", b"2", b"3", b"4"]
 
 
 @pytest.mark.parametrize("refuse", ["connack", "close"])
