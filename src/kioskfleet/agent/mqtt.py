@@ -286,7 +286,8 @@ class MqttLink:
         why = self._factory.explain(reason, connack=self._connack)
         if was:
             log.info("%s: connection lost: %s", self.client_id, why)
-            self.last_error = f"connection lost: {why}"
+            if not self._stopping:
+                self.last_error = f"connection lost: {why}"
             self._on_disconnect_cb()
         elif ours and not (self._connack and self.last_error):
             self._failed(why)  # a refusal's CONNACK already said why
