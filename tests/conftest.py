@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,11 +60,32 @@ def mosquitto_binary() -> str:
     return found
 
 
-class Mosquitto:
-    """A private Mosquitto run from the product's own deploy/mosquitto/mosquitto.conf."""
+@dataclass(frozen=True)
+class TlsListener:
+    """An extra listener for a private Mosquitto: TLS with this CA, certificate and key."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+    require_certificate: bool = True
+
+    def conf(self, port: int) -> str:
+        return (
+            f"\nlistener {port} 127.0.0.1\n"
+            f"cafile {self.ca}\ncertfile {self.cert}\nkeyfile {self.key}\n"
+            f"require_certificate {'true' if self.require_certificate else 'false'}\n"
+        )
+
+
+class Mosquitto:
+    """A private Mosquitto run from the product's own deploy/mosquitto/mosquitto.conf, with
+    optional extra TLS listeners (``tls_ports`` in the same order)."""
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, tls: Sequence[TlsListener] = ()
+    ) -> None:
         self.port = port or free_port()
+        self.tls_ports = [free_port() for _ in tls]
         self.workdir = workdir
         (workdir / "data").mkdir(parents=True, exist_ok=True)
         conf = DEPLOY_CONF.read_text()
@@ -71,6 +94,13 @@ class Mosquitto:
             "persistence_location /var/lib/mosquitto/", f"persistence_location {workdir / 'data'}/"
         )
         assert f"listener {self.port}" in conf and str(workdir) in conf
+        if tls:
+            conf += "".join(
+                listener.conf(port) for listener, port in zip(tls, self.tls_ports, strict=True)
+            )
+            # Mosquitto started as root drops to the `mosquitto` user, which cannot read the
+            # certificates in pytest's private (0700) folders: stay the user who runs the tests
+            conf += f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(conf)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -84,7 +114,8 @@ class Mosquitto:
         self.proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=log
         )
-        wait_port(self.port)
+        for port in (self.port, *self.tls_ports):
+            wait_port(port)
         return self
 
     def stop(self) -> None:

@@ -9,11 +9,38 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "kioskfleet"
 
-# package → kioskfleet packages it must never import
+# package (or module) → kioskfleet packages and modules it must never import
 FORBIDDEN: dict[str, set[str]] = {
-    "protocol": {"drivers", "agent", "controller", "fleetsim", "firmware_profiles", "cli", "demo"},
-    "firmware_profiles": {"drivers", "agent", "controller", "fleetsim", "cli", "demo"},
-    "drivers": {"agent", "controller", "fleetsim", "cli", "demo"},
+    "protocol": {
+        "drivers",
+        "agent",
+        "controller",
+        "fleetsim",
+        "firmware_profiles",
+        "mqttclient",
+        "cli",
+        "demo",
+    },
+    "firmware_profiles": {
+        "drivers",
+        "agent",
+        "controller",
+        "fleetsim",
+        "mqttclient",
+        "cli",
+        "demo",
+    },
+    "drivers": {"agent", "controller", "fleetsim", "mqttclient", "cli", "demo"},
+    # builds the paho clients of both sides: above the protocol, below agent and controller
+    "mqttclient": {
+        "drivers",
+        "firmware_profiles",
+        "agent",
+        "controller",
+        "fleetsim",
+        "cli",
+        "demo",
+    },
     "agent": {"controller", "fleetsim", "cli", "demo"},
     "controller": {"agent", "drivers", "fleetsim", "cli", "demo"},
     "fleetsim": {"controller", "cli", "demo"},
@@ -35,12 +62,76 @@ def _imports(path: Path) -> set[str]:
     }
 
 
+def _sources(package: str) -> list[Path]:
+    module = PKG / f"{package}.py"
+    paths = [module] if module.is_file() else sorted((PKG / package).rglob("*.py"))
+    assert paths, f"kioskfleet.{package} not found"
+    return paths
+
+
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_imports_point_down(package: str) -> None:
     offenders = [
         f"{path.relative_to(PKG)} imports kioskfleet.{target}"
-        for path in sorted((PKG / package).rglob("*.py"))
+        for path in _sources(package)
         for target in _imports(path) & FORBIDDEN[package]
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+# what only kioskfleet.mqttclient may do with paho: build clients and set up their connection
+_PAHO_SETUP = {
+    "tls_set",
+    "tls_set_context",
+    "tls_insecure_set",
+    "username_pw_set",
+    "will_set",
+    "reconnect_delay_set",
+    "max_inflight_messages_set",
+    "connect_async",
+}
+
+
+def _paho_client_builds(path: Path) -> list[str]:
+    """Where ``path`` builds a paho client or sets one up: calls of ``paho.mqtt.client.Client``
+    under any import spelling, and of paho's connection set-up methods."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules = {"paho.mqtt.client"}  # dotted names bound to paho.mqtt.client
+    classes: set[str] = set()  # names bound to paho.mqtt.client.Client
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "paho.mqtt.client" and alias.asname:
+                    modules.add(alias.asname)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                if node.module == "paho.mqtt" and alias.name == "client":
+                    modules.add(alias.asname or "client")
+                if node.module == "paho.mqtt.client" and alias.name == "Client":
+                    classes.add(alias.asname or "Client")
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in classes:
+            found.append(f"{path.relative_to(PKG)}:{node.lineno} {func.id}(")
+        elif isinstance(func, ast.Attribute):
+            owner = ast.unparse(func.value)
+            if (func.attr == "Client" and owner in modules) or func.attr in _PAHO_SETUP:
+                found.append(f"{path.relative_to(PKG)}:{node.lineno} {owner}.{func.attr}(")
+    return found
+
+
+def test_only_mqttclient_builds_paho_clients() -> None:
+    factory = PKG / "mqttclient.py"
+    # the check sees the one place that does build them, or it could not see any other
+    assert any("Client(" in hit for hit in _paho_client_builds(factory))
+    offenders = [
+        hit
+        for path in sorted(PKG.rglob("*.py"))
+        if path != factory
+        for hit in _paho_client_builds(path)
     ]
     assert not offenders, "\n".join(offenders)
 

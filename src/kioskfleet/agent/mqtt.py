@@ -1,10 +1,11 @@
-"""The agent's MQTT link: the only place that knows paho.
+"""The agent's MQTT link: the agent's only connection to the broker.
 
 paho runs in external-loop mode on the asyncio loop (socket callbacks → ``add_reader`` /
 ``add_writer``), so one loop can carry one kiosk or thousands of simulated ones without a
-thread per connection. The link owns connect, the retained last will, resubscription,
-reconnection with jittered back-off and the MQTT 5 → 3.1.1 fall back; the rest of the agent
-sees :meth:`publish`, the subscriptions it asked for and three callbacks.
+thread per connection. Its clients come from :mod:`kioskfleet.mqttclient` (protocol version and
+fall back, TLS, will, clean session, back-off); the link drives them: connect, the retained
+last will of each attempt, resubscription and reconnection. The rest of the agent sees
+:meth:`publish`, the subscriptions it asked for and three callbacks.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from kioskfleet.mqttclient import (
+    Backoff,
+    ConnectFailed,
+    MqttClientFactory,
+    ReconnectPolicy,
+    SessionPolicy,
+    TlsFiles,
+)
 from kioskfleet.protocol.broker_url import BrokerUrl
 
 log = logging.getLogger(__name__)
-
-_UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported protocol version" (3.1.1 rc 1 maps here)
 
 
 class MqttLink:
@@ -42,6 +46,14 @@ class MqttLink:
         on_message: called with (topic, payload) for every message received.
         on_published: called with the mid of a QoS 1 publish the broker acknowledged.
         on_disconnect: called when an established connection is lost.
+        keepalive: the keepalive the station promises (the wire's is 2/3 of it).
+        reconnect_min, reconnect_max: bounds of the jittered reconnect back-off (seconds).
+        rng: randomness of the back-off (seeded by simulations and tests).
+        tls: certificate files for an ``mqtts://`` broker (system CAs, no client certificate
+            when None).
+
+    Raises:
+        MqttConfigError: unusable TLS files.
     """
 
     def __init__(
@@ -59,6 +71,7 @@ class MqttLink:
         reconnect_min: float = 1.0,
         reconnect_max: float = 60.0,
         rng: random.Random | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.client_id = client_id
         self.url = url
@@ -74,23 +87,31 @@ class MqttLink:
         self._on_message_cb = on_message
         self._on_published_cb = on_published
         self._on_disconnect_cb = on_disconnect
-        self._reconnect_min = reconnect_min
-        self._reconnect_max = reconnect_max
-        self._rng = rng or random.Random()
+        self._backoff = Backoff(ReconnectPolicy(reconnect_min, reconnect_max), rng)
+        # agent sessions are clean: state is resynchronised by births and the outbox
+        # (docs/decisions.md 5); the outbox paces publishing, paho only holds what is on the wire
+        self._factory = MqttClientFactory(
+            url,
+            client_id=client_id,
+            keepalive=self.wire_keepalive,
+            session=SessionPolicy(clean=True, expiry=0),
+            tls=tls,
+            max_inflight=100,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._protocol = mqtt.MQTTv311 if url.version == "3.1.1" else mqtt.MQTTv5
-        self._client = self._build()
+        #: a fresh client per connection attempt (built in _attempt, docs/decisions.md 11)
+        self._client: mqtt.Client | None = None
         self._connected = False
         self._stopping = False
-        self._attempts = 0
         self._retry: asyncio.TimerHandle | None = None
         self._misc: asyncio.TimerHandle | None = None
         self._sock: Any = None
         self._closed = asyncio.Event()
         self._connack = False
-        self._used = False
         #: how often this link (re)connected; tests and benchmarks read it
         self.connects = 0
+        #: why the latest connect attempt or connection failed (None once connected)
+        self.last_error: str | None = None
 
     # -- public --------------------------------------------------------------------------------
     @property
@@ -101,7 +122,7 @@ class MqttLink:
     @property
     def protocol_version(self) -> str:
         """The protocol this link speaks (``5`` or ``3.1.1``)."""
-        return "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
+        return self._factory.version
 
     def start(self, delay: float = 0.0) -> None:
         """Connect (after ``delay`` seconds) and keep connecting until :meth:`stop`."""
@@ -113,7 +134,7 @@ class MqttLink:
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> int | None:
         """Publish if connected; returns the message id (for QoS 1) or None when not connected."""
-        if not self._connected:
+        if not self._connected or self._client is None:
             return None
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -128,7 +149,7 @@ class MqttLink:
         self._stopping = True
         if self._retry is not None:
             self._retry.cancel()
-        if self._connected and last_words is not None:
+        if self._connected and self._client is not None and last_words is not None:
             info = self._client.publish(last_words[0], last_words[1], qos=1, retain=True)
             deadline = asyncio.get_running_loop().time() + wait
             while not info.is_published() and self._connected:
@@ -136,7 +157,7 @@ class MqttLink:
                     log.warning("%s: goodbye not acknowledged in %.0f s", self.client_id, wait)
                     break
                 await asyncio.sleep(0.02)
-        if self._sock is not None:
+        if self._sock is not None and self._client is not None:
             self._client.disconnect()
             try:
                 await asyncio.wait_for(self._closed.wait(), wait)
@@ -165,21 +186,11 @@ class MqttLink:
         if reconnect:
             if was:
                 self._on_disconnect_cb()
-            self._schedule(self._backoff())
+            self._schedule(self._backoff.next_delay())
 
     # -- paho ----------------------------------------------------------------------------------
     def _build(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=self._protocol,
-            clean_session=True if self._protocol == mqtt.MQTTv311 else None,
-            reconnect_on_failure=False,
-        )
-        if self.url.username:
-            client.username_pw_set(self.url.username, self.url.password)
-        if self.url.tls:
-            client.tls_set(tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client = self._factory.build(will=self._will())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -188,8 +199,6 @@ class MqttLink:
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
-        # the outbox paces publishing; paho's own queue only holds what is on the wire
-        client.max_inflight_messages_set(100)
         return client
 
     def _schedule(self, delay: float) -> None:
@@ -198,76 +207,66 @@ class MqttLink:
             self._retry.cancel()
         self._retry = self._loop.call_later(delay, self._attempt)
 
-    def _backoff(self) -> float:
-        # full jitter: a district coming back does not reconnect in lock step
-        ceiling = min(self._reconnect_max, self._reconnect_min * 2 ** min(self._attempts, 16))
-        return self._reconnect_min / 2 + self._rng.uniform(0, ceiling)
-
     def _attempt(self) -> None:
         self._retry = None
         if self._stopping:
             return
-        self._attempts += 1
         self._connack = False
-        if self._used:
-            # a fresh client per connection: paho's in-flight state is memory-only and its
-            # re-sends after a reconnect are not ours to rely on; the outbox re-sends instead
-            self._client = self._build()
-        self._used = True
-        topic, payload = self._will()
-        self._client.will_set(topic, payload, qos=1, retain=True)
+        # a fresh client per connection: paho's in-flight state is memory-only and its
+        # re-sends after a reconnect are not ours to rely on; the outbox re-sends instead.
+        # Built now, because the will carries the session of this very attempt.
+        self._client = self._build()
         try:
-            if self._protocol == mqtt.MQTTv5:
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = 0
-                self._client.connect(
-                    self.url.host,
-                    self.url.port,
-                    keepalive=self.wire_keepalive,
-                    clean_start=True,
-                    properties=props,
-                )
-            else:
-                self._client.connect(self.url.host, self.url.port, keepalive=self.wire_keepalive)
-        except (TimeoutError, OSError, ValueError) as err:
-            log.debug("%s: connect to %s failed: %s", self.client_id, self.url, err)
-            self._schedule(self._backoff())
+            # blocks the loop for the TCP (and TLS) handshake, docs/decisions.md 3
+            self._factory.connect(self._client)
+        except ConnectFailed as err:
+            self._failed(str(err))
+            self._schedule(self._backoff.next_delay())
+
+    def _failed(self, why: str) -> None:
+        # a kiosk that cannot connect says why once, not at every retry
+        if why != self.last_error:
+            # TLS failures are configuration (certificates) until shown otherwise
+            level = logging.WARNING if self._factory.tls_error is not None else logging.DEBUG
+            log.log(level, "%s: %s", self.client_id, why)
+        self.last_error = why
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         self._connack = True
         if reason.is_failure:
-            if (
-                reason.value == _UNSUPPORTED_PROTOCOL
-                and self.url.version is None
-                and self._protocol == mqtt.MQTTv5
-            ):
+            if self._factory.fall_back(reason):
                 log.info("%s: broker does not speak MQTT 5, falling back to 3.1.1", self.client_id)
-                self._protocol = mqtt.MQTTv311
                 self._replace_client()
                 self._schedule(0.0)
                 return
-            log.warning("%s: broker refused the connection: %s", self.client_id, reason)
+            why = f"broker refused the connection: {reason}"
+            if why != self.last_error:
+                log.warning("%s: %s", self.client_id, why)
+            self.last_error = why
             return  # the disconnect that follows schedules the retry
         self._connected = True
-        self._attempts = 0
+        self._backoff.reset()
+        self.last_error = None
         self.connects += 1
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         self._on_connect_cb()
 
     def _replace_client(self) -> None:
+        """Drop the current client without a word (the next attempt builds a new one)."""
         old = self._client
-        self._client = self._build()
+        self._client = None
         sock = self._sock
         if sock is not None:
             self._unwatch(sock)
             self._sock = None
-        old.on_socket_close = None
-        old.on_disconnect = None
-        with contextlib.suppress(OSError):
-            old.disconnect()
+        if old is not None:
+            old.on_socket_close = None
+            old.on_disconnect = None
+            with contextlib.suppress(OSError):
+                old.disconnect()
         if sock is not None:
             sock.close()
 
@@ -276,25 +275,24 @@ class MqttLink:
     ) -> None:
         was = self._connected
         self._connected = False
-        if (
-            not self._connack
-            and self.url.version is None
-            and self._protocol == mqtt.MQTTv5
-            and client is self._client
-            and not self._stopping
-        ):
-            # some 3.1.1-only brokers close the socket on an MQTT 5 CONNECT instead of
-            # answering "unsupported protocol version"
+        ours = client is self._client and not self._stopping
+        # some 3.1.1-only brokers close the socket on an MQTT 5 CONNECT instead of answering
+        # "unsupported protocol version" (the factory knows a TLS refusal from that)
+        if ours and not self._connack and self._factory.fall_back(None):
             log.info("%s: broker closed an MQTT 5 connect, trying 3.1.1", self.client_id)
-            self._protocol = mqtt.MQTTv311
             self._replace_client()
             self._schedule(0.0)
             return
+        why = self._factory.explain(reason, connack=self._connack)
         if was:
-            log.info("%s: connection lost: %s", self.client_id, reason)
+            log.info("%s: connection lost: %s", self.client_id, why)
+            if not self._stopping:
+                self.last_error = f"connection lost: {why}"
             self._on_disconnect_cb()
-        if not self._stopping and client is self._client and self._retry is None:
-            self._schedule(self._backoff())
+        elif ours and not (self._connack and self.last_error):
+            self._failed(why)  # a refusal's CONNACK already said why
+        if ours and self._retry is None:
+            self._schedule(self._backoff.next_delay())
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._on_message_cb(msg.topic, bytes(msg.payload))
@@ -333,14 +331,24 @@ class MqttLink:
             self._loop.remove_writer(sock)
 
     def _read(self) -> None:
-        self._client.loop_read()
+        client, sock = self._client, self._sock
+        if client is None:
+            return
+        client.loop_read()
+        # TLS decrypts whole records: what paho did not read yet waits inside the SSL object,
+        # where the loop's reader cannot see it, until more bytes come from the network
+        while (
+            isinstance(sock, ssl.SSLSocket) and self._sock is sock and self._client is client
+        ) and sock.pending():
+            client.loop_read()
 
     def _write(self) -> None:
-        self._client.loop_write()
+        if self._client is not None:
+            self._client.loop_write()
 
     def _tick(self) -> None:
         assert self._loop is not None
-        if self._sock is not None:
+        if self._sock is not None and self._client is not None:
             self._client.loop_misc()  # keepalive pings, detection of a dead broker
         if not self._stopping:
             self._misc = self._loop.call_later(1.0, self._tick)

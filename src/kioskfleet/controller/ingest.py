@@ -26,14 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from kioskfleet.controller.metrics import Metrics
 from kioskfleet.controller.store import BatchOutcome
 from kioskfleet.controller.writer import BatchReport, SweepReport, WriterConfig, WriterHandle
+from kioskfleet.mqttclient import MqttClientFactory, ReconnectPolicy, SessionPolicy, TlsFiles
 from kioskfleet.protocol.broker_url import BrokerUrl
 from kioskfleet.protocol.topics import (
     CONTROLLER_STATE_TOPIC,
@@ -44,7 +42,6 @@ from kioskfleet.protocol.topics import (
 
 log = logging.getLogger(__name__)
 
-_UNSUPPORTED_PROTOCOL = 132
 _REBIRTH_EVERY = 30.0  # seconds between birth requests to the same station
 _RESEND_EVERY = 15.0  # seconds between resend requests for the same station session
 _RANGES_PER_REQUEST = 8
@@ -73,6 +70,11 @@ class Ingest:
         metrics: Prometheus instruments.
         writer_mode: ``process`` (the writer gets a process, and a core, of its own) or
             ``thread``.
+        tls: certificate files for an ``mqtts://`` broker (system CAs, no client certificate
+            when None).
+
+    Raises:
+        MqttConfigError: unusable TLS files.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class Ingest:
         batch_linger: float = 0.05,
         writer_mode: str = "process",
         on_changes: Callable[[list[tuple[str, str, str]]], None] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.writer_config = writer
         self.writer_mode = writer_mode
@@ -101,7 +104,25 @@ class Ingest:
         self.batch_linger = batch_linger
         self._on_changes = on_changes
         self._queue: queue.Queue[_Incoming | None] = queue.Queue(maxsize=20_000)
-        self._protocol = mqtt.MQTTv311 if broker.version == "3.1.1" else mqtt.MQTTv5
+        # a persistent session: the broker queues for the one consumer that must not miss
+        # anything (docs/decisions.md 5); at most Receive Maximum unacked messages in flight to
+        # us, the broker keeps the rest: the batches in the writer plus the one filling
+        # (Mosquitto honours this for MQTT 5 clients in place of its max_inflight_messages,
+        # docs/decisions.md 18). paho's network thread reconnects by itself.
+        self._factory = MqttClientFactory(
+            broker,
+            client_id=client_id,
+            keepalive=30,
+            session=SessionPolicy(
+                clean=False,
+                expiry=session_expiry,
+                receive_maximum=min(65535, max(2000, (_BATCHES_IN_FLIGHT + 1) * batch_size)),
+            ),
+            tls=tls,
+            manual_ack=True,
+            max_inflight=1000,
+            paho_reconnects=ReconnectPolicy(1, 30),
+        )
         self._client = self._build()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -116,6 +137,7 @@ class Ingest:
         self.last_error: str | None = None
         self.writer_error: str | None = None
         self._connack = False
+        self._warned: str | None = None
         self._falling_back = False
         self._generation = 0
         self._writer: WriterHandle | None = None
@@ -167,44 +189,16 @@ class Ingest:
 
     # -- paho ----------------------------------------------------------------------------------
     def _build(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=self._protocol,
-            clean_session=False if self._protocol == mqtt.MQTTv311 else None,
-            manual_ack=True,
-        )
-        if self.broker.username:
-            client.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            client.tls_set()
-        client.will_set(CONTROLLER_STATE_TOPIC, self._presence(False), qos=1, retain=True)
-        client.reconnect_delay_set(1, 30)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
+        client = self._factory.build(will=(CONTROLLER_STATE_TOPIC, self._presence(False)))
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
 
     def _connect_async(self) -> None:
-        if self._protocol == mqtt.MQTTv5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.session_expiry
-            # at most this many unacked messages in flight to us, the broker keeps the rest:
-            # the batches in the writer plus the one filling (Mosquitto honours this for MQTT 5
-            # clients in place of its max_inflight_messages, docs/decisions.md 18)
-            props.ReceiveMaximum = min(65535, max(2000, (_BATCHES_IN_FLIGHT + 1) * self.batch_size))
-            self._client.connect_async(
-                self.broker.host,
-                self.broker.port,
-                keepalive=30,
-                clean_start=False,
-                properties=props,
-            )
-        else:
-            self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self._factory.connect(self._client, background=True)
 
     @staticmethod
     def _presence(online: bool) -> bytes:
@@ -216,12 +210,7 @@ class Ingest:
         self._connack = True
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
-            if (
-                reason.value == _UNSUPPORTED_PROTOCOL
-                and self.broker.version is None
-                and self._protocol == mqtt.MQTTv5
-                and not self._falling_back
-            ):
+            if not self._falling_back and self._factory.fall_back(reason):
                 self._falling_back = True
                 log.info("broker does not speak MQTT 5; falling back to 3.1.1")
                 threading.Thread(target=self._fall_back, daemon=True).start()
@@ -229,6 +218,7 @@ class Ingest:
                 log.warning(self.last_error)
             return
         self.last_error = None
+        self._warned = None
         self._generation += 1
         log.info("connected to %s (session present: %s)", self.broker, flags.session_present)
         # connected (and healthy) once the broker confirmed every subscription
@@ -250,8 +240,7 @@ class Ingest:
         old.on_connect = None
         old.disconnect()
         old.loop_stop()
-        self._protocol = mqtt.MQTTv311
-        self._client = self._build()
+        self._client = self._build()  # the factory switched to 3.1.1
         self._connect_async()
         self._client.loop_start()
 
@@ -260,21 +249,38 @@ class Ingest:
     ) -> None:
         if (
             not self._connack
-            and self.broker.version is None
-            and self._protocol == mqtt.MQTTv5
             and not self._stop.is_set()
             and not self._falling_back
+            and self._factory.fall_back(None)
         ):
             # a 3.1.1-only broker may close the socket on an MQTT 5 CONNECT without a CONNACK
             log.info("broker closed an MQTT 5 connect; falling back to 3.1.1")
             self._falling_back = True
             threading.Thread(target=self._fall_back, daemon=True).start()
             return
+        why = self._factory.explain(reason, connack=self._connack)
         self._connack = False
         if self.connected.is_set() and not self._stop.is_set():
-            log.warning("lost the broker: %s", reason)
+            log.warning("lost the broker: %s", why)
+        elif self._factory.tls_error is not None and not self._stop.is_set():
+            self._warn_once(why)
         self.connected.clear()
-        self.last_error = f"disconnected from the broker: {reason}"
+        self.last_error = f"disconnected from the broker: {why}"
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho's thread tries again by itself; what it swallowed, TLS knows
+        if self._factory.tls_error is not None:
+            why = self._factory.explain(None, connack=False)
+            self._warn_once(why)
+            self.last_error = f"cannot connect to the broker: {why}"
+        else:
+            self.last_error = f"cannot reach the broker at {self.broker}"
+
+    def _warn_once(self, why: str) -> None:
+        # a misconfigured certificate is said once, not at every reconnect
+        if why != self._warned:
+            self._warned = why
+            log.warning("cannot connect to the broker: %s", why)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # blocks when the writer falls behind: paho stops reading, the broker holds the rest

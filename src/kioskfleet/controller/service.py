@@ -12,15 +12,21 @@ from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
 from kioskfleet.controller.writer import WriterConfig
+from kioskfleet.mqttclient import TlsFiles
 
 log = logging.getLogger(__name__)
 
 
 class Controller:
-    """Everything behind the HTTP API. ``start()`` migrates the database and connects."""
+    """Everything behind the HTTP API. ``start()`` migrates the database and connects.
 
-    def __init__(self, settings: Settings) -> None:
+    ``tls`` holds the certificate files for an ``mqtts://`` broker (system CAs and no client
+    certificate when None).
+    """
+
+    def __init__(self, settings: Settings, *, tls: TlsFiles | None = None) -> None:
         self.settings = settings
+        self.tls = tls
         self.engine: Engine = make_engine(settings.db_url)
         self.metrics = Metrics()
         self.ingest: Ingest | None = None
@@ -44,6 +50,7 @@ class Controller:
             batch_size=settings.batch_size,
             ack_interval=settings.ack_interval,
             writer_mode=settings.writer,
+            tls=self.tls,
         )
         self.ingest.start()
         log.info("controller started: database %s, broker %s", self.engine.url, settings.broker)

@@ -1,0 +1,349 @@
+"""Every paho client of kioskfleet is built here, for the agent's link and the controller's ingest.
+
+This module owns how we talk MQTT to a broker: the protocol version and the fall back from 5 to
+3.1.1, TLS (``mqtts://``: CA, client certificate and key, TLS 1.2 or newer, host name checked),
+credentials from the URL, the keepalive, the retained will, the session (clean start, session
+expiry and receive maximum for MQTT 5; clean session for 3.1.1) and the reconnect back-off.
+How a client is *driven* stays with its user: the agent runs paho's socket callbacks on asyncio
+(external-loop mode), the controller runs paho's network thread with manual acks.
+
+It sits between ``kioskfleet.protocol`` (the only part of kioskfleet it imports) and the agent
+and controller (docs/decisions.md 19).
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from kioskfleet.protocol.broker_url import BrokerUrl, MqttVersion
+
+#: CONNACK reason "Unsupported protocol version" (paho maps a 3.1.1 broker's return code 1 here)
+UNSUPPORTED_PROTOCOL = 132
+
+
+class MqttConfigError(ValueError):
+    """The connection cannot be set up as configured (TLS files missing, unreadable, not PEM,
+    a key that does not match its certificate, a certificate for a plain ``mqtt://`` URL).
+    Retrying does not help: the configuration must change."""
+
+
+class ConnectFailed(ConnectionError):
+    """A connect attempt failed before MQTT spoke (network, TLS handshake). Try again later."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for an ``mqtts://`` connection.
+
+    ``ca`` is the CA that signed the broker's certificate (the system's CAs when None);
+    ``cert`` and ``key`` are this client's certificate and private key (``key`` None when the
+    certificate file holds the key too). Without ``cert`` the client sends no certificate.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.key is not None and self.cert is None:
+            raise MqttConfigError("a TLS client key needs its certificate")
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """What the broker keeps for us between connections.
+
+    ``clean`` is MQTT 5's clean start (3.1.1's clean session); ``expiry`` (seconds) and
+    ``receive_maximum`` (unacked QoS 1 messages the broker may have in flight to us) are sent
+    as MQTT 5 CONNECT properties only — a 3.1.1 broker applies its own settings.
+    """
+
+    clean: bool
+    expiry: int = 0
+    receive_maximum: int | None = None
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """Bounds of the delay between connect attempts (seconds)."""
+
+    minimum: float = 1.0
+    maximum: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.minimum <= self.maximum:
+            raise ValueError(
+                f"reconnect delays must satisfy 0 < minimum <= maximum "
+                f"(got {self.minimum}, {self.maximum})"
+            )
+
+
+class Backoff:
+    """Delays between connect attempts: a ceiling that doubles with every failed attempt, from
+    ``minimum`` up to ``maximum``, and a random delay under it ("full jitter", at least half the
+    minimum), so a district coming back does not reconnect in lock step. Pure: the only input
+    besides the calls is the injected ``rng``.
+    """
+
+    def __init__(self, policy: ReconnectPolicy, rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self._rng = rng or random.Random()
+        self._failures = 0
+
+    @property
+    def failures(self) -> int:
+        """Delays handed out since the last :meth:`reset`."""
+        return self._failures
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt (and one more failure counted)."""
+        low, high = self.policy.minimum, self.policy.maximum
+        ceiling = min(high, low * 2 ** min(self._failures, 32))
+        self._failures += 1
+        return min(high, low / 2 + self._rng.uniform(0, ceiling))
+
+    def reset(self) -> None:
+        """A connection succeeded: the next failure starts from the minimum again."""
+        self._failures = 0
+
+
+def should_fall_back(
+    *, pinned: MqttVersion | None, speaking: MqttVersion, refusal: int | None, tls_failed: bool
+) -> bool:
+    """Whether to try MQTT 3.1.1 after a connect attempt with ``speaking`` failed.
+
+    ``refusal`` is the CONNACK's reason code, or None when the broker closed the connection
+    without a CONNACK (some 3.1.1-only brokers do that to an MQTT 5 CONNECT). A URL that pins a
+    version never falls back, and a connection that ended in a TLS error (a refused client
+    certificate ends the TLS session right after the handshake) says nothing about MQTT.
+    """
+    if pinned is not None or speaking != "5":
+        return False
+    if refusal is None:
+        return not tls_failed
+    return refusal == UNSUPPORTED_PROTOCOL
+
+
+def tls_context(files: TlsFiles) -> ssl.SSLContext:
+    """A client context: TLS 1.2 or newer, the broker's certificate and host name checked
+    against ``files.ca`` (or the system's CAs), our certificate sent when there is one.
+
+    Raises:
+        MqttConfigError: a file is missing or unreadable, not PEM, or key and cert disagree.
+    """
+    try:
+        context = ssl.create_default_context(cafile=str(files.ca) if files.ca is not None else None)
+    except (OSError, ssl.SSLError) as err:
+        raise MqttConfigError(f"cannot load the CA file {files.ca}: {_why(err)}") from err
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if files.cert is not None:
+        try:
+            context.load_cert_chain(
+                str(files.cert), str(files.key) if files.key is not None else None
+            )
+        except (OSError, ssl.SSLError) as err:
+            raise MqttConfigError(
+                f"cannot load the client certificate {files.cert}"
+                f"{f' with key {files.key}' if files.key else ''}: {_why(err)}"
+            ) from err
+    return context
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, ssl.SSLError) and err.reason:
+        return str(err.reason).replace("_", " ").lower()
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err)
+
+
+class MqttClientFactory:
+    """Builds paho clients for one side's connection to one broker, and connects them.
+
+    Args:
+        url: broker address, TLS on or off, pinned protocol version, credentials.
+        client_id: MQTT client id.
+        keepalive: MQTT keepalive (seconds) sent in CONNECT.
+        session: clean or persistent session.
+        tls: certificate files for an ``mqtts://`` URL (the system's CAs and no client
+            certificate when None).
+        manual_ack: the user acknowledges received QoS 1 messages itself (after storing them).
+        max_inflight: outgoing QoS 1 messages on the wire before paho queues.
+        paho_reconnects: paho's network thread reconnects by itself with delays doubling within
+            these bounds (the controller: one client, no herd to spread, so no jitter); None
+            when the user reconnects itself, after a :class:`Backoff` delay (the agent).
+
+    Raises:
+        MqttConfigError: unusable TLS files, or TLS files for a plain ``mqtt://`` URL.
+    """
+
+    def __init__(
+        self,
+        url: BrokerUrl,
+        *,
+        client_id: str,
+        keepalive: int,
+        session: SessionPolicy,
+        tls: TlsFiles | None = None,
+        manual_ack: bool = False,
+        max_inflight: int = 20,
+        paho_reconnects: ReconnectPolicy | None = None,
+    ) -> None:
+        self.url = url
+        self.client_id = client_id
+        self.keepalive = keepalive
+        self.session = session
+        self.manual_ack = manual_ack
+        self.max_inflight = max_inflight
+        self.paho_reconnects = paho_reconnects
+        #: the protocol of the next client built: the URL's, or 5 until a fall back
+        self.version: MqttVersion = url.version or "5"
+        if tls is not None and not url.tls and (tls.cert is not None or tls.ca is not None):
+            raise MqttConfigError(f"TLS files are given but the broker URL {url} is not mqtts://")
+        self._context = tls_context(tls or TlsFiles()) if url.tls else None
+        if self._context is not None:
+            # the TLS error that ended the latest connection (paho keeps only "connection lost")
+            self._context.sslsocket_class = _recording_socket(self._record)
+        self._tls_error: ssl.SSLError | None = None
+
+    # -- building and connecting ---------------------------------------------------------------
+    def build(self, will: tuple[str, bytes] | None = None) -> mqtt.Client:
+        """A new paho client speaking :attr:`version`; ``will`` is (topic, payload), published
+        retained with QoS 1 when the connection dies without a DISCONNECT. The caller adds its
+        callbacks and drives the network."""
+        v5 = self.version == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else self.session.clean,
+            manual_ack=self.manual_ack,
+            reconnect_on_failure=self.paho_reconnects is not None,
+        )
+        if self.url.username:
+            client.username_pw_set(self.url.username, self.url.password)
+        if self._context is not None:
+            client.tls_set_context(self._context)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        if self.paho_reconnects is not None:
+            # paho counts whole seconds; a 0 s minimum would double to 0 s forever
+            client.reconnect_delay_set(
+                max(1, round(self.paho_reconnects.minimum)),
+                max(1, round(self.paho_reconnects.maximum)),
+            )
+        client.max_inflight_messages_set(self.max_inflight)
+        client.on_pre_connect = self._pre_connect
+        return client
+
+    def connect(self, client: mqtt.Client, *, background: bool = False) -> None:
+        """Send CONNECT with this side's keepalive and session.
+
+        ``background`` leaves the TCP (and TLS) handshake to paho's network thread
+        (``connect_async``); otherwise they happen now, blocking the caller.
+
+        Raises:
+            ConnectFailed: the broker cannot be reached, or the TLS handshake failed.
+        """
+        kwargs: dict[str, Any] = {"keepalive": self.keepalive}
+        if self.version == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.session.expiry
+            if self.session.receive_maximum is not None:
+                props.ReceiveMaximum = self.session.receive_maximum
+            kwargs.update(clean_start=self.session.clean, properties=props)
+        if background:
+            client.connect_async(self.url.host, self.url.port, **kwargs)
+            return
+        try:
+            client.connect(self.url.host, self.url.port, **kwargs)
+        except OSError as err:  # ssl.SSLError and host name mismatches are OSErrors too
+            if isinstance(err, ssl.SSLError):
+                raise ConnectFailed(f"TLS handshake with {self.url} failed: {err}") from err
+            raise ConnectFailed(f"cannot reach {self.url}: {_why(err)}") from err
+
+    # -- after a failure -----------------------------------------------------------------------
+    def fall_back(self, refusal: ReasonCode | None) -> bool:
+        """After a failed connect: switch to MQTT 3.1.1 if :func:`should_fall_back` says so.
+
+        ``refusal`` is the CONNACK's reason, or None when the connection closed before one.
+        Returns True when the next client built speaks 3.1.1.
+        """
+        if should_fall_back(
+            pinned=self.url.version,
+            speaking=self.version,
+            refusal=None if refusal is None else refusal.value,
+            tls_failed=self._tls_error is not None,
+        ):
+            self.version = "3.1.1"
+            return True
+        return False
+
+    @property
+    def tls_error(self) -> ssl.SSLError | None:
+        """The TLS error that ended the latest connection or connect attempt, if one did."""
+        return self._tls_error
+
+    def explain(self, reason: ReasonCode | str | None, *, connack: bool) -> str:
+        """Why a connection ended, in words: ``reason`` (paho's, or a CONNACK's) unless TLS
+        says more; ``connack`` tells whether the broker had answered CONNECT."""
+        err = self._tls_error
+        if err is None:
+            return str(reason) if reason is not None else "the connection was closed"
+        if connack or isinstance(err, ssl.SSLCertVerificationError):
+            return f"TLS: {err}"
+        return (
+            f"the broker ended the TLS session before answering CONNECT ({err}): "
+            "it may not accept our client certificate"
+        )
+
+    def _pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        self._tls_error = None
+
+    def _record(self, err: ssl.SSLError) -> None:
+        self._tls_error = err
+
+
+def _recording_socket(record: Callable[[ssl.SSLError], None]) -> type[ssl.SSLSocket]:
+    """An SSLSocket class that tells ``record`` about the TLS errors paho swallows (it reduces
+    them to "connection lost" and logs them at most)."""
+
+    class RecordingSSLSocket(ssl.SSLSocket):
+        def do_handshake(self, block: bool = False) -> None:
+            try:
+                super().do_handshake(block)
+            except ssl.SSLError as err:
+                _note(err)
+                raise
+
+        def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+            try:
+                return super().recv(buflen, flags)
+            except ssl.SSLError as err:
+                _note(err)
+                raise
+
+        def send(self, data: Any, flags: int = 0) -> int:
+            try:
+                return super().send(data, flags)
+            except ssl.SSLError as err:
+                _note(err)
+                raise
+
+    def _note(err: ssl.SSLError) -> None:
+        # "want read/write" is a non-blocking socket's normal business, not a failure
+        if not isinstance(err, ssl.SSLWantReadError | ssl.SSLWantWriteError):
+            record(err)
+
+    return RecordingSSLSocket
