@@ -410,7 +410,8 @@ class Driver(ABC):
         instead of waiting out the deadline. Stalled bytes left from before the call are
         dropped and the wait goes on. Either way a complete frame hidden behind the stalled
         one's first byte (a corrupt length field) is still found. After the deadline the bytes
-        that have already arrived are looked at once more.
+        that have already arrived are looked at once more (a deadline already past: only
+        those).
 
         Raises:
             DeviceTimeoutError: no frame before the deadline (nothing, or a frame still
@@ -453,8 +454,16 @@ class Driver(ABC):
                         )
                     raise DeviceTimeoutError(f"{self.name}: no reply before the timeout")
                 looked_late = True
-            until = min(deadline, gap_ends) if self._rx else deadline
-            self._fill(max(1, min(found.need, self.CHUNK)), until - now)
+            if looked_late:
+                # only what has already arrived: a read that does not wait can ask for more
+                self._fill(max(found.need, self.CHUNK), 0.0)
+            elif self._rx:
+                # pyserial's read(n) waits for all n bytes: ask for no more than the frame
+                # still needs, within the gap
+                self._fill(max(1, min(found.need, self.CHUNK)), min(deadline, gap_ends) - now)
+            else:
+                # the first byte may take until the deadline; the gap clock starts with it
+                self._fill(1, deadline - now)
 
     def _salvage(self, split: Splitter[F]) -> F | None:
         """The buffer's first frame stalled and will never complete: drop bytes from the front
