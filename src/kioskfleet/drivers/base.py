@@ -78,6 +78,14 @@ def port_error(name: str, err: BaseException) -> DriverError:
     return DeviceUnavailableError(f"{name}: port failed: {err}")
 
 
+def _close(transport: Transport, name: str) -> None:
+    # a port that is already gone cannot fail to close in a way anyone could act on
+    try:
+        transport.close()
+    except PORT_ERRORS as err:
+        log.debug("%s: closing the port failed: %s", name, err)
+
+
 class Transport(Protocol):
     """The part of ``serial.Serial`` a driver uses; a pty, ``socket://`` or a simulator fits."""
 
@@ -262,7 +270,7 @@ class Driver(ABC):
             driver = cls.attach(transport, options)
             driver._on_open()
         except BaseException:
-            transport.close()
+            _close(transport, cls.name)
             raise
         return driver
 
@@ -288,7 +296,7 @@ class Driver(ABC):
                 return ProbeResult(cls.unreachable_status(options, err), answered=False)
             return driver._probe(options.watch)
         finally:
-            transport.close()
+            _close(transport, cls.name)
 
     @classmethod
     def unreachable_status(cls, options: ProbeOptions, error: DriverError) -> DeviceStatus:
@@ -326,10 +334,7 @@ class Driver(ABC):
 
     def close(self) -> None:
         """Release the transport."""
-        try:
-            self.transport.close()
-        except PORT_ERRORS as err:
-            log.debug("%s: closing the port failed: %s", self.name, err)
+        _close(self.transport, self.name)
 
     def _with_retries(
         self, what: str, operation: Callable[[], T], *, retries: int | None = None
