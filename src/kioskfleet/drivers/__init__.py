@@ -3,8 +3,17 @@
 Drivers import ``kioskfleet.protocol`` only; never the agent or the controller.
 """
 
-from kioskfleet.drivers.base import Driver, DriverOptions, Transport, open_transport
+from kioskfleet.drivers.base import (
+    Driver,
+    DriverOptions,
+    ProbeOptions,
+    ProbeResult,
+    Split,
+    Transport,
+    open_transport,
+)
 from kioskfleet.drivers.exceptions import (
+    ConfigurationError,
     DeviceOperationError,
     DeviceTimeoutError,
     DeviceUnavailableError,
@@ -13,6 +22,7 @@ from kioskfleet.drivers.exceptions import (
 )
 
 __all__ = [
+    "ConfigurationError",
     "DeviceOperationError",
     "DeviceTimeoutError",
     "DeviceUnavailableError",
@@ -20,6 +30,9 @@ __all__ = [
     "DriverError",
     "DriverOptions",
     "FrameError",
+    "ProbeOptions",
+    "ProbeResult",
+    "Split",
     "Transport",
     "open_transport",
 ]

@@ -10,54 +10,17 @@ reachable only through its attributes, for the local caller that needs it.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import time
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal
 
-from kioskfleet.drivers.base import Driver, DriverOptions, Transport, open_transport
-from kioskfleet.drivers.exceptions import (
-    DeviceOperationError,
-    DeviceTimeoutError,
-    DeviceUnavailableError,
-    DriverError,
-    FrameError,
-)
-from kioskfleet.drivers.registry import ProbeOptions, ProbeResult
-from kioskfleet.protocol.devices import (
-    DeviceInfo,
-    DeviceKind,
-    DeviceState,
-    DeviceStatus,
-    DriverName,
-    Media,
-)
+from kioskfleet.drivers.base import Driver, ProbeResult
+from kioskfleet.drivers.exceptions import DeviceOperationError, DriverError
+from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceState, DeviceStatus, Media
 
-try:
-    import termios
-
-    _PORT_ERRORS: tuple[type[Exception], ...] = (OSError, termios.error)
-except ImportError:  # pragma: no cover - not POSIX
-    _PORT_ERRORS = (OSError,)
-
-T = TypeVar("T")
 Sex = Literal["male", "female", "unknown", "unspecified"]
-
-
-class Split(NamedTuple):
-    """What a protocol's pure frame finder says about a receive buffer."""
-
-    #: the first complete frame, or ``None``
-    frame: bytes | None
-    #: bytes to drop from the front of the buffer (garbage, plus the frame if there is one)
-    consumed: int
-    #: after dropping, how many more bytes are needed at least before a frame can complete
-    need: int
-
-
-FrameSplitter = Callable[[bytes], Split]
 
 
 def mask_id_number(number: str) -> str:
@@ -110,87 +73,42 @@ class IdCard:
 
 
 class CardReader(Driver):
-    """What both card-reader families share: ``media`` in their status, and a frame receiver.
+    """What both card-reader families share: ``media`` in their status, and the probe.
 
-    Replies are read by a length-driven state machine over a receive buffer: ``split`` (the
-    protocol's pure frame finder) says what is garbage and when a frame is complete; once a
-    frame has started, every chunk must arrive within the inter-byte timeout or the partial
-    frame is dropped (quirk ``inter_byte_timeout``, seconds).
+    Replies come through the base class's receive loop with the protocol's split function
+    (``frames.next_frame``); quirk ``inter_byte_timeout`` (seconds, default 0.2).
     """
 
     kind: ClassVar[DeviceKind]
-    #: most bytes asked of the port at once: small enough that a chunk arrives within the
-    #: inter-byte timeout even at 9600 baud
-    CHUNK: ClassVar[int] = 64
 
-    def __init__(self, transport: Transport, options: DriverOptions | None = None) -> None:
-        super().__init__(transport, options)
-        self._rx = bytearray()
-
-    @property
-    def inter_byte_timeout(self) -> float:
-        """Longest silence tolerated inside a frame."""
-        return float(self.options.quirks.get("inter_byte_timeout", 0.2))
-
-    def _discard_input(self) -> None:
-        """Forget stale bytes (a late reply to an exchange that already timed out)."""
-        self._rx.clear()
-        self._resync()
-
-    def _resync(self) -> None:
-        self._rx.clear()
+    def _probe(self, watch: float | None) -> ProbeResult:
+        """``kioskfleet device probe`` for a card reader: identify, read the status once (or
+        watch it), report a card on the reader with :meth:`_card_events` (masked)."""
+        info: DeviceInfo | None = None
         try:
-            super()._resync()
-        except _PORT_ERRORS as err:
-            # pyserial lets termios.error (not an OSError) out of tcflush on a vanished pty
-            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
+            info = self.identify()
+            if watch:
+                status, events = watch_media(self.status, watch, self._card_events)
+            else:
+                status, events = self.status(), []
+                if status.media == "present":
+                    status, events = read_present_card(self.status, status, self._card_events)
+            status = status.model_copy(update={"info": info, "events": events})
+            return ProbeResult(status=status, answered=True)
+        except DeviceOperationError:
+            # it answered, but refused something identity or status needs
+            status = self.status_object(state="hardware_error", media="unknown", info=info)
+            return ProbeResult(status=status, answered=True)
+        except DriverError as err:
+            return ProbeResult(status=self.offline_status(err, info), answered=False)
 
-    def _once(self, operation: Callable[[], T]) -> T:
-        """Run an operation that must not be retried (motion), wrapping port failures."""
-        try:
-            return operation()
-        except DriverError:
-            raise  # our own, including DeviceTimeoutError (which is also an OSError)
-        except _PORT_ERRORS as err:
-            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
-
-    def _receive(self, want: int, timeout: float) -> bool:
-        """Read up to ``want`` bytes into the buffer; False when nothing came in ``timeout``."""
-        if timeout <= 0:
-            return False
-        self.transport.timeout = timeout
-        chunk = self.transport.read(want)
-        self._rx += chunk
-        return bool(chunk)
-
-    def _receive_frame(self, split: FrameSplitter, deadline: float) -> bytes:
-        """Return the next complete frame, skipping garbage.
+    def _card_events(self) -> list[dict[str, Any]]:
+        """What a probe reports about a card on the reader; only masked data, ever.
 
         Raises:
-            DeviceTimeoutError: no frame started before ``deadline`` (monotonic).
-            FrameError: a frame started but stalled (dropped), or only garbage arrived.
+            DeviceOperationError: the card is unreadable (the status is read again).
         """
-        while True:
-            frame, consumed, need = split(bytes(self._rx))
-            if consumed:
-                del self._rx[:consumed]
-            if frame is not None:
-                return frame
-            if consumed:
-                continue  # garbage dropped: look again before reading more
-            # ask for no more than the frame needs: pyserial's read(n) waits for all n bytes
-            want = max(1, min(need, self.CHUNK))
-            remaining = deadline - time.monotonic()
-            if not self._rx:
-                if not self._receive(want, remaining):
-                    raise DeviceTimeoutError(f"{self.name}: no reply before the timeout")
-            elif not self._receive(want, min(self.inter_byte_timeout, max(remaining, 0.0))):
-                dropped = len(self._rx)
-                self._rx.clear()
-                if remaining <= 0:
-                    raise DeviceTimeoutError(f"{self.name}: reply incomplete at the timeout")
-                # the byte count only: a partial frame may hold card data
-                raise FrameError(f"{self.name}: partial frame of {dropped} bytes dropped")
+        return []
 
     def status_object(
         self,
@@ -214,7 +132,8 @@ class CardReader(Driver):
             events=events or [],
         )
 
-    def offline_status(self, error: DriverError, info: DeviceInfo | None = None) -> DeviceStatus:
+    @classmethod
+    def offline_status(cls, error: DriverError, info: DeviceInfo | None = None) -> DeviceStatus:
         """As :meth:`Driver.offline_status`, with ``media`` unknown (card readers have it)."""
         return super().offline_status(error, info).model_copy(update={"media": "unknown"})
 
@@ -324,69 +243,3 @@ def watch_media(
             events.append({"type": "card_removed"})
         previous = status.media
     return status, events
-
-
-def driver_options(options: ProbeOptions) -> DriverOptions:
-    """Driver timeouts, retries and quirks for a probe (quirks come from the firmware profile)."""
-    quirks = options.profile.get("quirks", {})
-    merged = dict(quirks) if isinstance(quirks, dict) else {}
-    if options.address is not None:
-        merged["address"] = options.address  # --address wins over the profile
-    return DriverOptions(timeout=options.timeout, retries=options.retries, quirks=merged)
-
-
-def profile_baudrate(options: ProbeOptions, default: int) -> int:
-    """``--baudrate`` wins, then the firmware profile's ``baudrate``, then the protocol default."""
-    if options.baudrate:
-        return options.baudrate
-    value = options.profile.get("baudrate", default)
-    return int(value) if isinstance(value, int | str) and str(value).isdigit() else default
-
-
-def probe_card_reader(
-    open_reader: Callable[[Transport, DriverOptions], CardReader],
-    port: str,
-    options: ProbeOptions,
-    *,
-    kind: DeviceKind,
-    driver: DriverName,
-    default_baudrate: int,
-    on_present: Callable[[CardReader], list[dict[str, Any]]] | None = None,
-) -> ProbeResult:
-    """``kioskfleet device probe`` for a card reader: identify, read status once (or watch).
-
-    ``on_present`` runs when a card is on the reader and returns the events to report; it may
-    raise :class:`DeviceOperationError` (e.g. an unreadable card), in which case the status is
-    read again so it shows the fault. Nothing but ``on_present``'s (masked) events reaches the
-    result.
-    """
-    try:
-        transport = open_transport(
-            port, baudrate=profile_baudrate(options, default_baudrate), timeout=options.timeout
-        )
-    except DeviceUnavailableError:
-        status = DeviceStatus(
-            device=kind, driver=driver, state="no_device", faults=["offline"], media="unknown"
-        )
-        return ProbeResult(status=status, answered=False)
-    reader = open_reader(transport, driver_options(options))
-    info: DeviceInfo | None = None
-    try:
-        info = reader.identify()
-        present = None if on_present is None else functools.partial(on_present, reader)
-        if options.watch:
-            status, events = watch_media(reader.status, options.watch, present)
-        else:
-            status, events = reader.status(), []
-            if status.media == "present":
-                status, events = read_present_card(reader.status, status, present)
-        status = status.model_copy(update={"info": info, "events": events})
-        return ProbeResult(status=status, answered=True)
-    except DeviceOperationError:
-        # it answered, but refused something identity or status needs
-        status = reader.status_object(state="hardware_error", media="unknown", info=info)
-        return ProbeResult(status=status, answered=True)
-    except DriverError as err:
-        return ProbeResult(status=reader.offline_status(err, info), answered=False)
-    finally:
-        reader.close()

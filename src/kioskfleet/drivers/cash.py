@@ -13,7 +13,7 @@ A :class:`CashAcceptor` turns its protocol's events into the CONTRACT §5 vocabu
 Values are integers in fen (100 yuan = 10000). The pure helpers here (:class:`CashConditions`,
 :func:`cash_state`, :func:`build_status`) decide faults and state from what a protocol
 reported, so ccTalk and SSP agree on what "jammed" or "cashbox missing" means.
-:func:`run_probe` is the family's ``device probe`` behaviour, shared by both protocols.
+:meth:`CashAcceptor._probe` is the family's ``device probe`` behaviour, shared by both protocols.
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
-from kioskfleet.drivers.base import Driver, DriverOptions, Transport
+from kioskfleet.drivers.base import Driver, DriverOptions, ProbeResult, Transport
 from kioskfleet.drivers.exceptions import (
     DeviceOperationError,
-    DeviceTimeoutError,
     DeviceUnavailableError,
     DriverError,
-    FrameError,
 )
 from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceState, DeviceStatus
 
@@ -39,19 +37,6 @@ log = logging.getLogger(__name__)
 
 CashEvent = dict[str, Any]
 
-
-def _port_errors() -> tuple[type[BaseException], ...]:
-    try:
-        import termios
-    except ImportError:  # not POSIX: pyserial raises only SerialException (an OSError)
-        return (OSError,)
-    # pyserial lets termios.error (not an OSError) escape from tcflush on a vanished pty
-    return (OSError, termios.error)
-
-
-#: what a port raises when it is gone: caught at the driver boundary, re-raised as
-#: DeviceUnavailableError
-PORT_ERRORS: Final = _port_errors()
 
 CURRENCY: Final = "CNY"
 #: an enabled acceptor must be polled well inside a second (Azkoyen-style acceptors stop
@@ -352,13 +337,77 @@ class CashAcceptor(Driver):
         """The identity read last, or an empty one before :meth:`identify`."""
         return self._info or DeviceInfo()
 
-    def _resync(self) -> None:
+    # -- opening and probing ----------------------------------------------------------------
+    def _on_open(self) -> None:
+        # the agent needs the channel table before the first credit
+        self.identify()
+
+    @classmethod
+    def offline_status(cls, error: DriverError, info: DeviceInfo | None = None) -> DeviceStatus:
+        """``offline`` (no answer) or ``no_device`` (port cannot be opened), cashbox unknown."""
+        state: DeviceState = "no_device" if isinstance(error, DeviceUnavailableError) else "offline"
+        return DeviceStatus.model_validate(
+            {
+                "device": cls.kind,
+                "driver": cls.name,
+                "state": state,
+                "faults": ["offline"],
+                "info": info or DeviceInfo(),
+                "supplies": {"cashbox": "unknown"},
+            },
+            strict=False,
+        )
+
+    def _probe(self, watch: float | None) -> ProbeResult:
+        """CONTRACT §5 ``device probe`` for a cash device.
+
+        Without ``watch``: identity, status, and nothing buffered before the probe. With
+        ``watch`` = S: enable every channel, poll for S seconds, report the events, disable
+        again. A device that answers but refuses is ``answered`` with ``hardware_fault``.
+        """
+        events: list[CashEvent] = []
         try:
-            self.transport.reset_input_buffer()
-        except DriverError:
-            raise  # DeviceTimeoutError is an OSError too: keep it as it is
-        except PORT_ERRORS as err:
-            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
+            self.identify()
+            self.baseline()
+            if watch:
+                events = self._watch(watch)
+            status = self.status()
+        except DeviceOperationError:
+            # it answered, just not the way we wanted: the device is there but not serving
+            status = build_status(
+                kind=self.kind,
+                driver=self.name,
+                info=self.info,
+                conditions=CashConditions(extra_faults={"hardware_fault"}),
+                now=self.clock(),
+                cashbox_known=False,
+            )
+            return ProbeResult(status.model_copy(update={"events": events}), answered=True)
+        except DriverError as err:
+            status = self.offline_status(err, self.info)
+            return ProbeResult(status.model_copy(update={"events": events}), answered=False)
+        return ProbeResult(status.model_copy(update={"events": events}), answered=True)
+
+    def _watch(self, seconds: float) -> list[CashEvent]:
+        """Accept cash for ``seconds`` and return what came; acceptance is off again after."""
+        events: list[CashEvent] = []
+        self.enable()
+        try:
+            deadline = self.clock() + seconds
+            while True:
+                events.extend(self.poll())
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                time.sleep(min(self.poll_interval_hint, remaining))
+        finally:
+            # leave the device as we found it, even when polling failed half-way
+            try:
+                self.disable()
+            except DriverError as err:
+                log.warning("%s: could not disable acceptance again: %s", self.name, err)
+        events.extend(self.poll())
+        return events
 
     # -- what protocols write --------------------------------------------------------------
     @abstractmethod
@@ -380,97 +429,6 @@ class CashAcceptor(Driver):
     @abstractmethod
     def _baseline(self) -> None:
         """Read the device's event position without reporting what is buffered."""
-
-
-# -- device probe ---------------------------------------------------------------------------
-def _probe_failure_status(driver: CashAcceptor, error: DriverError) -> tuple[DeviceStatus, bool]:
-    """Status and ``answered`` for a probe that hit ``error``."""
-    if isinstance(error, DeviceOperationError):
-        # it answered, just not the way we wanted: the device is there but not serving
-        status = build_status(
-            kind=driver.kind,
-            driver=driver.name,
-            info=driver.info,
-            conditions=CashConditions(extra_faults={"hardware_fault"}),
-            now=driver.clock(),
-            cashbox_known=False,
-        )
-        return status, True
-    return offline_cash_status(driver.kind, driver.name, error, driver.info), False
-
-
-def run_probe(
-    driver: CashAcceptor,
-    *,
-    watch: float | None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> tuple[DeviceStatus, bool]:
-    """CONTRACT §5 ``device probe`` for a cash device the caller has already found.
-
-    Without ``watch``: identity, status, and nothing buffered before the probe. With
-    ``watch`` = S: enable every channel, poll for S seconds, report the events, disable again.
-
-    Returns:
-        the status to print and whether the device answered.
-    """
-    events: list[CashEvent] = []
-    try:
-        driver.identify()
-        driver.baseline()
-        if watch:
-            driver.enable()
-            try:
-                deadline = driver.clock() + watch
-                while True:
-                    events.extend(driver.poll())
-                    remaining = deadline - driver.clock()
-                    if remaining <= 0:
-                        break
-                    sleep(min(driver.poll_interval_hint, remaining))
-            finally:
-                # leave the device as we found it, even when polling failed half-way
-                try:
-                    driver.disable()
-                except DriverError as err:
-                    log.warning("%s: could not disable acceptance again: %s", driver.name, err)
-            events.extend(driver.poll())
-        status = driver.status()
-    except (DeviceTimeoutError, FrameError, DeviceUnavailableError, DeviceOperationError) as err:
-        status, answered = _probe_failure_status(driver, err)
-        return status.model_copy(update={"events": events}), answered
-    return status.model_copy(update={"events": events}), True
-
-
-def profile_quirks(profile: dict[str, Any], driver: str) -> dict[str, Any]:
-    """The quirks a firmware profile sets for ``driver``.
-
-    Accepts a flat ``{"quirks": {...}}`` table and a per-driver ``{"<driver>": {...}}`` table;
-    the per-driver one wins.
-    """
-    quirks: dict[str, Any] = {}
-    for key in ("quirks", driver):
-        table = profile.get(key)
-        if isinstance(table, dict):
-            quirks.update(table)
-    return quirks
-
-
-def offline_cash_status(
-    kind: DeviceKind, driver: str, error: DriverError, info: DeviceInfo | None = None
-) -> DeviceStatus:
-    """``offline`` (no answer) or ``no_device`` (port cannot be opened) for a cash device."""
-    state: DeviceState = "no_device" if isinstance(error, DeviceUnavailableError) else "offline"
-    return DeviceStatus.model_validate(
-        {
-            "device": kind,
-            "driver": driver,
-            "state": state,
-            "faults": ["offline"],
-            "info": info or DeviceInfo(),
-            "supplies": {"cashbox": "unknown"},
-        },
-        strict=False,
-    )
 
 
 def currency_of_iso(code: str) -> str:

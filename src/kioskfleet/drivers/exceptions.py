@@ -31,3 +31,10 @@ class DeviceOperationError(DriverError):
 
     Do not blindly retry: the device is there and said no.
     """
+
+
+class ConfigurationError(DriverError, ValueError):
+    """The driver's configuration makes no sense (a firmware profile quirk out of range).
+
+    Fix the configuration: retrying cannot help, and the device is not to blame.
+    """

@@ -3,8 +3,9 @@
 :class:`ReceiptPrinter` adds one verb to :class:`~kioskfleet.drivers.base.Driver`:
 :meth:`~ReceiptPrinter.print_receipt`. Like ``identify``/``status`` it is a template method:
 the base validates the :class:`Receipt`, refuses to print into a printer that cannot serve,
-applies the print timeout, wraps port failures and checks the printer's status afterwards; a
-protocol package writes only ``_print`` (the bytes). Printing is never retried by the base:
+applies the print timeout and checks the printer's status afterwards (port failures are
+wrapped where the bytes are written, in :class:`~kioskfleet.drivers.base.Driver`); a protocol
+package writes only ``_print`` (the bytes). Printing is never retried by the base:
 a receipt printed twice is worse than one reported as failed.
 
 A receipt may carry a citizen's name, so :class:`Receipt` never shows its text in ``repr`` and
@@ -20,12 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
-from kioskfleet.drivers.base import Driver
-from kioskfleet.drivers.exceptions import (
-    DeviceOperationError,
-    DeviceUnavailableError,
-    DriverError,
-)
+from kioskfleet.drivers.base import Driver, ProbeResult
+from kioskfleet.drivers.exceptions import DeviceOperationError, DriverError
 from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceState, DeviceStatus
 
 log = logging.getLogger(__name__)
@@ -40,6 +37,8 @@ MAX_QR_BYTES: Final = 2953
 PRINT_TIMEOUT: Final = 10.0
 #: how long to wait for a ``busy`` printer to come back before giving up (quirk ``busy_wait``)
 BUSY_WAIT: Final = 2.0
+#: how often ``device probe --watch`` reads the status
+PROBE_INTERVAL: Final = 0.25
 
 
 class InvalidReceiptError(DriverError, ValueError):
@@ -151,13 +150,7 @@ class ReceiptPrinter(Driver):
         """
         receipt.validate()
         before = self._wait_ready()
-        deadline = time.monotonic() + self.print_timeout
-        try:
-            self._print(receipt, deadline)
-        except DriverError:
-            raise
-        except OSError as err:  # pyserial raises SerialException(OSError) on unplug
-            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
+        self._print(receipt, time.monotonic() + self.print_timeout)
         after = self.status()
         if after.state not in ("online", "busy"):
             raise PrinterNotReadyError(
@@ -207,13 +200,35 @@ class ReceiptPrinter(Driver):
             events=events or [],
         )
 
-    def offline_status(self, error: DriverError, info: DeviceInfo | None = None) -> DeviceStatus:
+    @classmethod
+    def offline_status(cls, error: DriverError, info: DeviceInfo | None = None) -> DeviceStatus:
         """As :meth:`Driver.offline_status`, with paper ``unknown`` (printers have it)."""
         return (
             super()
             .offline_status(error, info)
             .model_copy(update={"supplies": {"paper": "unknown"}})
         )
+
+    def _probe(self, watch: float | None) -> ProbeResult:
+        """``kioskfleet device probe`` for a printer: identify and read the status once.
+
+        Sends only status and identity requests: nothing on the printer changes. With
+        ``watch`` it keeps reading the status for that many seconds and reports the last.
+        """
+        info: DeviceInfo | None = None
+        try:
+            # bytes buffered before we started (old ASB blocks) are not news
+            self._resync()
+            info = self.identify()
+            status = self.status()
+            if watch:
+                end = time.monotonic() + watch
+                while time.monotonic() < end:
+                    time.sleep(min(PROBE_INTERVAL, max(0.0, end - time.monotonic())))
+                    status = self.status()
+            return ProbeResult(status=status.model_copy(update={"info": info}), answered=True)
+        except DriverError as err:
+            return ProbeResult(status=self.offline_status(err, info), answered=False)
 
     @abstractmethod
     def _print(self, receipt: Receipt, deadline: float) -> None:
@@ -234,6 +249,7 @@ __all__ = [
     "MAX_LINE_CHARS",
     "MAX_QR_BYTES",
     "PRINT_TIMEOUT",
+    "PROBE_INTERVAL",
     "InvalidReceiptError",
     "PrinterNotReadyError",
     "Receipt",

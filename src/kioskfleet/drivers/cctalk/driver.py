@@ -8,15 +8,15 @@ an event counter; see :mod:`kioskfleet.drivers.cctalk.codes` for what the codes 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, Self
 
-from kioskfleet.drivers.base import DriverOptions, Transport
+from kioskfleet.drivers.base import DriverOptions, ProbeOptions, Transport
 from kioskfleet.drivers.cash import (
-    PORT_ERRORS,
     CashAcceptor,
     CashChannel,
     CashEvent,
@@ -30,14 +30,12 @@ from kioskfleet.drivers.cctalk.frames import (
     HOST,
     Frame,
     Header,
-    bytes_wanted,
     encode,
-    scan,
+    split,
 )
 from kioskfleet.drivers.exceptions import (
     DeviceOperationError,
     DeviceTimeoutError,
-    DeviceUnavailableError,
     DriverError,
     FrameError,
 )
@@ -45,8 +43,6 @@ from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceStatus
 
 log = logging.getLogger(__name__)
 
-#: the spec's inter-byte limit is 50 ms; a pty on a busy machine needs a little more slack
-INTER_BYTE_TIMEOUT = 0.1
 COIN_POSITIONS = 16
 MAX_BILL_TYPES = 16
 CATEGORY_BILL = "bill validator"
@@ -65,6 +61,8 @@ class CcTalkDevice(CashAcceptor):
     """
 
     name = "cctalk"
+    #: the spec's inter-byte limit is 50 ms; a pty on a busy machine needs a little more slack
+    INTER_BYTE_TIMEOUT = 0.1
     DEFAULT_ADDRESS: ClassVar[int]
     EVENT_HEADER: ClassVar[Header]
 
@@ -83,11 +81,37 @@ class CcTalkDevice(CashAcceptor):
         self.crc16 = bool(quirks.get("crc16", False)) if crc16 is None else crc16
         #: None until the first reply tells whether the bus echoes our own bytes
         self.echo: bool | None = None
-        inter_byte = quirks.get("inter_byte_timeout", INTER_BYTE_TIMEOUT)
-        self.inter_byte_timeout = float(inter_byte)
+        self._split = functools.partial(split, crc16_mode=self.crc16)
         self._counter: int | None = None
         self._channels: dict[int, CashChannel] = {}
         self._channels_read = False
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def attach(cls, transport: Transport, options: ProbeOptions) -> Self:
+        """Find the device on the bus (:func:`discover`) and return its driver.
+
+        Raises:
+            DeviceTimeoutError: nothing answers at the expected address(es).
+            DeviceOperationError: the device found is not of this class (a coin acceptor
+                where ``CcTalkBillValidator`` was asked for).
+            DeviceUnavailableError: the port failed.
+        """
+        found = discover(transport, options)
+        if found is None:
+            raise DeviceTimeoutError("cctalk: no device answered")
+        if not isinstance(found, cls):
+            raise DeviceOperationError(f"cctalk: found a {found.kind}, not a {cls.__name__}")
+        return found
+
+    @classmethod
+    def unreachable_status(cls, options: ProbeOptions, error: DriverError) -> DeviceStatus:
+        """Offline status of the kind expected at the address asked for (2: coins)."""
+        expected: type[CcTalkDevice] = cls
+        if cls is CcTalkDevice:
+            address = cls.driver_options(options).quirks.get("address")
+            expected = CcTalkCoinAcceptor if address == COIN_ADDRESS else CcTalkBillValidator
+        return expected.offline_status(error)
 
     # -- transactions ----------------------------------------------------------------------
     def request(self, header: int, data: bytes = b"") -> bytes:
@@ -100,18 +124,18 @@ class CcTalkDevice(CashAcceptor):
         return self._with_retries(f"header {header}", lambda: self.transact(header, data))
 
     def transact(self, header: int, data: bytes = b"") -> bytes:
-        """One request/reply exchange without retries (the probe uses it to find devices)."""
-        request = encode(
-            Frame(dest=self.address, src=HOST, header=header, data=data), crc16_mode=self.crc16
-        )
-        try:
-            self.transport.reset_input_buffer()
-            self.transport.write(request)
-            reply = self._read_reply(request)
-        except DriverError:
-            raise  # DeviceTimeoutError is an OSError too: keep it as it is
-        except PORT_ERRORS as err:
-            raise DeviceUnavailableError(f"cctalk: port failed: {err}") from err
+        """One request/reply exchange without retries (the probe uses it to find devices).
+
+        Raises:
+            DeviceTimeoutError: no reply (or the device is busy).
+            FrameError: only garbage came back.
+            DeviceOperationError: the device answered NAK.
+            DeviceUnavailableError: the port failed.
+        """
+        sent = Frame(dest=self.address, src=HOST, header=header, data=data)
+        self._resync()
+        self._write(encode(sent, crc16_mode=self.crc16))
+        reply = self._read_reply(sent)
         if reply.header == Header.NAK:
             raise DeviceOperationError(f"cctalk: device {self.address} NAKed header {header}")
         if reply.header == Header.BUSY:
@@ -119,42 +143,20 @@ class CcTalkDevice(CashAcceptor):
             raise DeviceTimeoutError(f"cctalk: device {self.address} busy for header {header}")
         return reply.data
 
-    def _read_reply(self, request: bytes) -> Frame:
+    def _read_reply(self, sent: Frame) -> Frame:
+        """The device's reply to ``sent``, past our own echo and other devices' traffic."""
         deadline = time.monotonic() + self.options.timeout
-        buf = bytearray()
         echo_seen = False
-        garbage = False
         while True:
-            frame, start, end = scan(buf, crc16_mode=self.crc16)
-            if frame is not None:
-                raw = bytes(buf[start:end])
-                garbage = garbage or start > 0
-                del buf[:end]
-                if not echo_seen and raw == request:
-                    # a single-wire bus hands our own request back before the reply
-                    echo_seen = True
-                    continue
-                if frame.dest != HOST or (frame.src is not None and frame.src != self.address):
-                    garbage = True
-                    continue
-                self.echo = echo_seen
-                return frame
-            if start:
-                garbage = True
-                del buf[:start]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if garbage or buf:
-                    raise FrameError(f"cctalk: no valid reply from {self.address}, only garbage")
-                raise DeviceTimeoutError(f"cctalk: no reply from device {self.address}")
-            self.transport.timeout = min(remaining, self.inter_byte_timeout) if buf else remaining
-            chunk = self.transport.read(bytes_wanted(buf))
-            if chunk:
-                buf += chunk
-            elif buf:
-                # a gap inside a frame: the receiver resets, and the first byte was no start
-                garbage = True
-                del buf[:1]
+            frame = self._receive_frame(self._split, deadline)
+            if not echo_seen and _is_echo(frame, sent):
+                # a single-wire bus hands our own request back before the reply
+                echo_seen = True
+                continue
+            if frame.dest != HOST or (frame.src is not None and frame.src != self.address):
+                continue  # not addressed to us by our device: wait for the reply
+            self.echo = echo_seen
+            return frame
 
     # -- identity --------------------------------------------------------------------------
     def read_category(self) -> str:
@@ -385,6 +387,46 @@ class CcTalkCoinAcceptor(CcTalkDevice):
         raise DeviceOperationError("cctalk: coin acceptors have no escrow")
 
 
+def discover(transport: Transport, options: ProbeOptions) -> CcTalkDevice | None:
+    """Find a ccTalk device on the bus and return the right driver for it, or None.
+
+    Tries the address asked for (``--address`` or the profile's, else both defaults: 2 coin,
+    40 bill) with the configured checksum mode first, then the other mode; one simple poll
+    each. The kind comes from the equipment category, not from the address.
+
+    Raises:
+        DeviceUnavailableError: the port failed.
+    """
+    driver_options = CcTalkDevice.driver_options(options)
+    quirks = driver_options.quirks
+    address = quirks.get("address")
+    addresses = [address] if isinstance(address, int) else [COIN_ADDRESS, BILL_ADDRESS]
+    configured_crc = bool(quirks.get("crc16", False))
+    finder_options = DriverOptions(timeout=options.timeout, retries=0, quirks=quirks)
+    for crc in (configured_crc, not configured_crc):
+        for address in addresses:
+            finder = CcTalkBillValidator(transport, finder_options, address=address, crc16=crc)
+            try:
+                finder.transact(Header.SIMPLE_POLL)
+            except (DeviceTimeoutError, FrameError):
+                continue
+            except DeviceOperationError:
+                log.info("cctalk: device %d answers simple poll with NAK", address)
+            cls: type[CcTalkDevice] | None
+            try:
+                cls = driver_for_category(finder.read_category())
+            except (DeviceTimeoutError, FrameError, DeviceOperationError):
+                cls = None
+            if cls is None:
+                # not a category we drive (or no answer to it): go by the default address
+                cls = CcTalkCoinAcceptor if address == COIN_ADDRESS else CcTalkBillValidator
+            if crc != configured_crc:
+                mode = "CRC-16" if crc else "simple checksum"
+                log.info("cctalk: device %d speaks %s frames", address, mode)
+            return cls(transport, driver_options, address=address, crc16=crc)
+    return None
+
+
 def driver_for_category(category: str) -> type[CcTalkDevice] | None:
     """The driver class for an equipment category reply, or None for other equipment."""
     lowered = category.strip().lower()
@@ -393,3 +435,17 @@ def driver_for_category(category: str) -> type[CcTalkDevice] | None:
     if lowered == CATEGORY_COIN:
         return CcTalkCoinAcceptor
     return None
+
+
+def _is_echo(frame: Frame, sent: Frame) -> bool:
+    # in CRC-16 mode the source byte carries the CRC, so a decoded frame has no source
+    return frame.src in (None, sent.src) and (frame.dest, frame.header, frame.data) == (
+        sent.dest,
+        sent.header,
+        sent.data,
+    )
+
+
+#: the package's entry points (see :mod:`kioskfleet.drivers.registry`)
+open_driver = CcTalkDevice.open
+probe = CcTalkDevice.probe

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
+from kioskfleet.drivers.base import Split
 from kioskfleet.drivers.exceptions import FrameError
 
 HOST: Final = 1
@@ -153,3 +154,12 @@ def scan(buf: bytes | bytearray, *, crc16_mode: bool = False) -> tuple[Frame | N
         return frame, start, end
     final = len(buf) if keep is None else keep
     return None, final, final
+
+
+def split(buf: bytes, *, crc16_mode: bool = False) -> Split[Frame]:
+    """The driver's receive loop's view of :func:`scan`: the first valid frame in ``buf``, or
+    the garbage to drop and the bytes the candidate at the front still needs."""
+    frame, start, end = scan(buf, crc16_mode=crc16_mode)
+    if frame is not None:
+        return Split(frame, end)
+    return Split(None, start, bytes_wanted(buf[start:]))

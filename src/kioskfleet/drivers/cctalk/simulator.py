@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from kioskfleet.drivers.cctalk import codes
 from kioskfleet.drivers.cctalk.frames import (
@@ -391,3 +391,8 @@ class CcTalkSimulator(DeviceSimulator):
     def _reset(self, _: bytes) -> Frame:
         self._power_up()
         return self._reply()
+
+
+def make_simulator(kind: str | None = None, **options: Any) -> CcTalkSimulator:
+    """A ccTalk simulator: ``kind`` ``"bill"`` (default) or ``"coin"``; ``echo``, ``crc16``."""
+    return CcTalkSimulator(kind or "bill", **options)

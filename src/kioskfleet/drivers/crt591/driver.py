@@ -12,14 +12,8 @@ import logging
 import time
 from typing import ClassVar, Final, Literal, NoReturn
 
-from kioskfleet.drivers import registry
-from kioskfleet.drivers.base import DriverOptions, Transport, open_transport
-from kioskfleet.drivers.cards import (
-    MotorCardReader,
-    driver_options,
-    probe_card_reader,
-    profile_baudrate,
-)
+from kioskfleet.drivers.base import DriverOptions, Transport
+from kioskfleet.drivers.cards import MotorCardReader
 from kioskfleet.drivers.crt591 import frames
 from kioskfleet.drivers.exceptions import (
     DeviceOperationError,
@@ -30,9 +24,6 @@ from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceStatus, Dr
 
 log = logging.getLogger(__name__)
 
-#: the unit in the kiosk runs at 115200; the family auto-detects 9600 to 57600 at INIT, so a
-#: firmware profile or ``--baudrate`` may say otherwise
-DEFAULT_BAUDRATE: Final = 115200
 MODEL: Final = "CRT-591"
 #: the handshake tries a command this often when the reader NAKs it, or a reply when it is corrupt
 HANDSHAKE_TRIES: Final = 3
@@ -66,6 +57,9 @@ class Crt591Driver(MotorCardReader):
 
     name: ClassVar[DriverName] = "crt591"
     kind: ClassVar[DeviceKind] = "card_reader"
+    #: the unit in the kiosk runs at 115200; the family auto-detects 9600 to 57600 at INIT, so
+    #: a firmware profile or ``--baudrate`` may say otherwise
+    DEFAULT_BAUDRATE = 115200
 
     def __init__(self, transport: Transport, options: DriverOptions | None = None) -> None:
         super().__init__(transport, options)
@@ -174,7 +168,7 @@ class Crt591Driver(MotorCardReader):
 
     def _motion(self, command: tuple[int, int], what: str) -> frames.Positive:
         """One motion command, never resent after its ACK; a negative reply raises."""
-        reply = self._once(lambda: self._exchange(command, self._motion_timeout()))
+        reply = self._exchange(command, self._motion_timeout())
         if isinstance(reply, frames.Negative):
             self._refused(what, reply.error)
         self._jammed = False
@@ -203,11 +197,12 @@ class Crt591Driver(MotorCardReader):
         """
         cm, pm = command
         address = int(self.options.quirks.get("address", 0))
-        self._discard_input()
+        self._resync()
         frame = frames.encode_command(cm, pm, data, address)
         for _ in range(HANDSHAKE_TRIES):
-            self.transport.write(frame)
-            if self._await_ack(time.monotonic() + self._ack_timeout()):
+            self._write(frame)
+            deadline = time.monotonic() + self._ack_timeout()
+            if self._receive_frame(frames.next_handshake, deadline):
                 break
             log.debug("%s: command %02X %02X NAKed, sending it again", self.name, cm, pm)
         else:
@@ -218,36 +213,16 @@ class Crt591Driver(MotorCardReader):
                 reply = frames.decode(self._receive_frame(frames.next_frame, deadline))
             except FrameError as err:
                 log.debug("%s: corrupt reply (%s), NAK", self.name, err)
-                self.transport.write(bytes([frames.NAK]))
+                self._write(bytes([frames.NAK]))
                 continue
             except DeviceTimeoutError:
                 # tell the reader to give up on this exchange before we report the timeout
-                self.transport.write(bytes([frames.EOT]))
+                self._write(bytes([frames.EOT]))
                 raise
             if isinstance(reply, frames.Command) or (reply.cm, reply.pm) != command:
                 raise FrameError(f"{self.name}: reply does not answer {cm:02X} {pm:02X}")
             return reply
         raise FrameError(f"{self.name}: reply corrupt {HANDSHAKE_TRIES} times")
-
-    def _await_ack(self, deadline: float) -> bool:
-        """Wait for ACK (True) or NAK (False), skipping noise.
-
-        A reply frame arriving without an ACK counts as one: the command was clearly taken.
-
-        Raises:
-            DeviceTimeoutError: neither came before ``deadline``.
-        """
-        while True:
-            for index, byte in enumerate(self._rx):
-                if byte in (frames.ACK, frames.NAK):
-                    del self._rx[: index + 1]
-                    return byte == frames.ACK
-                if byte == frames.STX:
-                    del self._rx[:index]
-                    return True
-            self._rx.clear()
-            if not self._receive(1, deadline - time.monotonic()):
-                raise DeviceTimeoutError(f"{self.name}: no ACK before the timeout")
 
 
 def _text(data: bytes) -> str | None:
@@ -256,25 +231,6 @@ def _text(data: bytes) -> str | None:
     return text or None
 
 
-def probe(port: str, options: registry.ProbeOptions) -> registry.ProbeResult:
-    """``kioskfleet device probe crt591 PORT``: identify and read status; no INIT, no motion."""
-    return probe_card_reader(
-        Crt591Driver,
-        port,
-        options,
-        kind="card_reader",
-        driver="crt591",
-        default_baudrate=DEFAULT_BAUDRATE,
-    )
-
-
-def open_driver(port: str, options: registry.ProbeOptions) -> Crt591Driver:
-    """Open the port (baud rate from ``--baudrate``, the profile, or 115200) and wrap it.
-
-    Raises:
-        DeviceUnavailableError: the port cannot be opened.
-    """
-    transport = open_transport(
-        port, baudrate=profile_baudrate(options, DEFAULT_BAUDRATE), timeout=options.timeout
-    )
-    return Crt591Driver(transport, driver_options(options))
+#: the package's entry points (see :mod:`kioskfleet.drivers.registry`)
+open_driver = Crt591Driver.open
+probe = Crt591Driver.probe

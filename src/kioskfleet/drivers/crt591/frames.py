@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from kioskfleet.drivers.cards import Split
+from kioskfleet.drivers.base import Split
 from kioskfleet.drivers.exceptions import FrameError
 
 STX: Final = 0xF2
@@ -205,7 +205,7 @@ def decode(frame: bytes) -> Frame:
     raise FrameError(f"unknown TEXT head 0x{head:02X}")
 
 
-def next_frame(buffer: bytes) -> Split:
+def next_frame(buffer: bytes) -> Split[bytes]:
     """Find the next complete frame in a byte stream (length-driven, skipping garbage).
 
     Handshake bytes (ACK, NAK, EOT) are garbage to this function; the caller deals with them
@@ -226,3 +226,17 @@ def next_frame(buffer: bytes) -> Split:
     if buffer[end - 2] != ETX:
         return Split(None, start + 1, 1)
     return Split(buffer[start:end], end, HEADER_SIZE)
+
+
+def next_handshake(buffer: bytes) -> Split[bool]:
+    """The reader's answer to a command: ACK (``True``) or NAK (``False``, send it again).
+
+    A reply frame that starts without an ACK before it counts as an ACK (the command was
+    clearly taken); its STX stays in the buffer for :func:`next_frame`. Other bytes are noise.
+    """
+    for index, byte in enumerate(buffer):
+        if byte in (ACK, NAK):
+            return Split(byte == ACK, index + 1)
+        if byte == STX:
+            return Split(True, index)
+    return Split(None, len(buffer))

@@ -15,7 +15,7 @@ deadline. Quirks (``DriverOptions.quirks``, from the firmware profile):
 - ``cut`` (``"partial"`` default, ``"full"``, ``"none"``);
 - ``qr_size`` (1–16, default 6), ``qr_error_correction`` (``L``/``M``/``Q``/``H``, default M);
 - ``gs_i`` (bool, default true): ask ``GS I`` identity strings; ``id_timeout`` (s);
-- ``asb`` (bool): :func:`open_driver` enables Automatic Status Back;
+- ``asb`` (bool): :meth:`EscPosPrinter.open` enables Automatic Status Back;
 - ``model``: model name to report when the printer does not say;
 - ``print_timeout``, ``busy_wait`` (see :class:`~kioskfleet.drivers.printer.ReceiptPrinter`).
 """
@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
-from kioskfleet.drivers import registry
-from kioskfleet.drivers.base import DriverOptions, Transport, open_transport
+from kioskfleet.drivers.base import DriverOptions, ProbeOptions, Transport
 from kioskfleet.drivers.escpos import frames
 from kioskfleet.drivers.exceptions import (
+    ConfigurationError,
     DeviceTimeoutError,
-    DeviceUnavailableError,
     DriverError,
     FrameError,
 )
@@ -46,15 +45,11 @@ from kioskfleet.protocol.devices import (
 
 log = logging.getLogger(__name__)
 
-#: a common factory setting; the firmware profile or ``--baudrate`` says otherwise
-DEFAULT_BAUDRATE: Final = 9600
 #: bytes written between two looks at the input for XOFF; small enough that the printer's
 #: spare buffer (Citizen: XOFF at 128 free bytes) absorbs what is in flight
 CHUNK: Final = 128
 #: ASB mask the agent enables: drawer, online/offline, error, paper sensor (GS a 15)
 ASB_ALL: Final = 0x0F
-#: an incomplete ASB block or string is dropped after this much silence
-INTER_BYTE_TIMEOUT: Final = 0.2
 
 _JAM_MEANINGS: Final = ("mechanical_error", "paper_jam")
 
@@ -134,16 +129,17 @@ class EscPosPrinter(ReceiptPrinter):
 
     name: ClassVar[DriverName] = "escpos"
     kind: ClassVar[DeviceKind] = "printer"
+    #: a common factory setting; the firmware profile or ``--baudrate`` says otherwise
+    DEFAULT_BAUDRATE = 9600
+    # an incomplete ASB block or string is dropped after INTER_BYTE_TIMEOUT (base: 0.2 s)
 
     def __init__(self, transport: Transport, options: DriverOptions | None = None) -> None:
         super().__init__(transport, options)
         jam = self.options.quirks.get("dle_eot3_bit2", "mechanical_error")
         if jam not in _JAM_MEANINGS:
-            raise ValueError(f"escpos: quirk dle_eot3_bit2 must be one of {_JAM_MEANINGS}")
+            raise ConfigurationError(f"escpos: quirk dle_eot3_bit2 must be one of {_JAM_MEANINGS}")
         self.jam_bit: str = str(jam)
         self.last_asb: frames.PrinterFlags | None = None
-        self._rx = bytearray()
-        self._rx_since = 0.0  # when the last bytes of an incomplete tail in _rx arrived
         self._xoff = False
         self._info: DeviceInfo | None = None
 
@@ -159,11 +155,8 @@ class EscPosPrinter(ReceiptPrinter):
         Raises:
             DeviceUnavailableError: the port failed.
         """
-        try:
-            self.transport.write(frames.asb_request(ASB_ALL if enabled else 0))
-            self._drain()
-        except OSError as err:
-            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
+        self._write(frames.asb_request(ASB_ALL if enabled else 0))
+        self._drain()
 
     def recover(self) -> None:
         """``DLE ENQ 1``: restart after a recoverable error (cutter jam cleared by a person).
@@ -171,10 +164,7 @@ class EscPosPrinter(ReceiptPrinter):
         Raises:
             DeviceUnavailableError: the port failed.
         """
-        try:
-            self.transport.write(frames.recovery_request(1))
-        except OSError as err:
-            raise DeviceUnavailableError(f"{self.name}: port failed: {err}") from err
+        self._write(frames.recovery_request(1))
 
     def read_flags(self) -> frames.PrinterFlags:
         """One DLE EOT 1–4 round (no retries): the raw status bits.
@@ -232,7 +222,7 @@ class EscPosPrinter(ReceiptPrinter):
         self._drain()
         for start in range(0, len(data), CHUNK):
             self._wait_xon(deadline)
-            self.transport.write(data[start : start + CHUNK])
+            self._write(data[start : start + CHUNK])
             self._drain()
 
     # -- protocol ----------------------------------------------------------------------------
@@ -243,57 +233,37 @@ class EscPosPrinter(ReceiptPrinter):
     def _realtime(self, n: int) -> int:
         """Send DLE EOT n and return its reply byte, skipping everything else."""
         self._drain()  # a late reply to an earlier request must not answer this one
-        self.transport.write(frames.status_request(n))
+        self._write(frames.status_request(n))
         deadline = time.monotonic() + self.options.timeout
         while True:
-            for reply in self._take(deadline):
+            for reply in self._replies(deadline):
                 if isinstance(reply, frames.RealTime):
+                    self._drain()  # XON/XOFF sent right behind the reply
                     return reply.value
 
     def _id_text(self, n: int) -> str | None:
         """Ask ``GS I n`` and return the string, or None when the printer stays silent."""
         timeout = float(self.options.quirks.get("id_timeout", min(self.options.timeout, 0.3)))
         self._drain()
-        self.transport.write(frames.identity_request(n))
+        self._write(frames.identity_request(n))
         deadline = time.monotonic() + timeout
         try:
             while True:
-                for reply in self._take(deadline):
+                for reply in self._replies(deadline):
                     if isinstance(reply, frames.Text):
+                        self._drain()  # XON/XOFF sent right behind the reply
                         return reply.text or None
-        except DeviceTimeoutError:
-            return None
+        except (DeviceTimeoutError, FrameError):
+            return None  # silent, or a string that stalled half-way: no usable answer
 
-    def _take(self, deadline: float) -> list[frames.Reply]:
-        """Read once and return the complete replies, having handled flow control and ASB.
+    def _replies(self, deadline: float) -> tuple[frames.Reply, ...]:
+        """The next complete replies, flow control and ASB already handled.
 
         Raises:
             DeviceTimeoutError: nothing complete arrived before ``deadline``.
+            FrameError: an ASB block or string stalled half-way.
         """
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeviceTimeoutError(f"{self.name}: no reply before the timeout")
-        self.transport.timeout = remaining
-        # block for the first byte only (pyserial's read(n) waits for all n), then take
-        # whatever else is already waiting without blocking
-        chunk = self.transport.read(1)
-        if not chunk:
-            raise DeviceTimeoutError(f"{self.name}: no reply before the timeout")
-        self.transport.timeout = 0
-        chunk += self.transport.read(256)
-        return self._feed(chunk)
-
-    def _feed(self, chunk: bytes) -> list[frames.Reply]:
-        now = time.monotonic()
-        if self._rx and now - self._rx_since > INTER_BYTE_TIMEOUT:
-            # an ASB block or string started and stalled: drop it (not a reply to anything)
-            log.debug("%s: dropped a stalled partial reply of %d bytes", self.name, len(self._rx))
-            self._rx.clear()
-        self._rx += chunk
-        replies, used = frames.split_replies(bytes(self._rx))
-        del self._rx[:used]
-        if self._rx:
-            self._rx_since = now
+        replies = self._receive_frame(frames.next_replies, deadline)
         for reply in replies:
             if isinstance(reply, frames.Flow):
                 self._xoff = reply.xoff
@@ -313,111 +283,48 @@ class EscPosPrinter(ReceiptPrinter):
 
     def _drain(self) -> None:
         """Handle whatever is already waiting (XON/XOFF, ASB) without blocking."""
-        self.transport.timeout = 0
-        chunk = self.transport.read(256)
-        if chunk:
-            self._feed(chunk)
+        while True:
+            try:
+                # a deadline already past: only the bytes that have arrived are looked at
+                self._replies(deadline=0.0)
+            except (DeviceTimeoutError, FrameError):
+                return  # nothing complete is waiting
 
     def _wait_xon(self, deadline: float) -> None:
         """Block while the printer holds XOFF, up to ``deadline``."""
         while self._xoff:
             try:
-                self._take(deadline)
+                self._replies(deadline)
+            except FrameError:
+                continue  # a stalled ASB block, dropped: XON may still come
             except DeviceTimeoutError as err:
                 raise DeviceTimeoutError(
                     f"{self.name}: printer held XOFF until the print timeout"
                 ) from err
 
-    def _resync(self) -> None:
-        self._rx.clear()
-        super()._resync()
-
-
-def driver_options(options: registry.ProbeOptions) -> DriverOptions:
-    """Timeouts, retries and quirks for the driver: the profile's, then the command line's."""
-    profile = options.profile
-    quirks: dict[str, Any] = {}
-    for key in ("quirks", "escpos"):
-        table = profile.get(key)
-        if isinstance(table, dict):
-            quirks.update(table)
-    if profile.get("model") and "model" not in quirks:
-        quirks["model"] = profile["model"]
-    timeout = profile.get("timeout", options.timeout)
-    retries = profile.get("retries", options.retries)
-    return DriverOptions(
-        timeout=float(timeout) if isinstance(timeout, int | float) else options.timeout,
-        retries=int(retries) if isinstance(retries, int) else options.retries,
-        quirks=quirks,
-    )
-
-
-def _baudrate(options: registry.ProbeOptions) -> int:
-    if options.baudrate:
-        return options.baudrate
-    value = options.profile.get("baudrate")
-    return value if isinstance(value, int) and value > 0 else DEFAULT_BAUDRATE
-
-
-def open_driver(port: str, options: registry.ProbeOptions) -> EscPosPrinter:
-    """Open the port and wrap it; enables Automatic Status Back when the profile says ``asb``.
-
-    Raises:
-        DeviceUnavailableError: the port cannot be opened.
-    """
-    driver_opts = driver_options(options)
-    transport = open_transport(port, baudrate=_baudrate(options), timeout=driver_opts.timeout)
-    try:
-        printer = EscPosPrinter(transport, driver_opts)
-    except ValueError as err:
-        transport.close()
-        raise DriverError(str(err)) from err
-    if driver_opts.quirks.get("asb"):
-        printer.enable_asb()
-    return printer
-
-
-def probe(
-    port: str,
-    options: registry.ProbeOptions,
-    *,
-    interval: float = 0.25,
-) -> registry.ProbeResult:
-    """``kioskfleet device probe escpos PORT``: identify and read the status once.
-
-    Sends only DLE EOT and GS I (no ESC @, no GS a): nothing on the printer changes. With
-    ``options.watch`` it keeps reading the status for that many seconds and reports the last.
-    """
-    driver_opts = driver_options(options)
-    try:
-        transport = open_transport(port, baudrate=_baudrate(options), timeout=driver_opts.timeout)
-    except DeviceUnavailableError:
-        status = DeviceStatus(
-            device="printer",
-            driver="escpos",
-            state="no_device",
-            faults=["offline"],
-            supplies={"paper": "unknown"},
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def driver_options(cls, options: ProbeOptions) -> DriverOptions:
+        """As :meth:`Driver.driver_options`; the profile's ``timeout``, ``retries`` and
+        ``model`` (the name to report when the printer does not say) count too."""
+        base = super().driver_options(options)
+        profile = options.profile
+        quirks = dict(base.quirks)
+        if profile.get("model") and "model" not in quirks:
+            quirks["model"] = profile["model"]
+        timeout = profile.get("timeout", base.timeout)
+        retries = profile.get("retries", base.retries)
+        return DriverOptions(
+            timeout=float(timeout) if isinstance(timeout, int | float) else base.timeout,
+            retries=int(retries) if isinstance(retries, int) else base.retries,
+            quirks=quirks,
         )
-        return registry.ProbeResult(status=status, answered=False)
-    try:
-        printer = EscPosPrinter(transport, driver_opts)
-    except ValueError as err:  # a bad quirk in the profile: not the printer's fault
-        transport.close()
-        raise DriverError(str(err)) from err
-    info: DeviceInfo | None = None
-    try:
-        # bytes buffered before we started (old ASB blocks) are not news
-        printer._resync()
-        info = printer.identify()
-        status = printer.status()
-        if options.watch:
-            end = time.monotonic() + options.watch
-            while time.monotonic() < end:
-                time.sleep(min(interval, max(0.0, end - time.monotonic())))
-                status = printer.status()
-        return registry.ProbeResult(status=status.model_copy(update={"info": info}), answered=True)
-    except DriverError as err:
-        return registry.ProbeResult(status=printer.offline_status(err, info), answered=False)
-    finally:
-        printer.close()
+
+    def _on_open(self) -> None:
+        if self.options.quirks.get("asb"):
+            self.enable_asb()
+
+
+#: the package's entry points (see :mod:`kioskfleet.drivers.registry`)
+open_driver = EscPosPrinter.open
+probe = EscPosPrinter.probe

@@ -8,7 +8,8 @@ Two directions:
 - printer → host: status replies have no frame. Each is one raw byte told apart by fixed bits
   (§1.3), Automatic Status Back sends 4-byte blocks, XON/XOFF may be interleaved anywhere, and
   ``GS I`` answers strings as ``_ text NUL``. :func:`split_replies` routes a receive buffer into
-  those kinds and leaves an incomplete tail for the next read.
+  those kinds and leaves an incomplete tail for the next read; :func:`next_replies` is the same
+  for the driver's receive loop.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Final, Literal
 
+from kioskfleet.drivers.base import Split
 from kioskfleet.drivers.exceptions import FrameError
 
 ESC: Final = 0x1B
@@ -307,6 +309,16 @@ def split_replies(buffer: bytes) -> tuple[list[Reply], int]:
             out.append(Garbage(byte))
             pos += 1
     return out, pos
+
+
+def next_replies(buffer: bytes) -> Split[tuple[Reply, ...]]:
+    """:func:`split_replies` as a split function for the driver's receive loop: every complete
+    reply at the front of ``buffer`` at once (an ASB block may carry XON/XOFF inside it), or
+    nothing until a byte more arrives. Stray bytes come out as :class:`Garbage` replies."""
+    replies, used = split_replies(buffer)
+    if replies:
+        return Split(tuple(replies), used)
+    return Split(None, 0)
 
 
 def _split_asb(buffer: bytes, start: int) -> tuple[list[Reply], int] | None:

@@ -1,10 +1,9 @@
 """GA 467-2013 resident ID card reader (SAM_V UART protocol): codec, driver, simulator."""
 
-from kioskfleet.drivers.ga467.driver import DEFAULT_BAUDRATE, Ga467Driver, open_driver, probe
+from kioskfleet.drivers.ga467.driver import Ga467Driver, open_driver, probe
 from kioskfleet.drivers.ga467.simulator import FAKE_CITIZEN, Ga467Simulator, make_simulator
 
 __all__ = [
-    "DEFAULT_BAUDRATE",
     "FAKE_CITIZEN",
     "Ga467Driver",
     "Ga467Simulator",

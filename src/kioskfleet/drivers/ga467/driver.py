@@ -10,25 +10,14 @@ import logging
 import time
 from typing import Any, ClassVar, Final, NoReturn
 
-from kioskfleet.drivers import registry
-from kioskfleet.drivers.base import DriverOptions, Transport, open_transport
-from kioskfleet.drivers.cards import (
-    CardReader,
-    IdCard,
-    IdCardReader,
-    driver_options,
-    mask_name,
-    probe_card_reader,
-    profile_baudrate,
-)
+from kioskfleet.drivers.base import DriverOptions, Transport
+from kioskfleet.drivers.cards import IdCard, IdCardReader, mask_name
 from kioskfleet.drivers.exceptions import DeviceOperationError, FrameError
 from kioskfleet.drivers.ga467 import frames
 from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceStatus, DriverName, Media
 
 log = logging.getLogger(__name__)
 
-#: SAM_V modules ship at 115200 8N1 (device-protocols.md §4a); a profile may say otherwise
-DEFAULT_BAUDRATE: Final = 115200
 MODEL: Final = "GA 467 SAM_V"
 
 _NAMES: Final[dict[tuple[int, int], str]] = {
@@ -50,6 +39,8 @@ class Ga467Driver(IdCardReader):
 
     name: ClassVar[DriverName] = "ga467"
     kind: ClassVar[DeviceKind] = "id_reader"
+    #: SAM_V modules ship at 115200 8N1 (device-protocols.md §4a); a profile may say otherwise
+    DEFAULT_BAUDRATE = 115200
 
     def __init__(self, transport: Transport, options: DriverOptions | None = None) -> None:
         super().__init__(transport, options)
@@ -101,6 +92,13 @@ class Ga467Driver(IdCardReader):
             )
         return self.status_object(state="online", media=media, info=info)
 
+    def _card_events(self) -> list[dict[str, Any]]:
+        # on probe: the card is read and reported with the holder's name masked, nothing else
+        card = self.read_card()
+        if card is None:
+            return []
+        return [{"type": "id_card_read", "holder": mask_name(card.name)}]
+
     # -- protocol --------------------------------------------------------------------------
     def _sam_fault_status(self, sw3: int, info: DeviceInfo) -> DeviceStatus:
         log.debug("%s: SAM reports %s", self.name, frames.describe_status(sw3))
@@ -149,8 +147,8 @@ class Ga467Driver(IdCardReader):
             FrameError: a corrupt reply, or the SAM says our frame was corrupt (retry both).
         """
         name = _NAMES.get(command, "command")
-        self._discard_input()
-        self.transport.write(frames.encode_command(*command))
+        self._resync()
+        self._write(frames.encode_command(*command))
         deadline = time.monotonic() + (timeout or self.options.timeout)
         reply = frames.decode_response(self._receive_frame(frames.next_frame, deadline))
         log.debug("%s: %s -> %s", self.name, name, frames.describe_status(reply.sw3))
@@ -159,36 +157,6 @@ class Ga467Driver(IdCardReader):
         return reply
 
 
-def _present_events(reader: CardReader) -> list[dict[str, Any]]:
-    """On probe: read the card and report it with the holder's name masked, nothing else."""
-    assert isinstance(reader, Ga467Driver)
-    card = reader.read_card()
-    if card is None:
-        return []
-    return [{"type": "id_card_read", "holder": mask_name(card.name)}]
-
-
-def probe(port: str, options: registry.ProbeOptions) -> registry.ProbeResult:
-    """``kioskfleet device probe ga467 PORT``: identify, status, and a masked read if a card
-    is on the reader."""
-    return probe_card_reader(
-        Ga467Driver,
-        port,
-        options,
-        kind="id_reader",
-        driver="ga467",
-        default_baudrate=DEFAULT_BAUDRATE,
-        on_present=_present_events,
-    )
-
-
-def open_driver(port: str, options: registry.ProbeOptions) -> Ga467Driver:
-    """Open the port (baud rate from ``--baudrate``, the profile, or 115200) and wrap it.
-
-    Raises:
-        DeviceUnavailableError: the port cannot be opened.
-    """
-    transport = open_transport(
-        port, baudrate=profile_baudrate(options, DEFAULT_BAUDRATE), timeout=options.timeout
-    )
-    return Ga467Driver(transport, driver_options(options))
+#: the package's entry points (see :mod:`kioskfleet.drivers.registry`)
+open_driver = Ga467Driver.open
+probe = Ga467Driver.probe

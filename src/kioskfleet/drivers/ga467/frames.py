@@ -18,7 +18,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Final
 
-from kioskfleet.drivers.cards import IdCard, Sex, Split
+from kioskfleet.drivers.base import Split
+from kioskfleet.drivers.cards import IdCard, Sex
 from kioskfleet.drivers.exceptions import FrameError
 
 PREAMBLE: Final = b"\xaa\xaa\xaa\x96\x69"
@@ -188,11 +189,11 @@ def decode_response(frame: bytes) -> Response:
     return Response(body[0], body[1], body[2], body[3:])
 
 
-def next_frame(buffer: bytes) -> Split:
+def next_frame(buffer: bytes) -> Split[bytes]:
     """Find the next complete frame in a byte stream (length-driven, skipping garbage).
 
     Returns:
-        A :class:`~kioskfleet.drivers.cards.Split`: the frame (``None`` if none is complete
+        A :class:`~kioskfleet.drivers.base.Split`: the frame (``None`` if none is complete
         yet), how many bytes of ``buffer`` to drop (garbage plus the frame) and how many more
         bytes are needed. The frame's checksum is not checked here; decoding does that.
     """

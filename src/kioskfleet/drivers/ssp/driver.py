@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import ClassVar, Final, TypeVar
+from typing import ClassVar, Final
 
 from kioskfleet.drivers.base import DriverOptions, Transport
 from kioskfleet.drivers.cash import (
-    PORT_ERRORS,
     CashAcceptor,
     CashChannel,
     CashEvent,
@@ -33,24 +32,19 @@ from kioskfleet.drivers.cash import (
 from kioskfleet.drivers.exceptions import (
     DeviceOperationError,
     DeviceTimeoutError,
-    DeviceUnavailableError,
-    DriverError,
     FrameError,
 )
 from kioskfleet.drivers.ssp import codes
 from kioskfleet.drivers.ssp.codes import Command, Event
-from kioskfleet.drivers.ssp.frames import Packet, bytes_wanted, encode, scan
+from kioskfleet.drivers.ssp.frames import Packet, encode, split
 from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceStatus
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 DEFAULT_ADDRESS: Final = 0
 #: highest host protocol version whose poll events this driver parses (9+ changes READ/CREDIT)
 MAX_PROTOCOL: Final = 8
 MIN_PROTOCOL: Final = 4
-INTER_BYTE_TIMEOUT: Final = 0.1
 JAMS: Final = frozenset({Event.SAFE_JAM, Event.UNSAFE_JAM})
 #: events the validator repeats in every poll while the condition lasts
 PERSISTENT: Final = frozenset(
@@ -75,24 +69,31 @@ class SspValidator(CashAcceptor):
         options: ``timeout`` is the wait for one reply (ITL: 1 s), ``retries`` the number of
             re-sends of the same packet; quirks ``protocol_version`` (int),
             ``real_value_multiplier`` (int), ``inter_byte_timeout`` (s), ``poll_interval`` (s).
-        address: SSP slave address (banknote validators: 0).
+        address: SSP slave address (default the quirk ``address``, else 0: banknote
+            validators).
     """
 
     name = "ssp"
     kind: ClassVar[DeviceKind] = "cash_acceptor"
+    #: SSP runs 9600 8N2
+    STOPBITS = 2
+    INTER_BYTE_TIMEOUT = 0.1
+    # SSP retries where the protocol says to, at the packet (same sequence bit); repeating
+    # whole operations on top would multiply the time an absent validator costs
+    RETRY_OPERATIONS = False
 
     def __init__(
         self,
         transport: Transport,
         options: DriverOptions | None = None,
         *,
-        address: int = DEFAULT_ADDRESS,
+        address: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(transport, options, clock=clock)
+        if address is None:
+            address = int(self.options.quirks.get("address", DEFAULT_ADDRESS))
         self.address = address
-        quirks = self.options.quirks
-        self.inter_byte_timeout = float(quirks.get("inter_byte_timeout", INTER_BYTE_TIMEOUT))
         self.protocol: int | None = None
         self.disabled_by_device = False
         self._seq = True
@@ -110,12 +111,7 @@ class SspValidator(CashAcceptor):
         """
         if not self._synced and code != Command.SYNC:
             self.sync()
-        try:
-            reply = self._exchange(bytes([code]) + params)
-        except DriverError:
-            raise  # DeviceTimeoutError is an OSError too: keep it as it is
-        except PORT_ERRORS as err:
-            raise DeviceUnavailableError(f"ssp: port failed: {err}") from err
+        reply = self._exchange(bytes([code]) + params)
         if reply[0] != codes.OK:
             meaning = codes.GENERIC_RESPONSES.get(reply[0], f"0x{reply[0]:02X}")
             raise DeviceOperationError(f"ssp: command 0x{code:02X} answered {meaning}")
@@ -125,12 +121,7 @@ class SspValidator(CashAcceptor):
         """Start a session: SYNC with sequence bit 1, so the next command uses 0."""
         self._seq = True
         self._synced = False
-        try:
-            reply = self._exchange(bytes([Command.SYNC]))
-        except DriverError:
-            raise  # DeviceTimeoutError is an OSError too: keep it as it is
-        except PORT_ERRORS as err:
-            raise DeviceUnavailableError(f"ssp: port failed: {err}") from err
+        reply = self._exchange(bytes([Command.SYNC]))
         if reply[0] != codes.OK:
             raise DeviceOperationError(f"ssp: SYNC answered 0x{reply[0]:02X}")
         self._synced = True
@@ -138,61 +129,31 @@ class SspValidator(CashAcceptor):
     def _exchange(self, data: bytes) -> bytes:
         seq = self._seq
         packet = encode(Packet(address=self.address, seq=seq, data=data))
-        self.transport.reset_input_buffer()
-        last: DriverError = DeviceTimeoutError(f"ssp: no reply from validator {self.address}")
-        for attempt in range(max(1, self.options.retries + 1)):
+
+        def attempt() -> Packet:
             # a retry re-sends the SAME bytes: the validator answers it from its reply cache
-            self.transport.write(packet)
-            try:
-                reply = self._read_reply(seq)
-            except (DeviceTimeoutError, FrameError) as err:
-                last = err
-                log.debug("ssp: attempt %d of command 0x%02X failed: %s", attempt + 1, data[0], err)
-                continue
-            self._seq = not seq
-            return reply.data
-        # we no longer know which sequence bit the validator expects: resync before the next
-        self._synced = False
-        raise last
+            self._write(packet)
+            return self._read_reply(seq)
+
+        self._resync()
+        try:
+            reply = self._with_retries(
+                f"command 0x{data[0]:02X}", attempt, retries=self.options.retries
+            )
+        except (DeviceTimeoutError, FrameError):
+            # we no longer know which sequence bit the validator expects: resync before the next
+            self._synced = False
+            raise
+        self._seq = not seq
+        return reply.data
 
     def _read_reply(self, seq: bool) -> Packet:
+        """Our validator's reply with sequence bit ``seq``, past stale and foreign packets."""
         deadline = time.monotonic() + self.options.timeout
-        buf = bytearray()
-        garbage = False
         while True:
-            packet, start, end = scan(buf)
-            if packet is not None:
-                garbage = garbage or start > 0
-                del buf[:end]
-                if packet.address == self.address and packet.seq == seq:
-                    return packet
-                garbage = True  # a stale reply or another slave's: not ours
-                continue
-            if start:
-                garbage = True
-                del buf[:start]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if garbage or buf:
-                    raise FrameError(f"ssp: no valid reply from {self.address}, only garbage")
-                raise DeviceTimeoutError(f"ssp: no reply from validator {self.address}")
-            self.transport.timeout = min(remaining, self.inter_byte_timeout) if buf else remaining
-            chunk = self.transport.read(bytes_wanted(buf))
-            if chunk:
-                buf += chunk
-            elif buf:
-                garbage = True
-                del buf[:1]  # a gap inside a packet: drop its start, look for the next STX
-
-    def _with_retries(self, what: str, operation: Callable[[], T]) -> T:
-        # SSP retries where the protocol says to, at the packet (same sequence bit); repeating
-        # whole operations on top would multiply the time an absent validator costs
-        try:
-            return operation()
-        except DriverError:
-            raise  # DeviceTimeoutError is an OSError too: keep it as it is
-        except PORT_ERRORS as err:
-            raise DeviceUnavailableError(f"ssp: port failed: {err}") from err
+            packet = self._receive_frame(split, deadline)
+            if packet.address == self.address and packet.seq == seq:
+                return packet
 
     # -- identity --------------------------------------------------------------------------
     def _set_protocol(self) -> None:
@@ -359,3 +320,8 @@ class SspValidator(CashAcceptor):
             now=self.clock(),
             busy=self._escrow is not None,
         )
+
+
+#: the package's entry points (see :mod:`kioskfleet.drivers.registry`)
+open_driver = SspValidator.open
+probe = SspValidator.probe

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from kioskfleet.drivers.base import Split
 from kioskfleet.drivers.exceptions import FrameError
 
 STX: Final = 0x7F
@@ -152,3 +153,12 @@ def bytes_wanted(buf: bytes | bytearray) -> int:
     if len(got) < 2:
         return 2 - len(got)
     return max(1, got[1] + 4 - len(got))
+
+
+def split(buf: bytes) -> Split[Packet]:
+    """The driver's receive loop's view of :func:`scan`: the first valid packet in ``buf``, or
+    the garbage to drop and a lower bound of the bytes still missing."""
+    packet, start, end = scan(buf)
+    if packet is not None:
+        return Split(packet, end)
+    return Split(None, start, bytes_wanted(buf[start:]))

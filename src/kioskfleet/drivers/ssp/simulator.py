@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from kioskfleet.drivers.simulator import DeviceSimulator
 from kioskfleet.drivers.ssp import codes
@@ -310,3 +310,8 @@ class SspSimulator(DeviceSimulator):
         self.escrow = None
         self._reject(0x08)
         return bytes([codes.OK])
+
+
+def make_simulator(kind: str | None = None, **options: Any) -> SspSimulator:
+    """An SSP banknote validator simulator (``kind`` is ignored: there is one kind)."""
+    return SspSimulator(**options)
