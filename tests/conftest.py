@@ -71,6 +71,11 @@ class Mosquitto:
             "persistence_location /var/lib/mosquitto/", f"persistence_location {workdir / 'data'}/"
         )
         assert f"listener {self.port}" in conf and str(workdir) in conf
+        if os.geteuid() == 0:
+            # as root Mosquitto switches to the user `mosquitto`, who may not write into a
+            # root-only temporary folder: it then saves nothing ("Error: Permission denied" in
+            # its log), and a restart loses retained messages and the controller's session
+            conf += "\nuser root\n"
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(conf)
         self.proc: subprocess.Popen[bytes] | None = None
