@@ -86,27 +86,39 @@ def test_stale_will_of_an_older_session_is_ignored(
             current = api.get(f"/api/stations/{agent.station}").json()["session"]
             # what a broker delivers when a half-open connection of an older session finally
             # times out after the station reconnected: that session's will
-            stale = {
-                "v": 1,
-                "station": agent.station,
-                "session": current - 1,
-                "seq": 0,
-                "ts": time.time(),
-                "online": False,
-            }
+            will = {"v": 1, "station": agent.station, "seq": 0, "ts": time.time(), "online": False}
             pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="stale-will-test")
             pub.connect("127.0.0.1", mosquitto.port)
             pub.loop_start()
-            pub.publish(
-                f"fleet/v1/{agent.station}/state", json.dumps(stale), qos=1
-            ).wait_for_publish(5)
-            # the same will of the current session does count: proves the message got through
-            time.sleep(1.0)
-            assert station_status(api, agent.station) == "online"
-            history = api.get(f"/api/stations/{agent.station}").json()["history"]
-            assert all(h["status"] != "offline" for h in history)
-            pub.loop_stop()
-            pub.disconnect()
+            try:
+                pub.publish(
+                    f"fleet/v1/{agent.station}/state",
+                    json.dumps({**will, "session": current - 1}),
+                    qos=1,
+                ).wait_for_publish(5)
+                # a barrier: the broker hands one publisher's messages to the controller in
+                # order, and the controller stores them in order; once the barrier is stored,
+                # the stale will has been processed (not merely "not yet")
+                barrier = "wx-barrier-02"
+                body = {"v": 1, "station": barrier, "session": 1, "seq": 1, "ts": time.time()}
+                pub.publish(f"fleet/v1/{barrier}/telemetry", json.dumps(body), qos=1)
+                wait_until(lambda: station_status(api, barrier) == "online")
+                assert station_status(api, agent.station) == "online"
+                history = api.get(f"/api/stations/{agent.station}").json()["history"]
+                assert all(h["status"] != "offline" for h in history)
+
+                # the same will of the current session does count: the path above works
+                pub.publish(
+                    f"fleet/v1/{agent.station}/state",
+                    json.dumps({**will, "session": current}),
+                    qos=1,
+                )
+                wait_until(lambda: station_status(api, agent.station) == "offline")
+                history = api.get(f"/api/stations/{agent.station}").json()["history"]
+                assert [h["session"] for h in history if h["status"] == "offline"] == [current]
+            finally:
+                pub.loop_stop()
+                pub.disconnect()
         finally:
             loop_thread.run(fleet.stop())
 
