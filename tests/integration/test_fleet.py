@@ -179,3 +179,29 @@ def test_healthz_says_why_when_the_broker_is_unreachable(tmp_path) -> None:
         response = api.get("/healthz")
         assert response.status_code == 503
         assert "broker" in response.json()["reason"]
+
+
+def test_a_simulated_estation_serves_without_its_coin_acceptor(
+    mosquitto: Mosquitto, tmp_path, loop_thread: LoopThread
+) -> None:
+    """Its station profile says the coin acceptor is optional: broken, it leaves the station
+    online; a broken printer, which the station needs, degrades it."""
+    with served_controller(f"sqlite:///{tmp_path / 'c.db'}", mosquitto.url) as (_, api):
+        fleet = make_fleet(loop_thread, mosquitto.url, 2, interval=0.3)
+        agent = fleet.agents[0]
+        assert agent.identity.profile == "estation-gen2"
+        devices = {source.slot: source for source in agent.coordinator.sources}
+
+        def device_state(slot: str) -> str:
+            detail = api.get(f"/api/stations/{agent.station}").json()
+            return str(detail["devices"].get(slot, {}).get("state"))
+
+        try:
+            wait_until(lambda: station_status(api, agent.station) == "online")
+            loop_thread.call(devices["coin_acceptor"].break_now)  # type: ignore[attr-defined]
+            wait_until(lambda: device_state("coin_acceptor") == "hardware_error")
+            assert station_status(api, agent.station) == "online"
+            loop_thread.call(devices["printer"].break_now)  # type: ignore[attr-defined]
+            wait_until(lambda: station_status(api, agent.station) == "degraded")
+        finally:
+            loop_thread.run(fleet.stop())
