@@ -96,6 +96,10 @@ class Mosquitto:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+            # a graceful stop saves retained messages and persistent sessions (the chaos and
+            # liveness tests count on it); a broker that cannot write must not pass unseen
+            saved = self.workdir / "data" / "mosquitto.db"
+            assert saved.exists(), f"Mosquitto saved nothing in {saved.parent}"
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
