@@ -52,11 +52,11 @@ _TOWNS: Final[dict[str, tuple[str, ...]]] = {
     "liangxi": ("Chong'an Temple", "Guangrui Road", "Huangxiang", "Jinxing", "Yangming"),
     "xishan": ("Donggang", "Xibei", "Anzhen", "Ehu", "Dongting", "Yangjian"),
     "huishan": ("Yanqiao", "Luoshe", "Qianqiao", "Chang'an", "Yuqi"),
-    "binhu": ("Mashan", "Huazhuang", "Liyuan", "Rongxiang", "Hedai"),
+    "binhu": ("Mashan", "Liyuan", "Rongxiang", "Hedai", "Lihu"),
     "xinwu": ("Meicun", "Hongshan", "Shuofang", "Wangzhuang", "Xin'an", "Jiangxi"),
     "jiangyin": ("Zhouzhuang", "Huashi", "Xugang", "Changjing", "Qingyang", "Xinqiao"),
     "yixing": ("Dingshu", "Zhangzhu", "Hufu", "Guanlin", "Heqiao", "Xushe"),
-    "edz": ("Taihu Street", "Xuelang", "Huaqing", "Jushan"),
+    "edz": ("Taihu", "Huazhuang", "Xuelang"),
 }
 #: metro stations of each district (Yixing has no line)
 _METRO: Final[dict[str, tuple[str, ...]]] = {
