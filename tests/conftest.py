@@ -98,9 +98,11 @@ class Mosquitto:
             conf += "".join(
                 listener.conf(port) for listener, port in zip(tls, self.tls_ports, strict=True)
             )
-            # Mosquitto started as root drops to the `mosquitto` user, which cannot read the
-            # certificates in pytest's private (0700) folders: stay the user who runs the tests
-            conf += f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
+        # Mosquitto started as root drops to the user `mosquitto`, who may neither write into
+        # pytest's private (0700) folders nor read the certificates there: it then saves
+        # nothing ("Error: Permission denied" in its log), and a restart loses retained
+        # messages and the controller's session. Stay the user who runs the tests.
+        conf += f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(conf)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -122,6 +124,10 @@ class Mosquitto:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+            # a graceful stop saves retained messages and persistent sessions (the chaos and
+            # liveness tests count on it); a broker that cannot write must not pass unseen
+            saved = self.workdir / "data" / "mosquitto.db"
+            assert saved.exists(), f"Mosquitto saved nothing in {saved.parent}"
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

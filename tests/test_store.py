@@ -12,30 +12,47 @@ from sqlalchemy import exc, func, select
 from sqlmodel import create_engine
 
 from kioskfleet.controller.db import make_engine, migrate
-from kioskfleet.controller.models import Counter, Station, StationSession, Telemetry
+from kioskfleet.controller.models import (
+    Counter,
+    Station,
+    StationHistory,
+    StationSession,
+    Telemetry,
+)
 from kioskfleet.controller.store import FleetStore
 from kioskfleet.protocol import decode_agent_message
 
 STATION = "wx-xinwu-bank-02"
 
 
-def _message(kind: str, seq: int, **body: object) -> tuple[str, object]:
-    payload = {"v": 1, "station": STATION, "session": 5, "seq": seq, "ts": 1.0, **body}
+def _in(session: int, kind: str, seq: int, **body: object) -> tuple[str, object]:
+    payload = {"v": 1, "station": STATION, "session": session, "seq": seq, "ts": 1.0, **body}
     return kind, decode_agent_message(kind, STATION, json.dumps(payload).encode())
 
 
-def _birth(**body: object) -> tuple[str, object]:
-    return _message(
-        "state",
-        0,
-        online=True,
-        district="Xinwu",
-        site="Xinwu bank branch 2",
-        site_type="bank_agent_branch",
-        profile="bank-agent-gen1",
-        telemetry_interval=10,
+def _birth_of(session: int, **body: object) -> tuple[str, object]:
+    fields: dict[str, object] = {
+        "online": True,
+        "district": "Xinwu",
+        "site": "Xinwu bank branch 2",
+        "site_type": "bank_agent_branch",
+        "profile": "bank-agent-gen1",
+        "telemetry_interval": 10,
         **body,
-    )
+    }
+    return _in(session, "state", 0, **fields)
+
+
+def _death_of(session: int) -> tuple[str, object]:
+    return _in(session, "state", 0, online=False)
+
+
+def _message(kind: str, seq: int, **body: object) -> tuple[str, object]:
+    return _in(5, kind, seq, **body)
+
+
+def _birth(**body: object) -> tuple[str, object]:
+    return _birth_of(5, **body)
 
 
 def test_a_batch_whose_commit_fails_is_stored_once_when_applied_again(tmp_path: Path) -> None:
@@ -101,7 +118,7 @@ def _printer(state: str) -> dict[str, object]:
 
 
 def test_the_devices_picture_follows_every_message_that_sets_it(tmp_path: Path) -> None:
-    """Telemetry's devices, then a birth's, then telemetry's again (the same text as the first):
+    """Telemetry's devices, then a new birth's, then telemetry's again (the same text as the first):
     the station must show the latest each time, in memory and on disk."""
     engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
     migrate(engine)
@@ -117,12 +134,185 @@ def test_the_devices_picture_follows_every_message_that_sets_it(tmp_path: Path) 
     assert stored_printer() == "online"
     assert not store.stations[STATION].degraded
 
-    store.apply([_birth(devices=_printer("hardware_error"))], now=110.0)  # type: ignore[list-item]
+    # a new session's birth (the same session's again changes nothing: idempotent by
+    # (session, online))
+    store.apply([_birth_of(6, devices=_printer("hardware_error"))], now=110.0)  # type: ignore[list-item]
     assert stored_printer() == "hardware_error"
     assert store.stations[STATION].degraded
 
-    store.apply([_message("telemetry", 2, devices=_printer("online"))], now=120.0)  # type: ignore[list-item]
+    store.apply([_in(6, "telemetry", 2, devices=_printer("online"))], now=120.0)  # type: ignore[list-item]
     assert store.stations[STATION].devices["printer"]["state"] == "online"
     assert stored_printer() == "online"
     assert not store.stations[STATION].degraded
     engine.dispose()
+
+
+# -- state is idempotent by (session, online); a backlog moves nothing but its rows -----------
+def _fresh(tmp_path: Path) -> FleetStore:
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    return FleetStore(engine)
+
+
+def _history(store: FleetStore) -> list[tuple[str, str]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(StationHistory.status, StationHistory.reason).order_by(StationHistory.id)  # type: ignore[arg-type]
+        ).all()
+    return [(status, reason) for status, reason in rows]
+
+
+def test_a_retained_birth_delivered_again_does_not_revive_a_silent_station(
+    tmp_path: Path,
+) -> None:
+    """What the broker sends on every re-subscription (the retained birth of the current
+    session) must change nothing: not liveness, not the devices picture — also after a
+    restart of the controller."""
+    store = _fresh(tmp_path)
+    birth = _birth_of(7, devices=_printer("online"))
+    store.apply([birth, _in(7, "telemetry", 1)], now=100.0)  # type: ignore[list-item]
+    store.apply(  # the printer breaks after the birth
+        [
+            _in(
+                7,
+                "events",
+                2,
+                events=[
+                    {
+                        "type": "device_status",
+                        "device": "printer",
+                        "status": _printer("hardware_error")["printer"],
+                    }
+                ],
+            )
+        ],  # type: ignore[list-item]
+        now=105.0,
+    )
+    assert store.stations[STATION].status == "degraded"
+    assert store.sweep(now=131.0) == [(STATION, "degraded", "silent")]
+    before = store.stations[STATION].row()
+    history = _history(store)
+
+    out = store.apply([birth], now=132.0)  # type: ignore[list-item]
+    assert out.changes == [] and not out.rebirth
+    assert store.stations[STATION].row() == before
+    assert _history(store) == history
+
+    restarted = FleetStore(store.engine)  # a restarted controller gets it once more
+    out = restarted.apply([birth], now=140.0)  # type: ignore[list-item]
+    assert out.changes == []
+    state = restarted.stations[STATION]
+    assert (state.status, state.last_seen, state.silent_deadline) == ("silent", 105.0, 130.0)
+    assert state.devices["printer"]["state"] == "hardware_error"
+    assert _history(restarted) == history
+    store.engine.dispose()
+
+
+def test_a_birth_after_the_death_of_its_session_does_not_revive_the_station(
+    tmp_path: Path,
+) -> None:
+    store = _fresh(tmp_path)
+    store.apply([_birth_of(7), _in(7, "telemetry", 1)], now=100.0)  # type: ignore[list-item]
+    store.apply([_death_of(7)], now=101.0)  # type: ignore[list-item]
+    out = store.apply([_birth_of(7)], now=102.0)  # type: ignore[list-item]
+    assert out.changes == []
+    assert store.stations[STATION].status == "offline"
+    store.engine.dispose()
+
+
+def test_the_birth_of_a_session_first_seen_in_its_telemetry_is_applied(tmp_path: Path) -> None:
+    """A station back in a new session whose birth comes after its telemetry (or only when
+    asked for, ``cmd/rebirth``): that birth is the first of its session, and it counts."""
+    store = _fresh(tmp_path)
+    store.apply([_birth_of(7), _in(7, "telemetry", 1)], now=100.0)  # type: ignore[list-item]
+    store.apply([_death_of(7)], now=101.0)  # type: ignore[list-item]
+    out = store.apply([_in(8, "telemetry", 1)], now=102.0)  # type: ignore[list-item]
+    assert out.rebirth == {STATION} and store.stations[STATION].status == "online"
+    restarted = FleetStore(store.engine)
+    restarted.apply([_birth_of(8, site="Xinwu bank branch 3", telemetry_interval=30)], now=103.0)  # type: ignore[list-item]
+    state = restarted.stations[STATION]
+    assert state.description["site"] == "Xinwu bank branch 3"
+    assert (state.telemetry_interval, state.silent_deadline) == (30.0, 193.0)
+    store.engine.dispose()
+
+
+_SEQUENCES = [
+    # (state messages in arrival order) → (session, online) the station ends in
+    ([(7, True)], (7, True)),
+    ([(7, True), (7, False)], (7, False)),
+    ([(7, False), (7, True)], (7, False)),  # death first (an odd broker), then its birth
+    ([(7, True), (8, True), (7, False)], (8, True)),  # a stale will
+    ([(8, True), (7, True)], (8, True)),  # a stale birth
+    ([(7, True), (7, False), (8, True), (8, False), (9, True)], (9, True)),
+]
+
+
+@pytest.mark.parametrize(("states", "final"), _SEQUENCES)
+def test_state_messages_are_idempotent_by_session_and_online(
+    tmp_path: Path, states: list[tuple[int, bool]], final: tuple[int, bool]
+) -> None:
+    """Every state message delivered once, then each once more (a re-subscription, a
+    redelivery after a crash): the station ends the same, and nothing is added to its history."""
+    store = _fresh(tmp_path)
+    messages = [_birth_of(s) if online else _death_of(s) for s, online in states]
+    for at, message in enumerate(messages):
+        store.apply([message], now=100.0 + at)  # type: ignore[list-item]
+    state = store.stations[STATION]
+    assert (state.session, state.online) == final
+    once = (state.row(), _history(store))
+    for at, message in enumerate(messages):
+        store.apply([message], now=105.0 + at)  # type: ignore[list-item]
+        assert (store.stations[STATION].row(), _history(store)) == once
+    store.engine.dispose()
+
+
+def test_a_backlog_of_an_older_session_is_stored_and_moves_nothing_else(tmp_path: Path) -> None:
+    """A kiosk catching up on hours away sends its old session's messages after its new
+    birth: they are stored, counted and confirmed, but the station's current picture and
+    liveness are those of its current session."""
+    store = _fresh(tmp_path)
+    store.apply(
+        [_birth_of(8, devices=_printer("online")), _in(8, "telemetry", 1)],  # type: ignore[list-item]
+        now=100.0,
+    )
+    before = store.stations[STATION].row()
+    broken = _printer("hardware_error")
+    backlog = [
+        _in(7, "telemetry", 40, devices=broken),
+        _in(
+            7,
+            "events",
+            41,
+            events=[{"type": "device_status", "device": "printer", "status": broken["printer"]}],
+        ),
+        _in(7, "reply", 42, id="c1", status="ok", result={}),
+    ]
+    out = store.apply(backlog, now=110.0)  # type: ignore[arg-type]
+    assert out.stored == {"telemetry": 1, "events": 1, "reply": 1}
+    assert (STATION, 7) in out.acks
+    assert store.stations[STATION].row() == before
+    assert store.sweep(now=131.0) == [(STATION, "online", "silent")]
+    # still silent: an old session's telemetry is no sign of life now
+    store.apply([_in(7, "telemetry", 43)], now=132.0)  # type: ignore[list-item]
+    assert store.stations[STATION].status == "silent"
+    with store.engine.connect() as conn:
+        station = conn.execute(select(Station)).one()
+        assert station.last_seen == 100.0 and station.status == "silent"
+        assert station.devices["printer"]["state"] == "online"
+        stored = conn.execute(select(func.count()).select_from(Telemetry)).scalar_one()
+        assert stored == 3
+    # the current session's telemetry does bring it back
+    store.apply([_in(8, "telemetry", 2)], now=133.0)  # type: ignore[list-item]
+    assert store.stations[STATION].status == "online"
+    store.engine.dispose()
+
+
+def test_a_backlog_does_not_bring_an_offline_station_back(tmp_path: Path) -> None:
+    store = _fresh(tmp_path)
+    store.apply([_birth_of(8), _in(8, "telemetry", 1)], now=100.0)  # type: ignore[list-item]
+    store.apply([_death_of(8)], now=101.0)  # type: ignore[list-item]
+    before = store.stations[STATION].row()
+    out = store.apply([_in(7, "telemetry", 5)], now=102.0)  # type: ignore[list-item]
+    assert out.stored == {"telemetry": 1} and not out.rebirth
+    assert store.stations[STATION].row() == before
+    store.engine.dispose()

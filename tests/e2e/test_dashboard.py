@@ -55,9 +55,10 @@ def test_dashboard_shows_the_fleet_by_district_and_who_needs_attention(
     mosquitto: Mosquitto, tmp_path: Path, loop_thread: LoopThread
 ) -> None:
     with served_controller(f"sqlite:///{tmp_path / 'c.db'}", mosquitto.url) as (served, api):
-        fleet = make_fleet(loop_thread, mosquitto.url, 8, interval=1.0)
+        # kiosks stand in sites of 2-6: from 16 on, every district has one
+        fleet = make_fleet(loop_thread, mosquitto.url, 16, interval=1.0)
         try:
-            wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == 8)
+            wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == 16)
             gone = fleet.agents[3]
             loop_thread.run(gone.stop())
             wait_until(lambda: station_status(api, gone.station) == "offline")
@@ -65,7 +66,7 @@ def test_dashboard_shows_the_fleet_by_district_and_who_needs_attention(
             assert "Chengquan e-Stations" in dom
             for district in ("Liangxi", "Binhu", "Economic Development Zone"):
                 assert f'data-district="{district}"' in dom
-            assert 'data-key="online"><b>7</b>' in dom
+            assert 'data-key="online"><b>15</b>' in dom
             assert 'data-key="offline"><b>1</b>' in dom
             assert gone.station in dom  # listed under "needing attention"
             assert '<span id="error"></span>' in dom  # no fetch failed

@@ -86,27 +86,39 @@ def test_stale_will_of_an_older_session_is_ignored(
             current = api.get(f"/api/stations/{agent.station}").json()["session"]
             # what a broker delivers when a half-open connection of an older session finally
             # times out after the station reconnected: that session's will
-            stale = {
-                "v": 1,
-                "station": agent.station,
-                "session": current - 1,
-                "seq": 0,
-                "ts": time.time(),
-                "online": False,
-            }
+            will = {"v": 1, "station": agent.station, "seq": 0, "ts": time.time(), "online": False}
             pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="stale-will-test")
             pub.connect("127.0.0.1", mosquitto.port)
             pub.loop_start()
-            pub.publish(
-                f"fleet/v1/{agent.station}/state", json.dumps(stale), qos=1
-            ).wait_for_publish(5)
-            # the same will of the current session does count: proves the message got through
-            time.sleep(1.0)
-            assert station_status(api, agent.station) == "online"
-            history = api.get(f"/api/stations/{agent.station}").json()["history"]
-            assert all(h["status"] != "offline" for h in history)
-            pub.loop_stop()
-            pub.disconnect()
+            try:
+                pub.publish(
+                    f"fleet/v1/{agent.station}/state",
+                    json.dumps({**will, "session": current - 1}),
+                    qos=1,
+                ).wait_for_publish(5)
+                # a barrier: the broker hands one publisher's messages to the controller in
+                # order, and the controller stores them in order; once the barrier is stored,
+                # the stale will has been processed (not merely "not yet")
+                barrier = "wx-barrier-02"
+                body = {"v": 1, "station": barrier, "session": 1, "seq": 1, "ts": time.time()}
+                pub.publish(f"fleet/v1/{barrier}/telemetry", json.dumps(body), qos=1)
+                wait_until(lambda: station_status(api, barrier) == "online")
+                assert station_status(api, agent.station) == "online"
+                history = api.get(f"/api/stations/{agent.station}").json()["history"]
+                assert all(h["status"] != "offline" for h in history)
+
+                # the same will of the current session does count: the path above works
+                pub.publish(
+                    f"fleet/v1/{agent.station}/state",
+                    json.dumps({**will, "session": current}),
+                    qos=1,
+                )
+                wait_until(lambda: station_status(api, agent.station) == "offline")
+                history = api.get(f"/api/stations/{agent.station}").json()["history"]
+                assert [h["session"] for h in history if h["status"] == "offline"] == [current]
+            finally:
+                pub.loop_stop()
+                pub.disconnect()
         finally:
             loop_thread.run(fleet.stop())
 
@@ -167,3 +179,29 @@ def test_healthz_says_why_when_the_broker_is_unreachable(tmp_path) -> None:
         response = api.get("/healthz")
         assert response.status_code == 503
         assert "broker" in response.json()["reason"]
+
+
+def test_a_simulated_estation_serves_without_its_coin_acceptor(
+    mosquitto: Mosquitto, tmp_path, loop_thread: LoopThread
+) -> None:
+    """Its station profile says the coin acceptor is optional: broken, it leaves the station
+    online; a broken printer, which the station needs, degrades it."""
+    with served_controller(f"sqlite:///{tmp_path / 'c.db'}", mosquitto.url) as (_, api):
+        fleet = make_fleet(loop_thread, mosquitto.url, 2, interval=0.3)
+        agent = fleet.agents[0]
+        assert agent.identity.profile == "estation-gen2"
+        devices = {source.slot: source for source in agent.coordinator.sources}
+
+        def device_state(slot: str) -> str:
+            detail = api.get(f"/api/stations/{agent.station}").json()
+            return str(detail["devices"].get(slot, {}).get("state"))
+
+        try:
+            wait_until(lambda: station_status(api, agent.station) == "online")
+            loop_thread.call(devices["coin_acceptor"].break_now)  # type: ignore[attr-defined]
+            wait_until(lambda: device_state("coin_acceptor") == "hardware_error")
+            assert station_status(api, agent.station) == "online"
+            loop_thread.call(devices["printer"].break_now)  # type: ignore[attr-defined]
+            wait_until(lambda: station_status(api, agent.station) == "degraded")
+        finally:
+            loop_thread.run(fleet.stop())

@@ -112,6 +112,72 @@ def test_a_station_off_the_network_for_an_hour_of_telemetry_loses_nothing(
             proxy.close()
 
 
+def _publisher(port: int, client_id: str) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def test_a_silent_station_stays_silent_when_the_controller_resubscribes(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The broker hands the retained birth out again at every re-subscription of the
+    controller (here: after a broker restart, which keeps retained messages); that birth was
+    applied already and must not make a station that went silent look online again."""
+    station, session = "wx-silent-01", 1_800_000_000_000
+    with served_controller(f"sqlite:///{tmp_path / 'c.db'}", mosquitto.url) as (served, api):
+        ingest = served.controller.ingest
+        assert ingest is not None
+        client = _publisher(mosquitto.port, station)
+        envelope = {"v": 1, "station": station, "session": session, "ts": time.time()}
+        birth = {
+            **envelope,
+            "seq": 0,
+            "online": True,
+            "district": "Binhu",
+            "site": "Taihu Square Metro Station",
+            "site_type": "subway_station",
+            "profile": "estation-gen2",
+            "telemetry_interval": 1,
+        }
+        client.publish(f"fleet/v1/{station}/state", json.dumps(birth), qos=1, retain=True)
+        client.publish(f"fleet/v1/{station}/telemetry", json.dumps({**envelope, "seq": 1}), qos=1)
+        wait_until(lambda: station_status(api, station) == "online")
+        wait_until(lambda: station_status(api, station) == "silent", timeout=10)
+        client.loop_stop()
+        client.disconnect()
+
+        mosquitto.stop()
+        wait_until(lambda: not ingest.connected.is_set(), timeout=10)
+        mosquitto.start()
+        wait_until(ingest.connected.is_set, timeout=30)  # subscribed again: retained sent
+        # a barrier: published after the re-subscription, so stored after the retained birth
+        barrier = "wx-barrier-01"
+        other = _publisher(mosquitto.port, barrier)
+        try:
+            body = {"v": 1, "station": barrier, "session": 1, "seq": 1, "ts": time.time()}
+            other.publish(f"fleet/v1/{barrier}/telemetry", json.dumps(body), qos=1)
+            wait_until(lambda: station_status(api, barrier) == "online", timeout=10)
+        finally:
+            other.loop_stop()
+            other.disconnect()
+        assert station_status(api, station) == "silent"
+        history = api.get(f"/api/stations/{station}").json()["history"]
+        assert [h["status"] for h in history] == ["silent", "online"]
+        # not vacuous: the broker did keep the birth, and hands it to whoever subscribes
+        retained: list[bytes] = []
+        probe = _publisher(mosquitto.port, "probe")
+        probe.on_message = lambda c, u, m: retained.append(m.payload) if m.retain else None
+        try:
+            probe.subscribe(f"fleet/v1/{station}/state", qos=1)
+            wait_until(lambda: bool(retained), timeout=10)
+        finally:
+            probe.loop_stop()
+            probe.disconnect()
+        assert json.loads(retained[0])["session"] == session
+
+
 def test_redelivered_and_out_of_order_messages_are_stored_once(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:

@@ -41,3 +41,21 @@ def is_degraded(devices: Mapping[str, Mapping[str, Any]], required: Iterable[str
 def silent_deadline(now: float, interval: float) -> float:
     """When a station that just reported turns silent without further telemetry."""
     return now + SILENT_AFTER_INTERVALS * interval
+
+
+def state_is_news(
+    *, session: int, online: bool, birth_session: int | None, message_session: int, birth: bool
+) -> bool:
+    """Whether a state message changes a station now at (``session``, ``online``).
+
+    CONTRACT §3: state is idempotent by (session, online). A message of an older session is
+    old news (a stale will, a stale birth); a newer session always counts. Within the current
+    session a birth counts once (``birth_session``: the session whose birth was applied; the
+    broker hands the retained birth out again at every re-subscription), and a death is final
+    (a birth arriving after its session's death does not revive the station).
+    """
+    if message_session != session:
+        return message_session > session
+    if not online:
+        return False
+    return not birth or birth_session != message_session

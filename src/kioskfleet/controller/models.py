@@ -32,6 +32,9 @@ class Station(StationBase, table=True):
     online: bool = True
     degraded: bool = False
     session: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    #: the session whose birth was applied: a birth counts once per session (CONTRACT §3), and
+    #: the broker hands the retained one out again at every re-subscription
+    birth_session: int | None = Field(default=None, sa_column=Column(BigInteger))
     last_seen: float | None = None
     last_telemetry_at: float | None = None
     #: when the station turns silent unless telemetry arrives first

@@ -17,7 +17,12 @@ from pydantic_core import to_json
 from sqlalchemy import Connection, Engine, insert, select, tuple_, update
 
 from kioskfleet.controller.db import BulkRows, RawJSON
-from kioskfleet.controller.fleet import is_degraded, silent_deadline, station_status
+from kioskfleet.controller.fleet import (
+    is_degraded,
+    silent_deadline,
+    state_is_news,
+    station_status,
+)
 from kioskfleet.controller.ledger import SeqLedger
 from kioskfleet.controller.models import (
     CommandReply,
@@ -63,6 +68,8 @@ class StationState:
     online: bool = True
     degraded: bool = False
     session: int = 0
+    #: the session whose birth was applied (a birth counts once per session)
+    birth_session: int | None = None
     telemetry_interval: float = 10.0
     last_seen: float | None = None
     last_telemetry_at: float | None = None
@@ -94,6 +101,7 @@ class StationState:
             "online": self.online,
             "degraded": self.degraded,
             "session": self.session,
+            "birth_session": self.birth_session,
             "telemetry_interval": self.telemetry_interval,
             "last_seen": self.last_seen,
             "last_telemetry_at": self.last_telemetry_at,
@@ -154,6 +162,7 @@ class FleetStore:
                     online=row["online"],
                     degraded=row["degraded"],
                     session=row["session"],
+                    birth_session=row["birth_session"],
                     telemetry_interval=row["telemetry_interval"],
                     last_seen=row["last_seen"],
                     last_telemetry_at=row["last_telemetry_at"],
@@ -247,12 +256,17 @@ class FleetStore:
                 self._apply_state(station_for, message, now, history, out)
                 continue
             state = station_for(station, online=True)
-            state.last_seen = now
-            if message.session > state.session and not state.online:
-                # it connected again, but its birth did not reach us (yet): count it online
+            if message.session > state.session:
+                # a session newer than its last birth: it connected again, and that birth did
+                # not reach us (yet): count it online in that session, and ask for the birth
                 state.online = True
                 state.session = message.session
                 out.rebirth.add(station)
+            # a backlog of an older session (a kiosk catching up after hours away) is stored,
+            # and nothing else: the picture and liveness are those of the current session
+            current = message.session == state.session
+            if current:
+                state.last_seen = now
             ledger = ledger_for(station, message.session)
             out.acks[(station, message.session)] = 0
             for dropped in message.dropped:
@@ -278,16 +292,17 @@ class FleetStore:
                     devices=devices,
                     counters=RawJSON(to_json(message.counters).decode()),
                 )
-                state.last_telemetry_at = now
-                state.silent_deadline = silent_deadline(now, state.telemetry_interval)
-                if message.devices:
-                    latest_devices[station] = devices
+                if current:
+                    state.last_telemetry_at = now
+                    state.silent_deadline = silent_deadline(now, state.telemetry_interval)
+                    if message.devices:
+                        latest_devices[station] = devices
             elif isinstance(message, EventsMessage):
                 row["events"] = RawJSON(
                     _EVENTS.dump_json(message.events, exclude_none=True).decode()
                 )
                 settle_devices(station)
-                for event in message.events:
+                for event in message.events if current else ():
                     if event.type == "device_status" and event.device and event.status:
                         state.devices = {
                             **state.devices,
@@ -350,20 +365,20 @@ class FleetStore:
     ) -> None:
         known = message.station in self.stations
         state: StationState = station_for(message.station, online=message.online)
-        if known and message.session < state.session:
-            return  # a will (or birth) of an older session: the station has moved on
-        if (
-            known
-            and message.session == state.session
-            and message.online == state.online
-            and not message.online
+        if known and not state_is_news(
+            session=state.session,
+            online=state.online,
+            birth_session=state.birth_session,
+            message_session=message.session,
+            birth=message.online,
         ):
-            return  # the same death twice
+            return  # a stale will or birth, the same one again, or a birth after its death
         state.session = message.session
         state.online = message.online
         state.last_seen = now
         out.rebirth.discard(message.station)
         if message.online:
+            state.birth_session = message.session
             state.telemetry_interval = float(message.telemetry_interval or 10.0)
             state.silent_deadline = silent_deadline(now, state.telemetry_interval)
             state.devices = {k: v.model_dump(exclude_none=True) for k, v in message.devices.items()}

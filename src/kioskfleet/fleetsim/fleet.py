@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import resource
@@ -12,12 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, cast
 
 from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
 from kioskfleet.agent.devices import DeviceSource
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.agent.outbox import OutboxStore
+from kioskfleet.firmware_profiles import StationProfile, load_station_profile
 from kioskfleet.fleetsim.devices import SimulatedDevice
 from kioskfleet.protocol.broker_url import BrokerUrl
 from kioskfleet.protocol.devices import DeviceKind
@@ -35,40 +37,52 @@ DISTRICTS: tuple[tuple[str, str], ...] = (
     ("Yixing", "yixing"),
     ("Economic Development Zone", "edz"),
 )
-#: site types: (name, id slug, station profile, kiosks per site)
-SITE_TYPES: tuple[tuple[str, str, str, int], ...] = (
-    ("government_service_center", "gov", "estation-gen2", 4),
-    ("township_service_center", "town", "estation-gen2", 2),
-    ("subway_station", "sub", "estation-gen2", 3),
-    ("bank_agent_branch", "bank", "bank-agent-gen1", 1),
+#: site types: (name, id slug, station profile, (fewest, most) kiosks per site, weight): many
+#: government and subway sites, the way the real fleet is
+SITE_TYPES: tuple[tuple[str, str, str, tuple[int, int], int], ...] = (
+    ("government_service_center", "gov", "estation-gen2", (3, 6), 4),
+    ("township_service_center", "town", "estation-gen2", (2, 3), 2),
+    ("subway_station", "sub", "estation-gen2", (2, 4), 3),
+    ("bank_agent_branch", "bank", "bank-agent-gen1", (2, 2), 1),
 )
-_SITE_LABEL = {
-    "gov": "Government Affairs Service Center",
-    "town": "Township Service Center",
-    "sub": "Metro Station",
-    "bank": "Bank of Jiangsu Branch",
+#: a site holds at least this many kiosks (a fleet of one kiosk aside) and at most that many
+SITE_KIOSKS: Final = (2, 6)
+#: streets and towns of each district (service centers, bank branches)
+_TOWNS: Final[dict[str, tuple[str, ...]]] = {
+    "liangxi": ("Chong'an Temple", "Guangrui Road", "Huangxiang", "Jinxing", "Yangming"),
+    "xishan": ("Donggang", "Xibei", "Anzhen", "Ehu", "Dongting", "Yangjian"),
+    "huishan": ("Yanqiao", "Luoshe", "Qianqiao", "Chang'an", "Yuqi"),
+    "binhu": ("Mashan", "Liyuan", "Rongxiang", "Hedai", "Lihu"),
+    "xinwu": ("Meicun", "Hongshan", "Shuofang", "Wangzhuang", "Xin'an", "Jiangxi"),
+    "jiangyin": ("Zhouzhuang", "Huashi", "Xugang", "Changjing", "Qingyang", "Xinqiao"),
+    "yixing": ("Dingshu", "Zhangzhu", "Hufu", "Guanlin", "Heqiao", "Xushe"),
+    "edz": ("Taihu", "Huazhuang", "Xuelang"),
 }
-_METRO = (
-    "Sanyang Plaza",
-    "Shengli Gate",
-    "Nanchan Temple",
-    "Qingming Bridge",
-    "Taihu Square",
-    "Jiangnan University",
-    "Xishan Avenue",
-    "Huishan Ancient Town",
-    "Xinwu District",
-)
-PROFILE_DEVICES: dict[str, tuple[DeviceKind, ...]] = {
-    "estation-gen2": ("printer", "cash_acceptor", "coin_acceptor", "id_reader", "card_reader"),
-    "bank-agent-gen1": ("printer", "cash_acceptor", "id_reader", "card_reader"),
+#: metro stations of each district (Yixing has no line)
+_METRO: Final[dict[str, tuple[str, ...]]] = {
+    "liangxi": ("Sanyang Plaza", "Shengli Gate", "Nanchan Temple", "Qingming Bridge"),
+    "xishan": ("Dongting", "Anzhen", "Xishan Government"),
+    "huishan": ("Yanqiao", "Xizhang", "Tianyi", "Huishan Ancient Town"),
+    "binhu": ("Jiangnan University", "Meiyuan Kaiyuan Temple", "Hedai", "Rongxiang"),
+    "xinwu": ("Shuofang Airport", "Meicun", "Xinwu Government", "Hongshan"),
+    "jiangyin": ("Jiangyin High-speed Railway", "Huangtu", "Chengjiang"),
+    "yixing": (),
+    "edz": ("Taihu Square", "Wuxi Grand Theatre", "Liyuan Garden"),
 }
+#: Jiangyin and Yixing are county-level cities, the rest districts of the city proper
+_CITIES: Final = frozenset({"jiangyin", "yixing"})
 
 
 def wuxi_fleet(
     count: int, *, seed: int = 1, id_prefix: str | None = None, telemetry_interval: float = 10.0
 ) -> list[StationIdentity]:
-    """``count`` stations spread over the 8 districts and 4 site types, with stable ids.
+    """``count`` stations in sites over the 8 districts and 4 site types, with stable ids.
+
+    Kiosks stand in sites, as in Wuxi: a site (one service center, one metro station) holds
+    2 to 6 kiosks of one district, one site type and one station profile, so an incident of
+    a site (its network, its power) shows as several kiosks at once. Sites take the districts
+    in turn; from 16 stations on every district has one. A station needs the devices its
+    station profile needs (``required = false`` slots not).
 
     Without ``id_prefix`` ids read like ``wx-binhu-sub-03``; with one, ``{prefix}-{n:04d}``
     (CONTRACT §2 ``simulate``). The same seed gives the same fleet.
@@ -76,33 +90,79 @@ def wuxi_fleet(
     rng = random.Random(seed)
     stations: list[StationIdentity] = []
     per_slot: dict[tuple[str, str], int] = {}
-    for n in range(count):
-        district, d_slug = DISTRICTS[n % len(DISTRICTS)]
-        # spread site types unevenly, the way the real fleet is: many gov and subway kiosks
-        site_type, t_slug, profile, per_site = SITE_TYPES[
-            rng.choices(range(4), weights=(4, 2, 3, 1))[0]
+    sites_of: dict[tuple[str, str], int] = {}
+    fewest, most = SITE_KIOSKS
+    site_no = 0
+    while len(stations) < count:
+        remaining = count - len(stations)
+        district, d_slug = DISTRICTS[site_no % len(DISTRICTS)]
+        weights = [
+            0 if t_slug == "sub" and not _METRO[d_slug] else weight
+            for _, t_slug, _, _, weight in SITE_TYPES
         ]
-        number = per_slot.get((d_slug, t_slug), 0) + 1
-        per_slot[(d_slug, t_slug)] = number
-        site_no = (number - 1) // per_site + 1
-        label = _SITE_LABEL[t_slug]
-        if t_slug == "sub":
-            site = f"{_METRO[(site_no + n) % len(_METRO)]} {label}"
-        else:
-            site = f"{district} {label} {site_no}"
-        station = f"{id_prefix}-{n + 1:04d}" if id_prefix else f"wx-{d_slug}-{t_slug}-{number:02d}"
-        stations.append(
-            StationIdentity(
-                station=station,
-                district=district,
-                site=site,
-                site_type=site_type,
-                profile=profile,
-                telemetry_interval=telemetry_interval,
-                catalogue_version="2026.11",
+        site_type, t_slug, profile_name, (low, high), _ = rng.choices(SITE_TYPES, weights)[0]
+        size = min(rng.randint(low, high), remaining)
+        # leave two kiosks for each district still without a site
+        uncovered = max(0, len(DISTRICTS) - 1 - site_no)
+        size = min(size, max(fewest, remaining - fewest * uncovered))
+        if remaining - size == 1:  # no site of one kiosk at the end
+            size = size + 1 if size < most else size - 1
+        k = sites_of.get((d_slug, t_slug), 0)
+        sites_of[(d_slug, t_slug)] = k + 1
+        site = _site_name(district, d_slug, t_slug, k)
+        needs = _station_profile(profile_name).needs
+        for _ in range(size):
+            n = len(stations)
+            number = per_slot.get((d_slug, t_slug), 0) + 1
+            per_slot[(d_slug, t_slug)] = number
+            station = (
+                f"{id_prefix}-{n + 1:04d}" if id_prefix else f"wx-{d_slug}-{t_slug}-{number:02d}"
             )
-        )
+            stations.append(
+                StationIdentity(
+                    station=station,
+                    district=district,
+                    site=site,
+                    site_type=site_type,
+                    profile=profile_name,
+                    telemetry_interval=telemetry_interval,
+                    catalogue_version="2026.11",
+                    required_devices=needs,
+                )
+            )
+        site_no += 1
     return stations
+
+
+def _site_name(district: str, d_slug: str, t_slug: str, k: int) -> str:
+    """The ``k``-th site of a type in a district, named as people there name it."""
+
+    def pick(names: tuple[str, ...]) -> str:
+        # past the end of the list: a second hall of the same place
+        return names[k % len(names)] + (f" {k // len(names) + 1}" if k >= len(names) else "")
+
+    towns = _TOWNS[d_slug]
+    if t_slug == "gov":
+        if k == 0:
+            level = "Municipal" if d_slug in _CITIES else "District"
+            where = district if d_slug == "edz" else f"{district} {level}"
+            return f"{where} Government Affairs Service Center"
+        branch = towns[(k - 1) % len(towns)]
+        lap = (k - 1) // len(towns)
+        return f"{district} Government Affairs Service Center, {branch} Branch" + (
+            f" {lap + 1}" if lap else ""
+        )
+    if t_slug == "town":
+        kind = "Town" if d_slug in _CITIES else "Street"
+        return f"{pick(towns)} {kind} Service Center"
+    if t_slug == "sub":
+        return f"{pick(_METRO[d_slug])} Metro Station"
+    return f"Bank of Jiangsu {pick(towns)} Sub-branch"
+
+
+@functools.cache
+def _station_profile(name: str) -> StationProfile:
+    return load_station_profile(name)
 
 
 def simulated_devices(
@@ -113,19 +173,24 @@ def simulated_devices(
     poll_every: float,
     quiet_for: float = 0.0,
 ) -> list[SimulatedDevice]:
-    """The devices of a station's profile; ``fault_rate`` is faults per station-hour."""
-    kinds = PROFILE_DEVICES.get(identity.profile, PROFILE_DEVICES["estation-gen2"])
+    """The devices of a station's profile, slot by slot; ``fault_rate`` is faults per
+    station-hour.
+
+    Raises:
+        ProfileError: the identity names no known station profile.
+    """
+    slots = _station_profile(identity.profile).slots
     return [
         SimulatedDevice(
-            kind,
-            kind,
+            slot.slot,
+            cast(DeviceKind, slot.profile.device),
             serial=f"{identity.station}-{i}",
             rng=rng,
-            faults_per_hour=fault_rate / len(kinds),
+            faults_per_hour=fault_rate / len(slots),
             poll_every=poll_every,
             quiet_for=quiet_for,
         )
-        for i, kind in enumerate(kinds)
+        for i, slot in enumerate(slots)
     ]
 
 
