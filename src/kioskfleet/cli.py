@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from kioskfleet import __version__
+from kioskfleet.protocol.devices import DRIVERS
 
 T = TypeVar("T")
 
@@ -78,7 +79,7 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     device = sub.add_parser("device", help="the technician's tools for one device")
     dsub = device.add_subparsers(dest="device_command", required=True)
     probe = dsub.add_parser("probe", help="identify a device and read its status")
-    probe.add_argument("driver", choices=["escpos", "cctalk", "ssp", "ga467", "crt591"])
+    probe.add_argument("driver", choices=DRIVERS)
     probe.add_argument("port", help="serial port or pyserial URL")
     probe.add_argument("--baudrate", type=int)
     probe.add_argument("--address", type=int)
@@ -92,7 +93,7 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
         epilog=_fault_table() if fault_help else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    dsim.add_argument("driver", choices=["escpos", "cctalk", "ssp", "ga467", "crt591"])
+    dsim.add_argument("driver", choices=DRIVERS)
     dsim.add_argument("--kind", choices=["bill", "coin"])
     dsim.add_argument("--link", help="make PATH a symlink to the pty")
     dsim.add_argument("--fault", action="append", default=[], help="switch a fault on (repeatable)")
@@ -104,13 +105,9 @@ def _fault_table() -> str:
     from kioskfleet.drivers.registry import driver_module
 
     lines = ["fault names (--fault NAME):"]
-    for name, kinds in (
-        ("escpos", [None]),
-        ("cctalk", ["bill", "coin"]),
-        ("ssp", [None]),
-        ("ga467", [None]),
-        ("crt591", [None]),
-    ):
+    for name in DRIVERS:
+        # ccTalk serves two kinds of device, each with its own simulator
+        kinds: list[str | None] = ["bill", "coin"] if name == "cctalk" else [None]
         for kind in kinds:
             try:
                 faults = driver_module(name).make_simulator(kind).FAULTS

@@ -1,15 +1,14 @@
 """Stations: list with filters, one station in detail."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from kioskfleet.controller import crud
 from kioskfleet.controller.api.deps import ConnDep
+from kioskfleet.protocol.stations import StationStatus
 
 router = APIRouter(prefix="/api/stations", tags=["stations"])
-
-StatusFilter = Literal["online", "degraded", "silent", "offline"]
 
 
 @router.get("")
@@ -19,7 +18,7 @@ def list_stations(
     site: str | None = None,
     site_type: str | None = None,
     profile: str | None = None,
-    status: StatusFilter | None = None,
+    status: StationStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
