@@ -159,26 +159,32 @@ def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     return asyncio.run(runner())
 
 
+# Configuration errors are one line and exit code 2 (CONTRACT §2), found before anything heavy
+# is imported or started.
+
+
 def _demo(args: argparse.Namespace) -> int:
+    from kioskfleet.controller.config import SettingsError
     from kioskfleet.demo import run_demo
 
-    summary = run_demo(
-        stations=args.stations,
-        duration=args.duration,
-        port=args.port,
-        broker_url=args.broker,
-        db_url=args.db,
-        update_failure_rate=args.update_failure_rate,
-    )
+    try:
+        summary = run_demo(
+            stations=args.stations,
+            duration=args.duration,
+            port=args.port,
+            broker_url=args.broker,
+            db_url=args.db,
+            update_failure_rate=args.update_failure_rate,
+        )
+    except SettingsError as err:
+        print(f"kioskfleet demo: {err}", file=sys.stderr)
+        return 2
     if summary is not None:
         _print(summary)
     return 0
 
 
 def _controller(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from kioskfleet.controller.app import create_app
     from kioskfleet.controller.config import SettingsError, load_settings
 
     try:
@@ -186,6 +192,11 @@ def _controller(args: argparse.Namespace) -> int:
     except SettingsError as err:
         print(f"kioskfleet controller: {err}", file=sys.stderr)
         return 2
+
+    import uvicorn
+
+    from kioskfleet.controller.app import create_app
+
     logging.getLogger("kioskfleet").setLevel(logging.INFO)
     host, port = settings.host_port
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
@@ -194,13 +205,15 @@ def _controller(args: argparse.Namespace) -> int:
 
 def _agent(args: argparse.Namespace) -> int:
     from kioskfleet.agent.config import ConfigError, load_agent_config
-    from kioskfleet.agent.service import run_agent
 
     try:
         config = load_agent_config(args.config)
     except ConfigError as err:
         print(f"kioskfleet agent: {err}", file=sys.stderr)
         return 2
+
+    from kioskfleet.agent.service import run_agent
+
     logging.getLogger("kioskfleet").setLevel(logging.INFO)
     _run_until_signal(lambda stop: run_agent(config, stop))
     return 0
