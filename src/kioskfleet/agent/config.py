@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from kioskfleet.firmware_profiles import ProfileError, ProfileName, load_station_profile
 from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value
 from kioskfleet.protocol.devices import DriverName, SlotName
 from kioskfleet.protocol.explain import Loc, explain, one_line
@@ -50,10 +51,6 @@ _WINDOW_ALLOWED: Final = "'HH:MM-HH:MM' in Asia/Shanghai time, e.g. '01:00-05:00
 # paths are converted (TOML has arrays, not tuples; and no path type).
 _STRICT: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
 _Label = Annotated[str, Field(min_length=1, max_length=128)]
-_ProfileName = Annotated[
-    str,
-    Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", json_schema_extra={"allowed": "a profile name"}),
-]
 _Path = Annotated[Path, Field(strict=False, json_schema_extra={"allowed": "a path"})]
 
 
@@ -143,7 +140,7 @@ class DeviceConfig(BaseModel):
     baudrate: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     address: Annotated[int, Field(ge=0, le=255)] | None = None
     #: the firmware profile (``firmware_profiles/models``) whose settings and quirks apply
-    profile: _ProfileName | None = None
+    profile: ProfileName | None = None
     timeout: Annotated[float, Field(ge=0.01, le=60.0)] = 0.5
     retries: Annotated[int, Field(ge=0, le=10)] = 2
 
@@ -262,8 +259,6 @@ def _with_profile_devices(data: Mapping[str, Any], source: str) -> tuple[dict[st
     """``data`` with ``devices`` as a list: the station profile's slots (when it is a shipped
     profile) overridden per slot by the file's ``[devices.SLOT]`` tables; and the slots in
     that order. Without ``required_devices``, the profile's needs are the default."""
-    from kioskfleet.firmware_profiles import ProfileError, load_station_profile
-
     prepared = dict(data)
     tables = data.get("devices", {})
     if not isinstance(tables, Mapping):

@@ -126,7 +126,7 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Mapping):
-        return "a table"
+        return "a table" if value else "an empty table"
     text = repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
 
@@ -235,7 +235,9 @@ class _Schema:
 
     def at(self, loc: Loc) -> Mapping[str, Any] | None:
         schema = self.root
-        for part in loc:
+        # (…, KEY, "[key]"): the problem is the key itself, not its value
+        steps = [p for i, p in enumerate(loc) if loc[i + 1 : i + 2] != ("[key]",)]
+        for part in steps:
             if schema is None:
                 return None
             schema = self._step(schema, part)
@@ -263,6 +265,8 @@ class _Schema:
                 return dict(properties[part])
             if isinstance(part, int) and isinstance(branch.get("items"), Mapping):
                 return dict(branch["items"])
+            if isinstance(part, int) and part < len(branch.get("prefixItems") or ()):
+                return dict(branch["prefixItems"][part])
             patterns = branch.get("patternProperties") or {}
             if patterns:
                 return dict(next(iter(patterns.values())))
