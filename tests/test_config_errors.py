@@ -53,6 +53,16 @@ def controller(id: str, text: str, *says: str, env: dict[str, str] | None = None
     return Case(id, "controller", text, env=env or {}, says=says or ("{file}",))
 
 
+def missing_file(command: str) -> Case:
+    return Case(
+        f"{command} missing file",
+        command,
+        None,
+        args=("--config", "{missing}"),
+        says=("{missing}", "cannot read: No such file"),
+    )
+
+
 CASES = [
     # -- kioskfleet agent --config
     agent(
@@ -126,13 +136,7 @@ CASES = [
         GOOD_AGENT.replace("local_service = false", "local_service = true"),
         "local_service: must be 'host:port'",
     ),
-    Case(
-        "agent missing file",
-        "agent",
-        None,
-        args=("--config", "{missing}"),
-        says=("{missing}", "cannot read"),
-    ),
+    missing_file("agent"),
     # -- kioskfleet controller [--config]
     controller(
         "controller unknown key",
@@ -153,13 +157,7 @@ CASES = [
         "writer: must be one of 'process', 'thread'",
     ),
     controller("controller bad toml", "listen = [\n", "{file}", "not valid TOML"),
-    Case(
-        "controller missing file",
-        "controller",
-        None,
-        args=("--config", "{missing}"),
-        says=("{missing}", "cannot read"),
-    ),
+    missing_file("controller"),
     Case(
         "controller bad env number",
         "controller",

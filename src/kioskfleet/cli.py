@@ -159,8 +159,13 @@ def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     return asyncio.run(runner())
 
 
-# Configuration errors are one line and exit code 2 (CONTRACT §2), found before anything heavy
-# is imported or started.
+def _refuse(command: str, err: Exception) -> int:
+    """A configuration or usage error: one line on stderr and exit code 2 (CONTRACT §2).
+
+    Configuration is read before anything heavy is imported or started, so this is quick.
+    """
+    print(f"kioskfleet {command}: {err}", file=sys.stderr)
+    return 2
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -177,8 +182,7 @@ def _demo(args: argparse.Namespace) -> int:
             update_failure_rate=args.update_failure_rate,
         )
     except SettingsError as err:
-        print(f"kioskfleet demo: {err}", file=sys.stderr)
-        return 2
+        return _refuse("demo", err)
     if summary is not None:
         _print(summary)
     return 0
@@ -190,8 +194,7 @@ def _controller(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
     except SettingsError as err:
-        print(f"kioskfleet controller: {err}", file=sys.stderr)
-        return 2
+        return _refuse("controller", err)
 
     import uvicorn
 
@@ -209,8 +212,7 @@ def _agent(args: argparse.Namespace) -> int:
     try:
         config = load_agent_config(args.config)
     except ConfigError as err:
-        print(f"kioskfleet agent: {err}", file=sys.stderr)
-        return 2
+        return _refuse("agent", err)
 
     from kioskfleet.agent.service import run_agent
 
@@ -228,8 +230,7 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         broker = parse_broker_url(args.broker)
     except ValueError as err:
-        print(f"kioskfleet simulate: {err}", file=sys.stderr)
-        return 2
+        return _refuse("simulate", err)
     spec = FleetSpec(
         stations=wuxi_fleet(
             args.stations,
@@ -262,8 +263,7 @@ def _device(args: argparse.Namespace) -> int:
             try:
                 profile = load_model_profile(args.profile).as_options()
             except ValueError as err:  # ProfileError: unknown or invalid profile
-                print(f"kioskfleet device probe: {err}", file=sys.stderr)
-                return 2
+                return _refuse("device probe", err)
         options = ProbeOptions(
             baudrate=args.baudrate, address=args.address, profile=profile, watch=args.watch
         )
@@ -277,8 +277,7 @@ def _device(args: argparse.Namespace) -> int:
         try:
             simulator.set_fault(fault)
         except ValueError as err:
-            print(f"kioskfleet device simulate: {err}", file=sys.stderr)
-            return 2
+            return _refuse("device simulate", err)
     serve_until_sigterm(simulator, args.link, lambda port: print(port, flush=True))
     return 0
 
