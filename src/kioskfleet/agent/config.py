@@ -55,7 +55,8 @@ _Path = Annotated[Path, Field(strict=False, json_schema_extra={"allowed": "a pat
 
 
 class MaintenanceWindow(BaseModel):
-    """The daily time, in Asia/Shanghai, in which the agent may install updates.
+    """A daily time span in Asia/Shanghai: CONTRACT §2's ``maintenance_window``, when updates
+    may be installed (accepted and validated; nothing installs updates yet).
 
     ``end`` before ``start`` wraps midnight (``23:00-02:00``); ``start`` is inside the window,
     ``end`` is not.
@@ -169,13 +170,13 @@ class AgentConfig(BaseModel):
     state_dir: _Path = Path("/var/lib/kioskfleet")
     #: MQTT keepalive (s); the station is seen offline within 1.5 × keepalive after it dies
     keepalive: Annotated[int, Field(ge=1, le=65535)] = 30
-    #: when updates may be installed (used by the update client)
+    #: when updates may be installed; validated, not yet acted on (no update client yet)
     maintenance_window: Annotated[
         MaintenanceWindow | None,
         BeforeValidator(_window),
         WithJsonSchema({"type": "string", "allowed": _WINDOW_ALLOWED}),
     ] = None
-    #: the trusted TUF root of the update repository (used by the update client)
+    #: the trusted TUF root of the update repository; validated, not yet read
     update_root: _Path | None = None
     catalogue_version: _Label | None = None
     #: the station profile's slots (when it is a shipped profile) overridden by the file's
@@ -195,9 +196,9 @@ class AgentConfig(BaseModel):
     local_allowed_origins: Annotated[
         tuple[Annotated[str, Field(min_length=1)], ...], Field(strict=False)
     ] = ()
-    #: the local service's bearer token (CONTRACT §6); created mode 0640 if missing
+    #: the file holding the local service's bearer token (CONTRACT §6)
     local_service_token_file: _Path | None = None
-    #: the kiosk application's group, which may read the token file
+    #: the kiosk application's group, meant to read the token file (CONTRACT §6)
     local_service_group: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     @field_validator("required_devices")
