@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     )
     #: where the HTTP API listens: ``host:port``
     listen: Annotated[str, Field(json_schema_extra={"allowed": "'host:port'"})] = "127.0.0.1:8000"
-    #: seconds a station stays offline (or silent) before its alert opens
+    #: seconds a station stays offline (or silent) before its alert opens (CONTRACT §2);
+    #: validated, not yet acted on: there are no alerts yet
     offline_alert_after: Annotated[float, Field(ge=0, le=7 * 86400)] = 120.0
     #: MQTT client id; stable, because the broker keeps this session's queue while we restart
     client_id: Annotated[str, Field(min_length=1, max_length=128)] = "kioskfleet-controller"
@@ -87,8 +88,8 @@ class Settings(BaseSettings):
     #: where the ingest writer (decode, validate, store) runs: ``process`` (its own process,
     #: so ingest uses a second core) or ``thread`` (inside the controller's process)
     writer: Literal["process", "thread"] = "process"
-    #: a valid admin API token, so scripts and a first admin can start (CONTRACT §6); accepted
-    #: and checked here, honoured once the API has accounts
+    #: a string that is a valid admin API token (CONTRACT §6); validated, not yet acted on:
+    #: the API has no accounts or tokens yet
     bootstrap_token: SecretStr | None = None
 
     @field_validator("mqtt_url")
