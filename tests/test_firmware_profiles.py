@@ -123,29 +123,81 @@ def test_a_copy_of_the_shipped_tree_loads_from_another_root(tmp_path: Path) -> N
 
 
 # -- broken files ----------------------------------------------------------------------------------
+COIN = 'driver = "cctalk"\ndevice = "coin_acceptor"\n'
 BROKEN_MODELS = [
+    (
+        "short scaling",
+        COIN + "[quirks]\nscaling_factor = [100]\n",
+        "quirks.scaling_factor[1]: missing",
+    ),
+    (
+        "scaling not a list",
+        COIN + '[quirks]\nscaling_factor = "x"\n',
+        "quirks.scaling_factor: must be [scale, decimals] (got 'x')",
+    ),
+    (
+        "another driver's quirk",
+        COIN + '[quirks]\ncut = "full"\n',
+        "quirks.cut: unknown key (allowed: address, crc16, echo, ",
+    ),
     ("not toml", "driver = \n", "not valid TOML"),
     ("no driver", 'device = "printer"\n', "driver: missing"),
-    ("unknown driver", 'driver = "zpl"\ndevice = "printer"\n', "driver: unknown driver 'zpl'"),
-    ("unknown device", 'driver = "escpos"\ndevice = "scanner"\n', "device: unknown device"),
-    ("wrong device", 'driver = "escpos"\ndevice = "id_reader"\n', "drives printer, not"),
-    ("typo field", GOOD_MODEL + "baudrte = 9600\n", "baudrte: unknown field"),
+    (
+        "unknown driver",
+        'driver = "zpl"\ndevice = "printer"\n',
+        "driver: must be one of 'escpos', 'cctalk', 'ssp', 'ga467', 'crt591' (got 'zpl')",
+    ),
+    (
+        "unknown device",
+        'driver = "escpos"\ndevice = "scanner"\n',
+        "device: must be one of 'printer'",
+    ),
+    (
+        "wrong device",
+        'driver = "escpos"\ndevice = "id_reader"\n',
+        "device: must be printer: what driver 'escpos' drives (got 'id_reader')",
+    ),
+    (
+        "typo field",
+        GOOD_MODEL + "baudrte = 9600\n",
+        "baudrte: unknown key (allowed: address, baudrate, ",
+    ),
     ("odd baudrate", 'driver = "escpos"\ndevice = "printer"\nbaudrate = 9601\n', "baudrate"),
     ("string baudrate", 'driver = "escpos"\ndevice = "printer"\nbaudrate = "9600"\n', "baudrate"),
-    ("address range", GOOD_MODEL + "address = 300\n", "address: must be from 0 to 255"),
-    ("timeout zero", GOOD_MODEL + "timeout = 0\n", "timeout: must be from"),
+    (
+        "address range",
+        GOOD_MODEL + "address = 300\n",
+        "address: must be a whole number from 0 to 255 (got 300)",
+    ),
+    (
+        "timeout zero",
+        GOOD_MODEL + "timeout = 0\n",
+        "timeout: must be a number from 0.01 to 60 (got 0)",
+    ),
     ("retries bool", GOOD_MODEL + "retries = true\n", "retries: must be a whole number"),
-    ("name mismatch", GOOD_MODEL + 'name = "other"\n', "name: 'other' does not match"),
+    (
+        "name mismatch",
+        GOOD_MODEL + 'name = "other"\n',
+        "name: must be the file's name 'broken' (got 'other')",
+    ),
     ("empty model", GOOD_MODEL + 'model = ""\n', "model: must be a non-empty string"),
     ("quirks not table", GOOD_MODEL + 'quirks = "x"\n', "quirks: must be a table"),
-    ("unknown quirk", GOOD_MODEL + "[quirks]\necho = true\n", "quirks.echo: unknown quirk"),
+    (
+        "unknown quirk",
+        GOOD_MODEL + "[quirks]\necho = true\n",
+        "quirks.echo: unknown key (allowed: asb, busy_wait, chinese, ",
+    ),
     (
         "bad quirk value",
         GOOD_MODEL + '[quirks]\ndle_eot3_bit2 = "jam"\n',
         "quirks.dle_eot3_bit2: must be one of",
     ),
     ("bad quirk type", GOOD_MODEL + "[quirks]\nchinese = 1\n", "quirks.chinese: must be true"),
-    ("bad qr size", GOOD_MODEL + "[quirks]\nqr_size = 40\n", "quirks.qr_size: must be from 1"),
+    (
+        "bad qr size",
+        GOOD_MODEL + "[quirks]\nqr_size = 40\n",
+        "quirks.qr_size: must be a whole number from 1 to 16 (got 40)",
+    ),
 ]
 
 
@@ -160,6 +212,7 @@ def test_broken_model_profiles(tmp_path: Path, text: str, message: str) -> None:
         load_model_profile("broken", root=tmp_path)
     assert str(path) in str(caught.value)
     assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_missing_profile_names_the_known_ones(tmp_path: Path) -> None:
@@ -177,7 +230,11 @@ def test_profile_names_cannot_escape(name: str) -> None:
 BROKEN_STATIONS = [
     ("no slots", 'name = "st"\n', "slots: missing"),
     ("typo field", '[slots.printer]\nmodel = "p"\nport = "/dev/a"\n[extra]\n', "extra: unknown"),
-    ("bad slot name", '[slots.scanner]\nmodel = "p"\nport = "/dev/a"\n', "slots.scanner: slot"),
+    (
+        "bad slot name",
+        '[slots.scanner]\nmodel = "p"\nport = "/dev/a"\n',
+        "slots.scanner: must be a slot name: printer, cash_acceptor, ",
+    ),
     ("slot not table", 'slots = { printer = "p" }\n', "slots.printer: must be a table"),
     ("no port", '[slots.printer]\nmodel = "p"\n', "slots.printer.port: missing"),
     ("no model", '[slots.printer]\nport = "/dev/a"\n', "slots.printer.model: missing"),
@@ -205,7 +262,7 @@ BROKEN_STATIONS = [
     (
         "broken model",
         '[slots.printer]\nmodel = "bad"\nport = "/dev/a"\n',
-        "quirks.nonsense: unknown quirk",
+        "quirks.nonsense: unknown key",
     ),
 ]
 
@@ -223,6 +280,7 @@ def test_broken_station_profiles(tmp_path: Path, text: str, message: str) -> Non
         load_station_profile("st", root=tmp_path)
     assert str(path) in str(caught.value)
     assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_second_device_of_a_kind(tmp_path: Path) -> None:

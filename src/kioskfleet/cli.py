@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from kioskfleet import __version__
+from kioskfleet.protocol.devices import DRIVERS
 
 T = TypeVar("T")
 
@@ -78,7 +79,7 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     device = sub.add_parser("device", help="the technician's tools for one device")
     dsub = device.add_subparsers(dest="device_command", required=True)
     probe = dsub.add_parser("probe", help="identify a device and read its status")
-    probe.add_argument("driver", choices=["escpos", "cctalk", "ssp", "ga467", "crt591"])
+    probe.add_argument("driver", choices=DRIVERS)
     probe.add_argument("port", help="serial port or pyserial URL")
     probe.add_argument("--baudrate", type=int)
     probe.add_argument("--address", type=int)
@@ -92,7 +93,7 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
         epilog=_fault_table() if fault_help else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    dsim.add_argument("driver", choices=["escpos", "cctalk", "ssp", "ga467", "crt591"])
+    dsim.add_argument("driver", choices=DRIVERS)
     dsim.add_argument("--kind", choices=["bill", "coin"])
     dsim.add_argument("--link", help="make PATH a symlink to the pty")
     dsim.add_argument("--fault", action="append", default=[], help="switch a fault on (repeatable)")
@@ -104,13 +105,9 @@ def _fault_table() -> str:
     from kioskfleet.drivers.registry import driver_module
 
     lines = ["fault names (--fault NAME):"]
-    for name, kinds in (
-        ("escpos", [None]),
-        ("cctalk", ["bill", "coin"]),
-        ("ssp", [None]),
-        ("ga467", [None]),
-        ("crt591", [None]),
-    ):
+    for name in DRIVERS:
+        # ccTalk serves two kinds of device, each with its own simulator
+        kinds: list[str | None] = ["bill", "coin"] if name == "cctalk" else [None]
         for kind in kinds:
             try:
                 faults = driver_module(name).make_simulator(kind).FAULTS
@@ -162,33 +159,47 @@ def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     return asyncio.run(runner())
 
 
+def _refuse(command: str, err: Exception) -> int:
+    """A configuration or usage error: one line on stderr and exit code 2 (CONTRACT §2).
+
+    Configuration is read before anything heavy is imported or started, so this is quick.
+    """
+    print(f"kioskfleet {command}: {err}", file=sys.stderr)
+    return 2
+
+
 def _demo(args: argparse.Namespace) -> int:
+    from kioskfleet.controller.config import SettingsError
     from kioskfleet.demo import run_demo
 
-    summary = run_demo(
-        stations=args.stations,
-        duration=args.duration,
-        port=args.port,
-        broker_url=args.broker,
-        db_url=args.db,
-        update_failure_rate=args.update_failure_rate,
-    )
+    try:
+        summary = run_demo(
+            stations=args.stations,
+            duration=args.duration,
+            port=args.port,
+            broker_url=args.broker,
+            db_url=args.db,
+            update_failure_rate=args.update_failure_rate,
+        )
+    except SettingsError as err:
+        return _refuse("demo", err)
     if summary is not None:
         _print(summary)
     return 0
 
 
 def _controller(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from kioskfleet.controller.app import create_app
     from kioskfleet.controller.config import SettingsError, load_settings
 
     try:
         settings = load_settings(args.config)
     except SettingsError as err:
-        print(f"kioskfleet controller: {err}", file=sys.stderr)
-        return 2
+        return _refuse("controller", err)
+
+    import uvicorn
+
+    from kioskfleet.controller.app import create_app
+
     logging.getLogger("kioskfleet").setLevel(logging.INFO)
     host, port = settings.host_port
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
@@ -197,13 +208,14 @@ def _controller(args: argparse.Namespace) -> int:
 
 def _agent(args: argparse.Namespace) -> int:
     from kioskfleet.agent.config import ConfigError, load_agent_config
-    from kioskfleet.agent.service import run_agent
 
     try:
         config = load_agent_config(args.config)
     except ConfigError as err:
-        print(f"kioskfleet agent: {err}", file=sys.stderr)
-        return 2
+        return _refuse("agent", err)
+
+    from kioskfleet.agent.service import run_agent
+
     logging.getLogger("kioskfleet").setLevel(logging.INFO)
     _run_until_signal(lambda stop: run_agent(config, stop))
     return 0
@@ -218,8 +230,7 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         broker = parse_broker_url(args.broker)
     except ValueError as err:
-        print(f"kioskfleet simulate: {err}", file=sys.stderr)
-        return 2
+        return _refuse("simulate", err)
     spec = FleetSpec(
         stations=wuxi_fleet(
             args.stations,
@@ -252,8 +263,7 @@ def _device(args: argparse.Namespace) -> int:
             try:
                 profile = load_model_profile(args.profile).as_options()
             except ValueError as err:  # ProfileError: unknown or invalid profile
-                print(f"kioskfleet device probe: {err}", file=sys.stderr)
-                return 2
+                return _refuse("device probe", err)
         options = ProbeOptions(
             baudrate=args.baudrate, address=args.address, profile=profile, watch=args.watch
         )
@@ -267,8 +277,7 @@ def _device(args: argparse.Namespace) -> int:
         try:
             simulator.set_fault(fault)
         except ValueError as err:
-            print(f"kioskfleet device simulate: {err}", file=sys.stderr)
-            return 2
+            return _refuse("device simulate", err)
     serve_until_sigterm(simulator, args.link, lambda port: print(port, flush=True))
     return 0
 

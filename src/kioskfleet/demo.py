@@ -133,8 +133,28 @@ def run_demo(
     fault_rate: float = 0.5,
     telemetry_interval: float = 5.0,
 ) -> dict[str, Any] | None:
-    """Run the demo; with ``duration`` return the final summary plus ``sent``."""
-    from kioskfleet.controller.config import Settings
+    """Run the demo; with ``duration`` return the final summary plus ``sent``.
+
+    The controller's other settings come from ``KIOSKFLEET_*`` variables, as for
+    ``kioskfleet controller``; the database, broker and address are the demo's own.
+
+    Raises:
+        SettingsError: a flag or a ``KIOSKFLEET_*`` variable is wrong (before anything starts).
+    """
+    from kioskfleet.controller.config import load_settings
+
+    # checked before anything starts; until the broker and the work folder exist, stand-ins
+    # that are valid take their place (the environment's database and broker never apply)
+    checked = load_settings(
+        overrides={
+            "db_url": db_url or "sqlite://",
+            "mqtt_url": broker_url or "mqtt://127.0.0.1:1883",
+            "listen": f"127.0.0.1:{port}",
+            "client_id": f"kioskfleet-demo-{port}",
+        },
+        overrides_from={"db_url": "--db", "mqtt_url": "--broker", "listen": "--port"},
+    )
+
     from kioskfleet.fleetsim.fleet import FleetSpec, run_fleet, wuxi_fleet
     from kioskfleet.protocol.broker_url import parse_broker_url
 
@@ -145,11 +165,11 @@ def run_demo(
             broker.start()
             # amqtt speaks only 3.1.1: say so rather than have everyone try 5 first
             broker_url = f"mqtt://127.0.0.1:{broker.port}?version=3.1.1"
-        settings = Settings(
-            db_url=db_url or f"sqlite:///{work / 'kioskfleet.db'}",
-            mqtt_url=broker_url,
-            listen=f"127.0.0.1:{port}",
-            client_id=f"kioskfleet-demo-{port}",
+        settings = checked.model_copy(
+            update={
+                "db_url": db_url or f"sqlite:///{work / 'kioskfleet.db'}",
+                "mqtt_url": broker_url,
+            }
         )
         served = ServedController(settings)
         log.warning("dashboard at http://127.0.0.1:%d/  (broker %s)", port, broker_url)

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -29,14 +28,16 @@ def served_controller(
     """A controller serving its API; by default, once it is subscribed at the broker (what is
     published before that is not queued for it: its session does not exist yet)."""
     settings = Settings(
-        db_url=db_url,
-        mqtt_url=mqtt_url,
-        listen=f"127.0.0.1:{free_port()}",
-        client_id=f"ctl-{uuid.uuid4().hex[:8]}",
-        ack_interval=0.3,
-        sweep_interval=0.2,
+        **{
+            "db_url": db_url,
+            "mqtt_url": mqtt_url,
+            "listen": f"127.0.0.1:{free_port()}",
+            "client_id": f"ctl-{uuid.uuid4().hex[:8]}",
+            "ack_interval": 0.3,
+            "sweep_interval": 0.2,
+            **overrides,
+        }
     )
-    settings = replace(settings, **overrides)
     served = ServedController(settings)
     host, port = settings.host_port
     ingest = served.controller.ingest

@@ -29,7 +29,7 @@ from kioskfleet.agent.outbox import DroppedRange, Entry, Kind, StationOutbox
 from kioskfleet.agent.payloads import ReplyStatus, Stamp, StationIdentity
 from kioskfleet.agent.sendwindow import SendCounts, SendWindow
 from kioskfleet.protocol.broker_url import BrokerUrl
-from kioskfleet.protocol.devices import DeviceStatus
+from kioskfleet.protocol.devices import DeviceStatus, SlotName
 from kioskfleet.protocol.errors import ProtocolError
 from kioskfleet.protocol.messages import (
     Ack,
@@ -37,7 +37,6 @@ from kioskfleet.protocol.messages import (
     ControllerState,
     Event,
     Sequenced,
-    SlotName,
     encode,
 )
 from kioskfleet.protocol.topics import (

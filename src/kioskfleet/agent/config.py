@@ -1,167 +1,293 @@
-"""Agent configuration (``kioskfleet agent --config FILE``, TOML)."""
+"""Agent configuration (``kioskfleet agent --config FILE``, TOML; CONTRACT §2).
+
+Pydantic models, frozen, refusing unknown keys: a misspelt key must not fall back to a
+default without a word. Every field has a default unless a kiosk cannot run without it, so a
+later section (``[updates]``, ``[auth]``) is one more field holding its own model, and files
+written before it keep loading.
+"""
 
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final
 
-from kioskfleet.protocol.broker_url import BrokerUrl, parse_broker_url
-from kioskfleet.protocol.topics import is_valid_station_id
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from kioskfleet.firmware_profiles import ProfileError, ProfileName, load_station_profile
+from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value
+from kioskfleet.protocol.devices import DriverName, SlotName
+from kioskfleet.protocol.explain import Loc, explain, one_line
+from kioskfleet.protocol.stations import SiteType, is_valid_station_id
 
 
 class ConfigError(ValueError):
-    """The agent configuration is unusable; the message names the file and the field."""
+    """The agent configuration is unusable; one line naming the file, the key and what it
+    allows."""
 
 
-@dataclass(frozen=True)
-class DeviceConfig:
-    """One device slot: which driver on which port."""
+#: China has kept UTC+8 without daylight saving since 1991, so a fixed offset is exact and
+#: needs no time zone database (which Windows kiosks lack)
+SHANGHAI: Final = timezone(timedelta(hours=8), "Asia/Shanghai")
+_WINDOW: Final = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$")
+_WINDOW_ALLOWED: Final = "'HH:MM-HH:MM' in Asia/Shanghai time, e.g. '01:00-05:00'"
 
-    slot: str
-    driver: str
-    port: str
-    baudrate: int | None = None
-    address: int | None = None
+# TOML gives every value its type: a number in quotes is a mistake, not a number. Lists and
+# paths are converted (TOML has arrays, not tuples; and no path type).
+_STRICT: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
+_Label = Annotated[str, Field(min_length=1, max_length=128)]
+_Path = Annotated[Path, Field(strict=False, json_schema_extra={"allowed": "a path"})]
+
+
+class MaintenanceWindow(BaseModel):
+    """A daily time span in Asia/Shanghai: CONTRACT §2's ``maintenance_window``, when updates
+    may be installed (accepted and validated; nothing installs updates yet).
+
+    ``end`` before ``start`` wraps midnight (``23:00-02:00``); ``start`` is inside the window,
+    ``end`` is not.
+    """
+
+    model_config = _STRICT
+
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def _a_real_window(self) -> MaintenanceWindow:
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            raise ValueError("times are local to Asia/Shanghai: no offset")
+        if self.start == self.end:
+            raise ValueError(f"start and end must differ ({_WINDOW_ALLOWED})")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> MaintenanceWindow:
+        """``"01:00-05:00"`` → the window.
+
+        Raises:
+            ValueError: not ``HH:MM-HH:MM``, or start and end are equal.
+        """
+        match = _WINDOW.match(text)
+        if match is None:
+            raise ValueError(f"must be {_WINDOW_ALLOWED}")
+        h1, m1, h2, m2 = (int(part) for part in match.groups())
+        if (h1, m1) == (h2, m2):
+            raise ValueError(f"start and end must differ ({_WINDOW_ALLOWED})")
+        return cls(start=time(h1, m1), end=time(h2, m2))
+
+    def contains(self, moment: datetime) -> bool:
+        """Whether ``moment`` (timezone-aware) falls inside the window.
+
+        Raises:
+            ValueError: ``moment`` is naive (its time zone is unknown).
+        """
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError("a maintenance window needs a timezone-aware datetime")
+        local = moment.astimezone(SHANGHAI).time()
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+def _window(value: Any) -> Any:
+    return MaintenanceWindow.parse(value) if isinstance(value, str) else value
+
+
+def _station(value: str) -> str:
+    if not is_valid_station_id(value):
+        raise ValueError("must be a station id: [a-z0-9][a-z0-9-]{2,63}, not 'controller'")
+    return value
+
+
+def _local_service(value: Any) -> Any:
+    if value is False or value == "":
+        return None
+    if value is True:
+        raise ValueError("must be 'host:port' on the loopback, or false")
+    if isinstance(value, str):
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be 'host:port' on the loopback (port 1-65535), or false")
+    return value
+
+
+class DeviceConfig(BaseModel):
+    """One device slot: which driver on which port (a ``[devices.SLOT]`` table)."""
+
+    model_config = _STRICT
+
+    #: the table's name (``printer``, ``cash_acceptor``, … ``printer_2``)
+    slot: Annotated[SlotName, Field(json_schema_extra={"readOnly": True})]
+    driver: DriverName
+    port: Annotated[str, Field(min_length=1)]
+    baudrate: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    address: Annotated[int, Field(ge=0, le=255)] | None = None
     #: the firmware profile (``firmware_profiles/models``) whose settings and quirks apply
-    profile: str | None = None
-    timeout: float = 0.5
-    retries: int = 2
+    profile: ProfileName | None = None
+    timeout: Annotated[float, Field(ge=0.01, le=60.0)] = 0.5
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(BaseModel):
     """Everything a kiosk agent needs to know about itself."""
 
-    station: str
-    district: str
-    site: str
-    site_type: str
-    profile: str
-    broker: BrokerUrl
-    telemetry_interval: float = 10.0
-    state_dir: Path = Path("/var/lib/kioskfleet")
-    keepalive: int = 30
-    maintenance_window: str | None = None
-    update_root: Path | None = None
-    catalogue_version: str | None = None
-    devices: tuple[DeviceConfig, ...] = field(default_factory=tuple)
-    required_devices: tuple[str, ...] = ()
+    model_config = _STRICT
+
+    station: Annotated[
+        str,
+        AfterValidator(_station),
+        Field(json_schema_extra={"allowed": "a station id: [a-z0-9][a-z0-9-]{2,63}"}),
+    ]
+    district: _Label
+    site: _Label
+    site_type: SiteType
+    #: the station profile (``firmware_profiles/stations``), or a name of the site's own
+    profile: _Label
+    broker: Annotated[
+        BrokerUrl,
+        PlainValidator(broker_url_value),
+        WithJsonSchema({"type": "string", "allowed": "an mqtt:// or mqtts:// URL"}),
+    ]
+    telemetry_interval: Annotated[float, Field(ge=0.1, le=86400)] = 10.0
+    state_dir: _Path = Path("/var/lib/kioskfleet")
+    #: MQTT keepalive (s); the station is seen offline within 1.5 × keepalive after it dies
+    keepalive: Annotated[int, Field(ge=1, le=65535)] = 30
+    #: when updates may be installed; validated, not yet acted on (no update client yet)
+    maintenance_window: Annotated[
+        MaintenanceWindow | None,
+        BeforeValidator(_window),
+        WithJsonSchema({"type": "string", "allowed": _WINDOW_ALLOWED}),
+    ] = None
+    #: the trusted TUF root of the update repository; validated, not yet read
+    update_root: _Path | None = None
+    catalogue_version: _Label | None = None
+    #: the station profile's slots (when it is a shipped profile) overridden by the file's
+    #: ``[devices.SLOT]`` tables; false: the file's tables only
+    use_profile_devices: bool = True
+    devices: Annotated[tuple[DeviceConfig, ...], Field(strict=False)] = ()
+    #: slots the station needs to serve; by default the station profile's
+    required_devices: Annotated[tuple[SlotName, ...], Field(strict=False)] = ()
     #: ``host:port`` of the local device service for the kiosk's own application (loopback
-    #: only); None switches it off
-    local_service: str | None = "127.0.0.1:8765"
+    #: only); None (false in the file) switches it off
+    local_service: Annotated[
+        str | None,
+        BeforeValidator(_local_service),
+        WithJsonSchema({"type": "string", "allowed": "'host:port' on the loopback, or false"}),
+    ] = "127.0.0.1:8765"
     #: browser origins allowed to call the local service (the kiosk app's own page)
-    local_allowed_origins: tuple[str, ...] = ()
+    local_allowed_origins: Annotated[
+        tuple[Annotated[str, Field(min_length=1)], ...], Field(strict=False)
+    ] = ()
+    #: the file holding the local service's bearer token (CONTRACT §6)
+    local_service_token_file: _Path | None = None
+    #: the kiosk application's group, meant to read the token file (CONTRACT §6)
+    local_service_group: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    @field_validator("required_devices")
+    @classmethod
+    def _required_devices_exist(
+        cls, required: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        if "devices" not in info.data:
+            return required  # the devices are wrong already; that is the error to report
+        slots = {device.slot for device in info.data["devices"]}
+        for slot in required:
+            if slot not in slots:
+                raise ValueError(
+                    f"{slot!r} is not a device of this station "
+                    f"(devices: {', '.join(sorted(slots)) or 'none'})"
+                )
+        return required
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
     """Read and validate an agent TOML file.
 
     Raises:
-        ConfigError: unreadable file, missing or wrong fields.
+        ConfigError: unreadable file, bad TOML, or a missing, unknown or wrong key.
     """
-    path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{path}: {err}") from err
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(one_line(f"{path}: cannot read: {err.strerror or err}")) from err
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(one_line(f"{path}: not valid TOML: {err}")) from err
     return agent_config_from_dict(data, source=str(path))
 
 
-def agent_config_from_dict(data: dict[str, Any], *, source: str = "config") -> AgentConfig:
-    """Validate a parsed configuration (see :func:`load_agent_config`)."""
+def agent_config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> AgentConfig:
+    """Validate a parsed configuration (see :func:`load_agent_config`).
 
-    def need(key: str, kind: type) -> Any:
-        if key not in data:
-            raise ConfigError(f"{source}: missing {key!r}")
-        value = data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind):
-            raise ConfigError(f"{source}: {key!r} must be a {kind.__name__}")
-        return value
+    Raises:
+        ConfigError: a missing, unknown or wrong key, named with ``source``.
+    """
+    prepared, slots = _with_profile_devices(data, source)
 
-    station = need("station", str)
-    if not is_valid_station_id(station):
-        raise ConfigError(f"{source}: station id {station!r} must match [a-z0-9][a-z0-9-]{{2,63}}")
-    broker_url = need("broker", str)
+    def rename(loc: Loc) -> Loc:
+        # validation sees the devices as a list; the file has them as tables named by slot
+        if len(loc) >= 2 and loc[0] == "devices" and isinstance(loc[1], int):
+            rest = loc[2:] if loc[2:] != ("slot",) else ()
+            return ("devices", slots[loc[1]], *rest)
+        return loc
+
     try:
-        broker = parse_broker_url(broker_url)
-    except ValueError as err:
-        raise ConfigError(f"{source}: {err}") from err
-    interval = float(data.get("telemetry_interval", 10.0))
-    if not 0.1 <= interval <= 86400:
-        raise ConfigError(f"{source}: telemetry_interval must be between 0.1 and 86400 s")
-    devices, required = _devices(data, source)
-    return AgentConfig(
-        station=station,
-        district=need("district", str),
-        site=need("site", str),
-        site_type=need("site_type", str),
-        profile=need("profile", str),
-        broker=broker,
-        telemetry_interval=interval,
-        state_dir=Path(data.get("state_dir", "/var/lib/kioskfleet")),
-        keepalive=int(data.get("keepalive", 30)),
-        maintenance_window=data.get("maintenance_window"),
-        update_root=Path(data["update_root"]) if "update_root" in data else None,
-        catalogue_version=data.get("catalogue_version"),
-        devices=tuple(devices),
-        required_devices=required,
-        local_service=_local_service(data, source),
-        local_allowed_origins=tuple(str(o) for o in data.get("local_allowed_origins", ())),
-    )
+        return AgentConfig.model_validate(prepared)
+    except ValidationError as err:
+        raise ConfigError(explain(err, source=source, model=AgentConfig, rename=rename)) from err
 
 
-def _local_service(data: dict[str, Any], source: str) -> str | None:
-    value = data.get("local_service", "127.0.0.1:8765")
-    if value is False or value == "":
-        return None
-    if not isinstance(value, str) or not value.rpartition(":")[2].isdigit():
-        raise ConfigError(f"{source}: local_service must be 'host:port' (loopback) or false")
-    return value
-
-
-def _devices(data: dict[str, Any], source: str) -> tuple[list[DeviceConfig], tuple[str, ...]]:
-    """The station profile's slots (when it is a shipped profile), overridden per slot by the
-    file's ``[devices.SLOT]`` tables; and the slots the station needs."""
-    from kioskfleet.firmware_profiles import ProfileError, load_station_profile
-
+def _with_profile_devices(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
+    """``data`` with ``devices`` as a list: the station profile's slots (when it is a shipped
+    profile) overridden per slot by the file's ``[devices.SLOT]`` tables; and the slots in
+    that order. Without ``required_devices``, the profile's needs are the default."""
+    prepared = dict(data)
+    tables = data.get("devices", {})
+    if not isinstance(tables, Mapping):
+        raise ConfigError(one_line(f"{source}: devices: must be [devices.SLOT] tables"))
     specs: dict[str, dict[str, Any]] = {}
-    required: tuple[str, ...] = tuple(data.get("required_devices", ()))
     profile_name = data.get("profile")
-    if isinstance(profile_name, str) and data.get("use_profile_devices", True):
+    if isinstance(profile_name, str) and data.get("use_profile_devices", True) is True:
         try:
             station = load_station_profile(profile_name)
         except ProfileError:
             station = None  # a profile this agent does not ship: devices come from the file
         if station is not None:
             for entry in station.slots:
-                specs[entry.slot] = {**entry.as_device_config(), "profile": entry.profile.name}
-            if "required_devices" not in data:
-                required = station.needs
-    for slot, spec in dict(data.get("devices", {})).items():
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{source}: devices.{slot} must be a table")
-        specs[slot] = {**specs.get(slot, {}), **spec}
-    devices = []
-    for slot, spec in specs.items():
-        if "driver" not in spec or "port" not in spec:
-            raise ConfigError(f"{source}: devices.{slot} needs driver and port")
-        try:
-            devices.append(
-                DeviceConfig(
-                    slot=slot,
-                    driver=str(spec["driver"]),
-                    port=str(spec["port"]),
-                    baudrate=None if spec.get("baudrate") is None else int(spec["baudrate"]),
-                    address=None if spec.get("address") is None else int(spec["address"]),
-                    profile=None if spec.get("profile") is None else str(spec["profile"]),
-                    timeout=float(spec.get("timeout", 0.5)),
-                    retries=int(spec.get("retries", 2)),
+                table = entry.as_device_config()
+                specs[entry.slot] = {
+                    **{k: v for k, v in table.items() if k in DeviceConfig.model_fields},
+                    "profile": entry.profile.name,
+                }
+            prepared.setdefault("required_devices", station.needs)
+    for slot, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(one_line(f"{source}: devices.{slot}: must be a table"))
+        if "slot" in table:
+            raise ConfigError(
+                one_line(
+                    f"{source}: devices.{slot}.slot: unknown key (the slot is the table's name)"
                 )
             )
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{source}: devices.{slot}: {err}") from err
-    return devices, required
+        specs[str(slot)] = {**specs.get(str(slot), {}), **table}
+    prepared["devices"] = [{**spec, "slot": slot} for slot, spec in specs.items()]
+    return prepared, list(specs)

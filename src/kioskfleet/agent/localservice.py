@@ -393,7 +393,7 @@ def hub_from_config(devices: Iterable[DeviceConfig]) -> DeviceHub:
     """A hub with every configured device (opened on first use)."""
     hub = DeviceHub()
     for device in devices:
-        hub.add(device.slot, config_opener(device), driver=device.driver)  # type: ignore[arg-type]
+        hub.add(device.slot, config_opener(device), driver=device.driver)
     return hub
 
 

@@ -1,49 +1,135 @@
-"""Controller settings: defaults, then ``--config FILE`` (TOML), then environment variables."""
+"""Controller settings: defaults, then ``--config FILE`` (TOML), then ``KIOSKFLEET_*``
+environment variables, then what a command gives explicitly (CONTRACT §2).
+
+:class:`Settings` is a pydantic-settings model. Every field is also an environment variable,
+``KIOSKFLEET_`` + its name in capitals (``KIOSKFLEET_DB_URL``, ``KIOSKFLEET_OFFLINE_ALERT_AFTER``,
+``KIOSKFLEET_BOOTSTRAP_TOKEN``, …); a later section (``[alerts]``) is one more field holding its
+own model, with defaults, its keys reached as ``KIOSKFLEET_ALERTS__KEY``. Unknown keys in the
+file are refused. Building ``Settings(...)`` directly reads nothing but its arguments (tests,
+the demo); :func:`load_settings` reads the file and the environment.
+"""
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final, Literal
 
-from kioskfleet.protocol.broker_url import BrokerUrl, parse_broker_url
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings import SettingsError as SourceError
+
+from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value, parse_broker_url
+from kioskfleet.protocol.explain import Loc, explain, one_line
+
+ENV_PREFIX: Final = "KIOSKFLEET_"
+NESTED_DELIMITER: Final = "__"
 
 
 class SettingsError(ValueError):
-    """Unusable settings; the message names the source and the field."""
+    """Unusable settings; one line naming the file or variable, the key and what it allows."""
 
 
-@dataclass(frozen=True)
-class Settings:
+_Seconds = Annotated[float, Field(gt=0, le=7 * 86400)]
+
+
+class Settings(BaseSettings):
     """Everything the controller needs (CONTRACT §2 ``kioskfleet controller``)."""
 
-    db_url: str = "sqlite:///kioskfleet.db"
-    mqtt_url: str = "mqtt://127.0.0.1:1883"
-    listen: str = "127.0.0.1:8000"
-    offline_alert_after: float = 120.0
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    #: SQLAlchemy URL of the database
+    db_url: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z][a-z0-9+]*://",
+            json_schema_extra={"allowed": "an SQLAlchemy URL, e.g. sqlite:///kioskfleet.db"},
+        ),
+    ] = "sqlite:///kioskfleet.db"
+    #: the broker: ``mqtt://host:port``, ``mqtts://…``, ``?version=3.1.1|5``
+    mqtt_url: Annotated[str, Field(json_schema_extra={"allowed": "an mqtt:// or mqtts:// URL"})] = (
+        "mqtt://127.0.0.1:1883"
+    )
+    #: where the HTTP API listens: ``host:port``
+    listen: Annotated[str, Field(json_schema_extra={"allowed": "'host:port'"})] = "127.0.0.1:8000"
+    #: seconds a station stays offline (or silent) before its alert opens (CONTRACT §2);
+    #: validated, not yet acted on: there are no alerts yet
+    offline_alert_after: Annotated[float, Field(ge=0, le=7 * 86400)] = 120.0
     #: MQTT client id; stable, because the broker keeps this session's queue while we restart
-    client_id: str = "kioskfleet-controller"
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] = "kioskfleet-controller"
     #: seconds the broker keeps our session (and queues for us) while we are away
-    session_expiry: int = 7 * 24 * 3600
+    session_expiry: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 24 * 3600
     #: largest number of messages stored in one database transaction (each commit is an
     #: fsync: larger batches make a backlog drain faster)
-    batch_size: int = 1000
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     #: how often confirmations go out to stations (seconds)
-    ack_interval: float = 1.0
+    ack_interval: _Seconds = 1.0
     #: how often silent stations are looked for (seconds)
-    sweep_interval: float = 1.0
+    sweep_interval: _Seconds = 1.0
     #: raw telemetry is kept this many days, then folded into hourly aggregates
-    retention_days: float = 30.0
+    retention_days: Annotated[float, Field(gt=0, le=36500)] = 30.0
     #: how often retention runs (seconds)
-    retention_interval: float = 3600.0
+    retention_interval: _Seconds = 3600.0
     #: the ingest writer owns its process: freeze start-up objects out of the cyclic garbage
     #: collector and collect young objects less often (see ``writer.tune_gc``)
     tune_gc: bool = True
     #: where the ingest writer (decode, validate, store) runs: ``process`` (its own process,
     #: so ingest uses a second core) or ``thread`` (inside the controller's process)
-    writer: str = "process"
+    writer: Literal["process", "thread"] = "process"
+    #: a string that is a valid admin API token (CONTRACT §6); validated, not yet acted on:
+    #: the API has no accounts or tokens yet
+    bootstrap_token: SecretStr | None = None
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _a_broker_url(cls, value: str) -> str:
+        broker_url_value(value)
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        _, colon, port = value.rpartition(":")
+        if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be 'host:port' with a port from 1 to 65535")
+        return value
+
+    @field_validator("bootstrap_token", mode="before")
+    @classmethod
+    def _a_usable_token(cls, value: Any) -> Any:
+        # it travels in an Authorization header and grants admin rights: long enough not to be
+        # guessed, nothing a header cannot carry
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and not (
+            16 <= len(text) <= 512 and all("!" <= char <= "~" for char in text)
+        ):
+            raise ValueError("must be 16 to 512 printable ASCII characters without spaces")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the arguments: :func:`load_settings` chooses the file and the environment, so
+        that building ``Settings(...)`` in a test or the demo reads nothing else."""
+        return (init_settings,)
 
     @property
     def broker(self) -> BrokerUrl:
@@ -57,68 +143,90 @@ class Settings:
         return host or "127.0.0.1", int(port)
 
 
-_ENV = {
-    "KIOSKFLEET_DB_URL": "db_url",
-    "KIOSKFLEET_MQTT_URL": "mqtt_url",
-    "KIOSKFLEET_LISTEN": "listen",
-    "KIOSKFLEET_OFFLINE_ALERT_AFTER": "offline_alert_after",
-    "KIOSKFLEET_RETENTION_DAYS": "retention_days",
-}
+class _Environment(EnvSettingsSource):
+    """``KIOSKFLEET_*`` variables from a given mapping rather than ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # the hook pydantic-settings' own dotenv source overrides to read another mapping
+        return {key.lower(): value for key, value in self._environ.items()}
 
 
 def load_settings(
-    config_file: str | Path | None = None, env: dict[str, str] | None = None
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    overrides_from: str | Mapping[str, str] = "arguments",
 ) -> Settings:
-    """Build settings from a TOML file and the environment (environment wins).
+    """Build settings: defaults < the TOML file < the environment < ``overrides``.
+
+    Args:
+        config_file: a TOML file of settings (``--config``).
+        env: the environment (``os.environ`` when None).
+        overrides: values a command sets itself (the demo's flags); they win.
+        overrides_from: how errors name where ``overrides`` came from: one name, or one per
+            key (``{"mqtt_url": "--broker"}``; a key left out is named ``arguments``).
 
     Raises:
-        SettingsError: unreadable file, unknown key, or a value of the wrong type.
+        SettingsError: unreadable file, bad TOML, an unknown key, or a wrong value; the one
+            line names the file or variable and the key.
     """
-    env = dict(os.environ) if env is None else env
-    values: dict[str, Any] = {}
+    file_values: dict[str, Any] = {}
     if config_file is not None:
         try:
-            data = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise SettingsError(f"{config_file}: {err}") from err
-        known = {f.name for f in fields(Settings)}
-        for key, value in data.items():
-            if key not in known:
-                raise SettingsError(f"{config_file}: unknown setting {key!r}")
-            values[key] = value
-    for var, name in _ENV.items():
-        if var in env:
-            values[name] = env[var]
-    settings = Settings()
-    for f in fields(Settings):
-        if f.name in values:
-            settings = replace(settings, **{f.name: _coerce(f.name, values[f.name], f.type)})
-    if settings.writer not in ("process", "thread"):
-        raise SettingsError(
-            f"setting 'writer' must be 'process' or 'thread', not {settings.writer!r}"
-        )
+            text = Path(config_file).read_text(encoding="utf-8")
+        except OSError as err:
+            raise SettingsError(
+                one_line(f"{config_file}: cannot read: {err.strerror or err}")
+            ) from err
+        try:
+            file_values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise SettingsError(one_line(f"{config_file}: not valid TOML: {err}")) from err
     try:
-        settings.broker  # noqa: B018  (validates the URL early, with a clear message)
-        settings.host_port  # noqa: B018
-    except ValueError as err:
-        raise SettingsError(str(err)) from err
-    return settings
+        env_values = _Environment(Settings, os.environ if env is None else env)()
+    except SourceError as err:  # a nested section's variable that is not valid JSON
+        raise SettingsError(one_line(f"environment: {err}")) from err
+    given = dict(overrides or {})
+    values = _merge(_merge(file_values, env_values), given)
+
+    def source(loc: Loc) -> str:
+        if _holds(given, loc):
+            if isinstance(overrides_from, str):
+                return overrides_from
+            return overrides_from.get(str(loc[0]), "arguments")
+        if _holds(env_values, loc):
+            names = [str(part).upper() for part in loc if isinstance(part, str)]
+            return f"environment variable {ENV_PREFIX}{NESTED_DELIMITER.join(names)}"
+        return str(config_file) if config_file is not None else "settings"
+
+    try:
+        return Settings(**values)
+    except ValidationError as err:
+        raise SettingsError(explain(err, source=source, model=Settings)) from err
 
 
-def _coerce(name: str, value: Any, kind: Any) -> Any:
-    if kind in ("bool", bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-            return value.lower() in ("true", "1")
-        raise SettingsError(f"setting {name!r}: {value!r} is not true or false")
-    try:
-        if kind in ("float", float):
-            return float(value)
-        if kind in ("int", int):
-            return int(value)
-    except (TypeError, ValueError) as err:
-        raise SettingsError(f"setting {name!r}: {value!r} is not a number") from err
-    if not isinstance(value, str):
-        raise SettingsError(f"setting {name!r} must be a string")
-    return value
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update``, section by section (a variable for one key of a
+    section does not replace the file's whole section)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _holds(values: Mapping[str, Any], loc: Loc) -> bool:
+    """Whether ``values`` has a value at ``loc`` (or at its section)."""
+    current: Any = values
+    for part in loc:
+        if not isinstance(current, Mapping) or part not in current:
+            return False
+        current = current[part]
+    return bool(loc)

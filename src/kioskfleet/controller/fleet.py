@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from kioskfleet.protocol.devices import SERVING_STATES
+from kioskfleet.protocol.stations import STATION_STATUSES, StationStatus
 
-StationStatus = Literal["online", "degraded", "silent", "offline"]
-STATUSES: Final[tuple[StationStatus, ...]] = ("online", "degraded", "silent", "offline")
+#: every station status, in the contract's order
+STATUSES: Final = STATION_STATUSES
 #: a connected station that sends no telemetry for this many intervals is silent
 SILENT_AFTER_INTERVALS: Final = 3
 

@@ -13,9 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, PlainSerializer
 
-from kioskfleet.controller.fleet import StationStatus
-from kioskfleet.protocol.devices import DeviceStatus
-from kioskfleet.protocol.messages import SlotName
+from kioskfleet.protocol.devices import DeviceStatus, SlotName
+from kioskfleet.protocol.stations import StationStatus
 
 
 class Public(BaseModel):

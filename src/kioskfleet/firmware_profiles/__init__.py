@@ -8,8 +8,10 @@ Two kinds of TOML file, kept apart:
 - ``stations/<name>.toml`` — a station profile (``estation-gen2``): its device slots, each a
   model profile with a default port, and whether the station needs the slot to serve.
 
-Everything is validated on load; a :class:`ProfileError` names the file and the field. This
-is a data package: it imports nothing of kioskfleet but :mod:`kioskfleet.protocol`.
+Both are pydantic models refusing unknown keys; a :class:`ProfileError` is one line naming the
+file, the field and what it allows. A driver's ``[quirks]`` table is checked against that
+driver's quirk model (:data:`QUIRKS`). This is a data package: it imports nothing of
+kioskfleet but :mod:`kioskfleet.protocol`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,25 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
-from kioskfleet.protocol.devices import DEVICE_KINDS, DRIVERS
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+
+from kioskfleet.protocol.devices import DeviceKind, DriverName, SlotName, slot_kind
+from kioskfleet.protocol.explain import explain, one_line
 
 #: where the shipped profiles live
 ROOT: Final = Path(__file__).resolve().parent
@@ -30,12 +45,18 @@ ProfileKind = Literal["model", "station"]
 _DIRS: Final[dict[str, str]] = {"model": "models", "station": "stations"}
 
 _NAME: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-_SLOT: Final = re.compile(
-    r"^(printer|cash_acceptor|coin_acceptor|id_reader|card_reader)(_[0-9]{1,2})?$"
-)
-BAUDRATES: Final = frozenset({1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400})
+#: a profile's name, which is also its file's name
+ProfileName = Annotated[
+    str,
+    Field(
+        pattern=_NAME.pattern,
+        json_schema_extra={"allowed": "a profile name: lower-case letters, digits and dashes"},
+    ),
+]
+Baudrate = Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400]
+BAUDRATES: Final = frozenset(get_args(Baudrate))
 #: the device kinds each driver can serve
-DRIVER_KINDS: Final[dict[str, frozenset[str]]] = {
+DRIVER_KINDS: Final[dict[DriverName, frozenset[DeviceKind]]] = {
     "escpos": frozenset({"printer"}),
     "cctalk": frozenset({"cash_acceptor", "coin_acceptor"}),
     "ssp": frozenset({"cash_acceptor"}),
@@ -43,136 +64,147 @@ DRIVER_KINDS: Final[dict[str, frozenset[str]]] = {
     "crt591": frozenset({"card_reader"}),
 }
 
+# A file states every value's type: a number in quotes is a mistake, not a number.
+_FILE: Final = ConfigDict(frozen=True, extra="forbid", strict=True)
+_Text = Annotated[str, Field(min_length=1)]
+
 
 class ProfileError(ValueError):
-    """A profile file is missing, unreadable or invalid; the message names file and field."""
+    """A profile file is missing, unreadable or invalid; one line naming file and field."""
 
 
-# -- quirk schema: every quirk a driver reads, with its check ------------------------------------
-Check = Callable[[Any], str | None]
+# -- quirks: every quirk a driver reads, with its range -------------------------------------------
+_Seconds = Annotated[float, Field(ge=0.001, le=120.0)]
+_Count = Annotated[int, Strict(), Field(ge=0)]
 
 
-def _number(low: float, high: float) -> Check:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"must be a number from {low} to {high}"
-        if not low <= value <= high:
-            return f"must be from {low} to {high}, not {value}"
-        return None
+class _Quirks(BaseModel):
+    """Quirks every driver reads."""
 
-    return check
+    model_config = _FILE
+
+    inter_byte_timeout: Annotated[float, Field(ge=0.001, le=5.0)] | None = None
+    poll_interval: Annotated[float, Field(ge=0.01, le=60.0)] | None = None
 
 
-def _integer(low: int, high: int) -> Check:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be a whole number from {low} to {high}"
-        if not low <= value <= high:
-            return f"must be from {low} to {high}, not {value}"
-        return None
+class EscposQuirks(_Quirks):
+    """ESC/POS printers."""
 
-    return check
-
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-def _one_of(*choices: str) -> Check:
-    def check(value: Any) -> str | None:
-        if value not in choices:
-            return f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}"
-        return None
-
-    return check
+    #: what DLE EOT 3 bit 2 means on this model (SNBC: its anti-jam module, a paper jam)
+    dle_eot3_bit2: Literal["mechanical_error", "paper_jam"] | None = None
+    chinese: bool | None = None
+    cut: Literal["partial", "full", "none"] | None = None
+    qr_size: Annotated[int, Field(ge=1, le=16)] | None = None
+    qr_error_correction: Literal["L", "M", "Q", "H"] | None = None
+    gs_i: bool | None = None
+    id_timeout: _Seconds | None = None
+    asb: bool | None = None
+    print_timeout: _Seconds | None = None
+    busy_wait: _Seconds | None = None
 
 
-def _scaling(value: Any) -> str | None:
-    if (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-    ):
-        return None
-    return "must be [scale, decimals], two whole numbers"
+class CctalkQuirks(_Quirks):
+    """ccTalk bill validators and coin acceptors."""
+
+    crc16: bool | None = None
+    echo: bool | None = None
+    scaling_factor: (
+        Annotated[
+            tuple[_Count, _Count],
+            Field(strict=False, json_schema_extra={"allowed": "[scale, decimals]"}),
+        ]
+        | None
+    ) = None
+    address: Annotated[int, Field(ge=0, le=255)] | None = None
 
 
-_SECONDS: Final = _number(0.001, 120.0)
-_COMMON_QUIRKS: Final[dict[str, Check]] = {
-    "inter_byte_timeout": _number(0.001, 5.0),
-    "poll_interval": _number(0.01, 60.0),
-}
-QUIRKS: Final[dict[str, dict[str, Check]]] = {
-    "escpos": {
-        "dle_eot3_bit2": _one_of("mechanical_error", "paper_jam"),
-        "chinese": _boolean,
-        "cut": _one_of("partial", "full", "none"),
-        "qr_size": _integer(1, 16),
-        "qr_error_correction": _one_of("L", "M", "Q", "H"),
-        "gs_i": _boolean,
-        "id_timeout": _SECONDS,
-        "asb": _boolean,
-        "print_timeout": _SECONDS,
-        "busy_wait": _SECONDS,
-    },
-    "cctalk": {
-        "crc16": _boolean,
-        "echo": _boolean,
-        "scaling_factor": _scaling,
-        "address": _integer(0, 255),
-    },
-    "ssp": {
-        "protocol_version": _integer(1, 255),
-        "real_value_multiplier": _integer(1, 1_000_000),
-        "address": _integer(0, 0x7D),
-    },
-    "ga467": {"read_timeout": _SECONDS},
-    "crt591": {
-        "address": _integer(0, 15),
-        "ack_timeout": _SECONDS,
-        "motion_timeout": _SECONDS,
-    },
+class SspQuirks(_Quirks):
+    """SSP banknote validators."""
+
+    protocol_version: Annotated[int, Field(ge=1, le=255)] | None = None
+    real_value_multiplier: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    address: Annotated[int, Field(ge=0, le=0x7D)] | None = None
+
+
+class Ga467Quirks(_Quirks):
+    """Resident ID card readers (SAM_V)."""
+
+    read_timeout: _Seconds | None = None
+
+
+class Crt591Quirks(_Quirks):
+    """CRT-591 card readers."""
+
+    address: Annotated[int, Field(ge=0, le=15)] | None = None
+    ack_timeout: _Seconds | None = None
+    motion_timeout: _Seconds | None = None
+
+
+QUIRKS: Final[dict[DriverName, type[_Quirks]]] = {
+    "escpos": EscposQuirks,
+    "cctalk": CctalkQuirks,
+    "ssp": SspQuirks,
+    "ga467": Ga467Quirks,
+    "crt591": Crt591Quirks,
 }
 
-_MODEL_KEYS: Final = frozenset(
-    {
-        "name",
-        "description",
-        "driver",
-        "device",
-        "model",
-        "firmware",
-        "baudrate",
-        "address",
-        "timeout",
-        "retries",
-        "quirks",
-    }
-)
-_STATION_KEYS: Final = frozenset({"name", "description", "slots"})
-_SLOT_KEYS: Final = frozenset({"model", "port", "required"})
 
+# -- profiles --------------------------------------------------------------------------------------
+class ModelProfile(BaseModel):
+    """One hardware model + firmware: how to drive it (``models/<name>.toml``)."""
 
-@dataclass(frozen=True)
-class ModelProfile:
-    """One hardware model + firmware: how to drive it."""
+    model_config = _FILE
 
-    name: str
-    driver: str
-    device: str
-    description: str = ""
+    #: optional in the file; when given, it must be the file's name
+    name: ProfileName
+    driver: DriverName
+    device: DeviceKind
+    description: _Text = ""
     #: the model as people call it (``"SNBC BT-T080"``); reported when the device does not say
-    model: str | None = None
+    model: _Text | None = None
     #: the firmware version(s) this profile was written for
-    firmware: str | None = None
-    baudrate: int | None = None
-    address: int | None = None
-    timeout: float = 0.5
-    retries: int = 2
-    # read-only; left out of the hash (a mapping has none), still compared
-    quirks: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
-    #: the file it came from
-    source: str = ""
+    firmware: _Text | None = None
+    baudrate: Baudrate | None = None
+    address: Annotated[int, Field(ge=0, le=255)] | None = None
+    timeout: Annotated[float, Field(ge=0.01, le=60.0)] = 0.5
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    #: the driver's quirks (:data:`QUIRKS`), read-only, as the file gives them
+    quirks: Mapping[str, Any] = Field(default_factory=lambda: MappingProxyType({}))
+    _source: str = PrivateAttr(default="")
+
+    @field_validator("name")
+    @classmethod
+    def _the_file_name(cls, name: str, info: ValidationInfo) -> str:
+        expected = (info.context or {}).get("file_name")
+        if expected is not None and name != expected:
+            raise ValueError(f"must be the file's name {expected!r}")
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _a_kind_the_driver_drives(cls, device: DeviceKind, info: ValidationInfo) -> DeviceKind:
+        driver = info.data.get("driver")
+        if driver is not None and device not in DRIVER_KINDS[driver]:
+            kinds = " or ".join(sorted(DRIVER_KINDS[driver]))
+            raise ValueError(f"must be {kinds}: what driver {driver!r} drives")
+        return device
+
+    @field_validator("quirks")
+    @classmethod
+    def _the_drivers_quirks(cls, quirks: Mapping[str, Any], info: ValidationInfo) -> Any:
+        driver = info.data.get("driver")
+        if driver is not None:
+            QUIRKS[driver].model_validate(quirks)  # its errors are reported at quirks.KEY
+        return MappingProxyType(dict(quirks))
+
+    @property
+    def source(self) -> str:
+        """The file it came from ("" when built in code)."""
+        return self._source
+
+    def __hash__(self) -> int:
+        # the quirks mapping has no hash; a profile is known by its name and file
+        return hash((self.name, self.driver, self.device, self._source))
 
     def as_options(self) -> dict[str, Any]:
         """The profile as ``ProbeOptions.profile`` (plain, mutable copies).
@@ -198,13 +230,39 @@ class ModelProfile:
         return options
 
 
-@dataclass(frozen=True)
-class StationSlot:
+class SlotSpec(BaseModel):
+    """One ``[slots.NAME]`` table of a station profile, as written."""
+
+    model_config = _FILE
+
+    #: the model profile's name
+    model: ProfileName
+    port: _Text
+    #: the station cannot serve without this device (its failure degrades the station)
+    required: bool = True
+
+
+class _StationFile(BaseModel):
+    """A station profile file, as written (its models not yet loaded)."""
+
+    model_config = _FILE
+
+    name: ProfileName | None = None
+    description: _Text = ""
+    slots: Annotated[
+        dict[SlotName, SlotSpec],
+        Field(min_length=1, json_schema_extra={"allowed": "[slots.NAME] tables, at least one"}),
+    ]
+
+
+class StationSlot(BaseModel):
     """One device slot of a station: which model, on which port by default."""
 
-    slot: str
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slot: SlotName
     profile: ModelProfile
-    port: str
+    port: _Text
     #: the station cannot serve without this device (its failure degrades the station)
     required: bool = True
 
@@ -223,14 +281,20 @@ class StationSlot:
         return config
 
 
-@dataclass(frozen=True)
-class StationProfile:
-    """A kind of station: which device models it combines."""
+class StationProfile(BaseModel):
+    """A kind of station: which device models it combines (``stations/<name>.toml``)."""
 
-    name: str
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: ProfileName
     slots: tuple[StationSlot, ...]
     description: str = ""
-    source: str = ""
+    _source: str = PrivateAttr(default="")
+
+    @property
+    def source(self) -> str:
+        """The file it came from ("" when built in code)."""
+        return self._source
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -247,6 +311,19 @@ class StationProfile:
             if candidate.slot == name:
                 return candidate
         raise KeyError(name)
+
+
+@cache
+def _schema_for(driver: str) -> type[BaseModel]:
+    """A model profile's schema with the driver's quirks spelt out: what an error message
+    says a ``quirks.KEY`` allows."""
+    quirks = QUIRKS.get(driver)  # type: ignore[call-overload]  # any text: unknown is None
+    if quirks is None:
+        return ModelProfile
+    model: type[BaseModel] = create_model(
+        f"{driver}ModelProfile", __base__=ModelProfile, quirks=(quirks, quirks())
+    )
+    return model
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -269,7 +346,7 @@ def _read(path: Path, kind: ProfileKind) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ProfileError(f"{path}: not valid TOML: {err}") from err
+        raise ProfileError(one_line(f"{path}: not valid TOML: {err}")) from err
 
 
 def load_model_profile(name: str, *, root: Path | None = None) -> ModelProfile:
@@ -313,115 +390,19 @@ def list_profiles(kind: ProfileKind = "model", *, root: Path | None = None) -> l
 
 
 # -- validation ----------------------------------------------------------------------------------
-class _Fields:
-    """Typed access to one TOML table, with errors that name the file and the field."""
-
-    def __init__(self, data: Mapping[str, Any], source: str, prefix: str = "") -> None:
-        self.data = data
-        self.source = source
-        self.prefix = prefix
-
-    def error(self, key: str, message: str) -> ProfileError:
-        return ProfileError(f"{self.source}: {self.prefix}{key}: {message}")
-
-    def only(self, allowed: frozenset[str]) -> None:
-        unknown = sorted(set(self.data) - allowed)
-        if unknown:
-            raise self.error(unknown[0], f"unknown field (allowed: {', '.join(sorted(allowed))})")
-
-    def text(self, key: str) -> str | None:
-        if key not in self.data:
-            return None
-        return self.need(key)
-
-    def need(self, key: str) -> str:
-        if key not in self.data:
-            raise self.error(key, "missing")
-        value = self.data[key]
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(key, "must be a non-empty string")
-        return value
-
-    def integer(self, key: str, check: Check) -> int | None:
-        if key not in self.data:
-            return None
-        value = self.data[key]
-        problem = check(value)
-        if problem:
-            raise self.error(key, problem)
-        return int(value)
-
-    def number(self, key: str, check: Check, default: float) -> float:
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        problem = check(value)
-        if problem:
-            raise self.error(key, problem)
-        return float(value)
-
-
 def parse_model_profile(data: Mapping[str, Any], *, source: str, name: str) -> ModelProfile:
     """Validate a parsed model profile (see :func:`load_model_profile`).
 
     Raises:
         ProfileError: an invalid or unknown field, named with ``source``.
     """
-    f = _Fields(data, source)
-    f.only(_MODEL_KEYS)
-    declared = f.text("name")
-    if declared is not None and declared != name:
-        raise f.error("name", f"{declared!r} does not match the file name {name!r}")
-    driver = f.need("driver")
-    if driver not in DRIVERS:
-        raise f.error("driver", f"unknown driver {driver!r} (known: {', '.join(DRIVERS)})")
-    device = f.need("device")
-    if device not in DEVICE_KINDS:
-        raise f.error("device", f"unknown device {device!r} (known: {', '.join(DEVICE_KINDS)})")
-    if device not in DRIVER_KINDS[driver]:
-        raise f.error(
-            "device",
-            f"driver {driver!r} drives {' or '.join(sorted(DRIVER_KINDS[driver]))}, not {device!r}",
-        )
-    baudrate = f.integer("baudrate", _integer(1, 10_000_000))
-    if baudrate is not None and baudrate not in BAUDRATES:
-        raise f.error(
-            "baudrate",
-            f"{baudrate} is not a standard rate ({', '.join(map(str, sorted(BAUDRATES)))})",
-        )
-    quirks = _quirks(data.get("quirks", {}), driver, source)
-    retries = f.integer("retries", _integer(0, 10))
-    return ModelProfile(
-        name=name,
-        driver=driver,
-        device=device,
-        description=f.text("description") or "",
-        model=f.text("model"),
-        firmware=f.text("firmware"),
-        baudrate=baudrate,
-        address=f.integer("address", _integer(0, 255)),
-        timeout=f.number("timeout", _number(0.01, 60.0), 0.5),
-        retries=2 if retries is None else retries,
-        quirks=MappingProxyType(quirks),
-        source=source,
-    )
-
-
-def _quirks(table: Any, driver: str, source: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ProfileError(f"{source}: quirks: must be a table ([quirks])")
-    known = {**_COMMON_QUIRKS, **QUIRKS[driver]}
-    for key, value in table.items():
-        check = known.get(key)
-        if check is None:
-            raise ProfileError(
-                f"{source}: quirks.{key}: unknown quirk for {driver} "
-                f"(known: {', '.join(sorted(known))})"
-            )
-        problem = check(value)
-        if problem:
-            raise ProfileError(f"{source}: quirks.{key}: {problem}")
-    return dict(table)
+    try:
+        profile = ModelProfile.model_validate({"name": name, **data}, context={"file_name": name})
+    except ValidationError as err:
+        schema = _schema_for(str(data.get("driver")))
+        raise ProfileError(explain(err, source=source, model=schema)) from err
+    profile._source = source
+    return profile
 
 
 def parse_station_profile(
@@ -436,52 +417,52 @@ def parse_station_profile(
     Raises:
         ProfileError: an invalid or unknown field, named with ``source``.
     """
-    f = _Fields(data, source)
-    f.only(_STATION_KEYS)
-    declared = f.text("name")
-    if declared is not None and declared != name:
-        raise f.error("name", f"{declared!r} does not match the file name {name!r}")
-    table = data.get("slots")
-    if not isinstance(table, dict) or not table:
-        raise f.error("slots", "missing: a station needs at least one [slots.NAME] table")
+    try:
+        station = _StationFile.model_validate(data)
+    except ValidationError as err:
+        raise ProfileError(explain(err, source=source, model=_StationFile)) from err
+    if station.name is not None and station.name != name:
+        raise ProfileError(
+            f"{source}: name: must be the file's name {name!r} (got {station.name!r})"
+        )
     slots: list[StationSlot] = []
     ports: dict[str, str] = {}
-    for slot, spec in table.items():
+    for slot, spec in station.slots.items():
         where = f"slots.{slot}"
-        if not _SLOT.match(slot):
-            raise f.error(
-                where,
-                "slot names are printer, cash_acceptor, coin_acceptor, id_reader, "
-                "card_reader (a second one: printer_2, …)",
-            )
-        if not isinstance(spec, dict):
-            raise f.error(where, "must be a table with model and port")
-        s = _Fields(spec, source, prefix=f"{where}.")
-        s.only(_SLOT_KEYS)
-        model = s.need("model")
-        port = s.need("port")
-        required = spec.get("required", True)
-        if not isinstance(required, bool):
-            raise s.error("required", "must be true or false")
-        if not _NAME.match(model):
-            raise s.error("model", f"{model!r} is not a profile name")
-        profile = resolve(model, f"{where}.model")
-        kind = slot.rsplit("_", 1)[0] if slot.rsplit("_", 1)[-1].isdigit() else slot
+        profile = resolve(spec.model, f"{where}.model")
+        kind = slot_kind(slot)
         if profile.device != kind:
-            raise s.error("model", f"{model!r} is a {profile.device}, not a {kind}")
-        if port in ports:
-            raise s.error("port", f"{port} is already the port of {ports[port]}")
-        ports[port] = slot
-        slots.append(StationSlot(slot=slot, profile=profile, port=port, required=required))
-    return StationProfile(
-        name=name, slots=tuple(slots), description=f.text("description") or "", source=source
-    )
+            raise ProfileError(
+                f"{source}: {where}.model: {spec.model!r} is a {profile.device}, not a {kind}"
+            )
+        if spec.port in ports:
+            raise ProfileError(
+                f"{source}: {where}.port: {spec.port} is already the port of {ports[spec.port]}"
+            )
+        ports[spec.port] = slot
+        slots.append(
+            StationSlot(slot=slot, profile=profile, port=spec.port, required=spec.required)
+        )
+    result = StationProfile(name=name, slots=tuple(slots), description=station.description)
+    result._source = source
+    return result
 
 
 __all__ = [
+    "BAUDRATES",
+    "DRIVER_KINDS",
+    "QUIRKS",
     "ROOT",
+    "Baudrate",
+    "CctalkQuirks",
+    "Crt591Quirks",
+    "EscposQuirks",
+    "Ga467Quirks",
     "ModelProfile",
     "ProfileError",
+    "ProfileName",
+    "SlotSpec",
+    "SspQuirks",
     "StationProfile",
     "StationSlot",
     "list_profiles",

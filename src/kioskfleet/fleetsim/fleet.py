@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
 from kioskfleet.agent.devices import DeviceSource
@@ -22,7 +22,6 @@ from kioskfleet.agent.outbox import OutboxStore
 from kioskfleet.firmware_profiles import StationProfile, load_station_profile
 from kioskfleet.fleetsim.devices import SimulatedDevice
 from kioskfleet.protocol.broker_url import BrokerUrl
-from kioskfleet.protocol.devices import DeviceKind
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ def simulated_devices(
     return [
         SimulatedDevice(
             slot.slot,
-            cast(DeviceKind, slot.profile.device),
+            slot.profile.device,
             serial=f"{identity.station}-{i}",
             rng=rng,
             faults_per_hour=fault_rate / len(slots),

@@ -54,3 +54,21 @@ def parse_broker_url(url: str) -> BrokerUrl:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
     )
+
+
+def broker_url_value(value: object) -> BrokerUrl:
+    """A broker URL for a pydantic validator: parsed, or a ``ValueError`` that says what is
+    wrong without repeating the URL (the error report shows the input, password masked).
+
+    Raises:
+        ValueError: not a string, or not a broker URL.
+    """
+    if isinstance(value, BrokerUrl):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be an mqtt:// or mqtts:// URL")  # noqa: TRY004 (pydantic wants ValueError)
+    try:
+        return parse_broker_url(value)
+    except ValueError as err:
+        reason = str(err).replace(f"broker URL {value!r}", "").strip(" :")
+        raise ValueError(f"the URL {reason}") from err

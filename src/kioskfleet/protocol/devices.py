@@ -3,39 +3,48 @@
 One :class:`DeviceStatus` per device, the same in ``device probe``, telemetry and the API.
 """
 
-from typing import Any, Final, Literal
+import re
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Each vocabulary is written once, as a Literal type (what mypy and pydantic check); its tuple
+# (for argparse choices, messages and loops) is derived from it.
 DeviceKind = Literal["printer", "cash_acceptor", "coin_acceptor", "id_reader", "card_reader"]
 DriverName = Literal["escpos", "cctalk", "ssp", "ga467", "crt591"]
 DeviceState = Literal[
     "online", "offline", "no_device", "hardware_error", "user_error", "busy", "fraud_attempt"
 ]
 Media = Literal["present", "not_present", "jammed", "unknown"]
+PaperLevel = Literal["full", "low", "out", "jammed", "unknown"]
+CashboxLevel = Literal["ok", "high", "full", "missing", "unknown"]
 
-DEVICE_KINDS: Final[tuple[str, ...]] = (
-    "printer",
-    "cash_acceptor",
-    "coin_acceptor",
-    "id_reader",
-    "card_reader",
-)
-DRIVERS: Final[tuple[str, ...]] = ("escpos", "cctalk", "ssp", "ga467", "crt591")
-DEVICE_STATES: Final[tuple[str, ...]] = (
-    "online",
-    "offline",
-    "no_device",
-    "hardware_error",
-    "user_error",
-    "busy",
-    "fraud_attempt",
-)
+DEVICE_KINDS: Final[tuple[DeviceKind, ...]] = get_args(DeviceKind)
+DRIVERS: Final[tuple[DriverName, ...]] = get_args(DriverName)
+DEVICE_STATES: Final[tuple[DeviceState, ...]] = get_args(DeviceState)
+MEDIA: Final[tuple[Media, ...]] = get_args(Media)
+PAPER_LEVELS: Final[tuple[PaperLevel, ...]] = get_args(PaperLevel)
+CASHBOX_LEVELS: Final[tuple[CashboxLevel, ...]] = get_args(CashboxLevel)
 #: states in which a device still serves citizens; any other state degrades its station
-SERVING_STATES: Final[frozenset[str]] = frozenset({"online", "busy"})
+SERVING_STATES: Final[frozenset[DeviceState]] = frozenset({"online", "busy"})
 
-PAPER_LEVELS: Final[tuple[str, ...]] = ("full", "low", "out", "jammed", "unknown")
-CASHBOX_LEVELS: Final[tuple[str, ...]] = ("ok", "high", "full", "missing", "unknown")
+#: a station's slot for a device (CONTRACT §3): its kind, and for a second one of a kind
+#: a number (``printer_2``)
+SLOT_PATTERN: Final = rf"^({'|'.join(DEVICE_KINDS)})(_[0-9]{{1,2}})?$"
+SlotName = Annotated[str, Field(pattern=SLOT_PATTERN)]
+
+
+def slot_kind(slot: str) -> DeviceKind:
+    """The device kind a slot holds (``printer_2`` → ``printer``).
+
+    Raises:
+        ValueError: ``slot`` is not a slot name.
+    """
+    match = re.match(SLOT_PATTERN, slot)
+    if match is None:
+        raise ValueError(f"{slot!r} is not a slot name")
+    return next(kind for kind in DEVICE_KINDS if kind == match.group(1))
+
 
 # Stable fault codes (CONTRACT §5). Drivers may add more; these are the ones every reader knows.
 PRINTER_FAULTS: Final[tuple[str, ...]] = (

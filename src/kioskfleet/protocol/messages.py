@@ -12,17 +12,13 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kioskfleet.protocol.devices import DeviceStatus
+from kioskfleet.protocol.devices import DeviceStatus, SlotName
 from kioskfleet.protocol.errors import ProtocolError
+from kioskfleet.protocol.stations import StationId
 
 PROTOCOL_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 
-StationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")]
-SlotName = Annotated[
-    str,
-    Field(pattern=r"^(printer|cash_acceptor|coin_acceptor|id_reader|card_reader)(_[0-9]{1,2})?$"),
-]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 NonNegative = Annotated[int, Field(ge=0, lt=2**63)]
 

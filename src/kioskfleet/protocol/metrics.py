@@ -1,7 +1,10 @@
-"""Telemetry described once (STYLE 8): the host metrics an agent reports.
+"""The host metrics an agent reports in ``telemetry.host``, described once (STYLE 8).
 
-The agent fills the payload from this table, the controller turns it into Prometheus series
-and the Grafana panels are generated from it, so the three cannot drift apart.
+The agent's sampler (``agent/host.py``) reports exactly these keys and checks that it does.
+The controller stores ``host`` as it arrives (the wire model takes any numeric keys, so the
+table may grow) and folds it into hourly aggregates key by key, without reading this table: it
+exports no Prometheus series for host metrics, and there are no Grafana panels. Whatever
+exports or charts them should be generated from this table.
 """
 
 from dataclasses import dataclass

@@ -1,9 +1,9 @@
 """The MQTT topic tree (CONTRACT §3): one topic level per station, so ACLs can use %u/%c."""
 
-import re
 from typing import Literal, NamedTuple
 
 from kioskfleet.protocol.errors import ProtocolError
+from kioskfleet.protocol.stations import is_valid_station_id
 
 ROOT = "fleet/v1"
 CONTROLLER_STATE_TOPIC = f"{ROOT}/controller/state"
@@ -12,13 +12,19 @@ AgentKind = Literal["state", "telemetry", "events", "reply"]
 #: what an agent publishes; the controller subscribes to exactly these
 AGENT_KINDS: tuple[AgentKind, ...] = ("state", "telemetry", "events", "reply")
 
-_STATION_RE = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
-_RESERVED = frozenset({"controller"})
-
-
-def is_valid_station_id(station: str) -> bool:
-    """Tell whether ``station`` is a legal station id (``[a-z0-9][a-z0-9-]{2,63}``)."""
-    return station not in _RESERVED and _STATION_RE.fullmatch(station) is not None
+__all__ = [
+    "AGENT_KINDS",
+    "CONTROLLER_STATE_TOPIC",
+    "ROOT",
+    "AgentKind",
+    "ParsedTopic",
+    "ack_topic",
+    "cmd_topic",
+    "is_valid_station_id",
+    "parse_topic",
+    "station_topic",
+    "subscriptions_for_controller",
+]
 
 
 def station_topic(station: str, kind: AgentKind) -> str:

@@ -6,8 +6,8 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from kioskfleet.controller import crud
 from kioskfleet.controller.api.deps import ConnDep
-from kioskfleet.controller.fleet import StationStatus
 from kioskfleet.controller.public import ErrorDetail, StationDetail, StationList
+from kioskfleet.protocol.stations import StationStatus
 
 router = APIRouter(prefix="/api/stations", tags=["stations"])
 
