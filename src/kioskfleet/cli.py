@@ -168,7 +168,30 @@ def _refuse(command: str, err: Exception) -> int:
     return 2
 
 
+#: what each optional part needs beyond a kiosk's install (pyproject's extras)
+_EXTRAS: dict[str, tuple[str, ...]] = {
+    "controller": ("pydantic_settings", "sqlmodel", "alembic", "prometheus_client", "psycopg"),
+    "demo": ("pydantic_settings", "sqlmodel", "alembic", "prometheus_client", "amqtt"),
+}
+
+
+def _missing_extra(command: str) -> str | None:
+    """The one-line reason ``command`` cannot run on this install, if it cannot: a kiosk's
+    ``pip install kioskfleet`` has no controller stack."""
+    import importlib.util
+
+    missing = [m for m in _EXTRAS[command] if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"needs the {command} packages ({', '.join(missing)} missing): "
+        f"pip install 'kioskfleet[{command}]'"
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if reason := _missing_extra("demo"):
+        return _refuse("demo", RuntimeError(reason))
     from kioskfleet.controller.config import SettingsError
     from kioskfleet.demo import run_demo
 
@@ -189,6 +212,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _controller(args: argparse.Namespace) -> int:
+    if reason := _missing_extra("controller"):
+        return _refuse("controller", RuntimeError(reason))
     from kioskfleet.controller.config import SettingsError, load_settings
 
     try:
