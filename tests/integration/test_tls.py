@@ -169,11 +169,12 @@ def test_the_controller_connects_with_its_certificate_stores_and_confirms(
             )
             assert kiosk.publish(station_topic(kiosk.station, "telemetry"), encode(telemetry))
 
-        def stored() -> dict[str, object] | None:
+        def status() -> str | None:
             with controller.engine.connect() as conn:
-                return crud.get_station(conn, station_id=kiosk.station)
+                detail = crud.get_station(conn=conn, station_id=kiosk.station)
+            return None if detail is None else detail.status
 
-        _until(lambda: (stored() or {}).get("status") == "online")
+        _until(lambda: status() == "online")
         # the controller's answers reach the kiosk over TLS too: its presence and the ack
         # of everything stored
         _until(lambda: bool(kiosk.on(CONTROLLER_STATE_TOPIC)))
