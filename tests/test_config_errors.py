@@ -197,6 +197,51 @@ CASES = [
         says=("--broker", "mqtt_url: the URL"),
     ),
     Case("demo bad port", "demo", args=("--port", "70000"), says=("--port", "listen: must be")),
+    # -- the [tls] section, in both
+    agent(
+        "agent tls without mqtts",
+        GOOD_AGENT + "[tls]\n",  # the system's CAs
+        "needs an mqtts:// broker URL",
+    ),
+    agent(
+        "agent tls missing ca file",
+        GOOD_AGENT.replace("mqtt://127.0.0.1:9", "mqtts://127.0.0.1:9")
+        + '[tls]\nca = "/nonexistent/ca.pem"\n',
+        "tls",
+        "cannot load the CA file /nonexistent/ca.pem",
+    ),
+    agent(
+        "agent tls key without cert",
+        GOOD_AGENT.replace("mqtt://127.0.0.1:9", "mqtts://127.0.0.1:9")
+        + '[tls]\nkey = "/nonexistent/key.pem"\n',
+        "tls",
+        "key needs its certificate",
+    ),
+    agent(
+        "agent tls unknown key",
+        GOOD_AGENT.replace("mqtt://127.0.0.1:9", "mqtts://127.0.0.1:9")
+        + '[tls]\ncafile = "/nonexistent/ca.pem"\n',
+        "tls.cafile: unknown key",
+    ),
+    controller(
+        "controller tls missing cert file",
+        'mqtt_url = "mqtts://127.0.0.1:9"\n[tls]\ncert = "/nonexistent/c.pem"\n',
+        "{file}",
+        "cannot load the client certificate /nonexistent/c.pem",
+    ),
+    controller(
+        "controller tls without mqtts",
+        "[tls]\n",
+        "{file}",
+        "needs an mqtts:// mqtt_url",
+        env={"KIOSKFLEET_MQTT_URL": "mqtt://127.0.0.1:9"},
+    ),
+    Case(
+        "controller tls env missing ca",
+        "controller",
+        env={"KIOSKFLEET_MQTT_URL": "mqtts://127.0.0.1:9", "KIOSKFLEET_TLS__CA": "/no/ca.pem"},
+        says=("KIOSKFLEET_TLS", "cannot load the CA file /no/ca.pem"),
+    ),
     Case(
         "demo bad env",
         "demo",

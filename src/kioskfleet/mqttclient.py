@@ -18,13 +18,14 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from kioskfleet.protocol.broker_url import BrokerUrl, MqttVersion
 
@@ -58,6 +59,40 @@ class TlsFiles:
     def __post_init__(self) -> None:
         if self.key is not None and self.cert is None:
             raise MqttConfigError("a TLS client key needs its certificate")
+
+
+class TlsSettings(BaseModel):
+    """The ``[tls]`` section of the agent's and the controller's configuration: the PEM files
+    of an ``mqtts://`` connection (:class:`TlsFiles`). The files are loaded once when the
+    configuration is read, so a missing or mismatched file is a configuration error naming
+    the key, not a failure at the first connect."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    #: the CA that signed the broker's certificate (the system's CAs when absent)
+    ca: Path | None = None
+    #: this client's certificate (PEM), sent to a broker that asks for one
+    cert: Path | None = None
+    #: this client's private key (absent when the certificate file holds it too)
+    key: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths(cls, data: Any) -> Any:
+        # TOML and environment variables give strings; strict mode wants Paths
+        if isinstance(data, dict):
+            return {k: Path(v) if isinstance(v, str) and v else v for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _usable(self) -> Self:
+        tls_context(self.files)  # MqttConfigError is a ValueError: a validation error
+        return self
+
+    @property
+    def files(self) -> TlsFiles:
+        """The files as the client factory takes them."""
+        return TlsFiles(ca=self.ca, cert=self.cert, key=self.key)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ another CA, or that cannot trust the broker fails at once and says why."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from kioskfleet.agent.config import load_agent_config
 from kioskfleet.agent.mqtt import MqttLink
+from kioskfleet.agent.service import run_agent
 from kioskfleet.controller import crud
-from kioskfleet.controller.config import Settings
+from kioskfleet.controller.config import Settings, load_settings
 from kioskfleet.controller.service import Controller
 from kioskfleet.mqttclient import TlsFiles
 from kioskfleet.protocol.broker_url import parse_broker_url
@@ -62,7 +65,12 @@ class Station:
     """An MqttLink on the test's loop, recording what it receives."""
 
     def __init__(
-        self, lt: LoopThread, url: str, tls: TlsFiles | None, station: str | None = None
+        self,
+        lt: LoopThread,
+        url: str,
+        tls: TlsFiles | None,
+        station: str | None = None,
+        also: tuple[str, ...] = (),
     ) -> None:
         self.lt = lt
         self.station = station or f"wx-tls-{uuid.uuid4().hex[:8]}"
@@ -76,6 +84,7 @@ class Station:
                     f"fleet/v1/{self.station}/cmd/#",
                     ack_topic(self.station),
                     CONTROLLER_STATE_TOPIC,
+                    *also,
                 ],
                 will=lambda: (station_topic(self.station, "state"), b""),
                 on_connect=lambda: None,
@@ -130,17 +139,25 @@ def test_the_agents_link_connects_with_its_certificate_publishes_and_receives(
 def test_the_controller_connects_with_its_certificate_stores_and_confirms(
     pki: Pki, loop_thread: LoopThread, tmp_path: Path
 ) -> None:
-    controller = Controller(
-        Settings(
-            db_url=f"sqlite:///{tmp_path / 'c.db'}",
-            mqtt_url=pki.url,
-            client_id=f"ctl-{uuid.uuid4().hex[:8]}",
-            writer="thread",
-            ack_interval=0.2,
-            sweep_interval=0.2,
-        ),
-        tls=pki.station("kioskfleet-controller"),
+    # the files come the way a deployment gives them: the settings' [tls] section
+    files = pki.station("kioskfleet-controller")
+    config = tmp_path / "controller.toml"
+    config.write_text(
+        f'mqtt_url = "{pki.url}"\n[tls]\nca = "{files.ca}"\ncert = "{files.cert}"\n'
+        f'key = "{files.key}"\n',
+        encoding="utf-8",
     )
+    settings = load_settings(config, env={}).model_copy(
+        update={
+            "db_url": f"sqlite:///{tmp_path / 'c.db'}",
+            "client_id": f"ctl-{uuid.uuid4().hex[:8]}",
+            "writer": "thread",
+            "ack_interval": 0.2,
+            "sweep_interval": 0.2,
+        }
+    )
+    controller = Controller(settings)
+    assert controller.tls == files
     controller.start()
     kiosk = Station(loop_thread, pki.url, pki.station("wx-tls-kiosk-02"), "wx-tls-kiosk-02")
     try:
@@ -256,3 +273,34 @@ def test_a_controller_without_a_certificate_says_why_it_is_not_connected(
         assert not ingest.connected.is_set()
     finally:
         controller.stop()
+
+
+def test_a_kiosk_agent_reports_over_tls_from_its_config_file(
+    pki: Pki, loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    """The whole agent, configured as on a kiosk: its TOML's [tls] section reaches the link."""
+    station = "wx-tls-agent-01"
+    files = pki.station(station)
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(
+        f'station = "{station}"\ndistrict = "Binhu"\nsite = "Sanyang Square metro station"\n'
+        f'site_type = "subway_station"\nprofile = "estation-gen2"\nbroker = "{pki.url}"\n'
+        f'state_dir = "{tmp_path / "state"}"\ntelemetry_interval = 0.5\n'
+        "use_profile_devices = false\nlocal_service = false\n"
+        f'[tls]\nca = "{files.ca}"\ncert = "{files.cert}"\nkey = "{files.key}"\n',
+        encoding="utf-8",
+    )
+    config = load_agent_config(config_file)
+    assert config.tls is not None and config.tls.files == files
+    watcher = Station(
+        loop_thread, pki.url, pki.station("wx-tls-watcher"), also=(f"fleet/v1/{station}/#",)
+    )
+    stop = asyncio.Event()
+    agent = loop_thread.call(lambda: asyncio.ensure_future(run_agent(config, stop)))
+    try:
+        _until(lambda: bool(watcher.on(f"fleet/v1/{station}/telemetry")))
+        assert b'"station":"wx-tls-agent-01"' in watcher.on(f"fleet/v1/{station}/telemetry")[0]
+    finally:
+        loop_thread.call(stop.set)
+        loop_thread.run(asyncio.wait_for(asyncio.shield(agent), 10))
+        watcher.stop()

@@ -28,6 +28,7 @@ from kioskfleet.agent.mqtt import MqttLink
 from kioskfleet.agent.outbox import DroppedRange, Entry, Kind, StationOutbox
 from kioskfleet.agent.payloads import ReplyStatus, Stamp, StationIdentity
 from kioskfleet.agent.sendwindow import SendCounts, SendWindow
+from kioskfleet.mqttclient import TlsFiles
 from kioskfleet.protocol.broker_url import BrokerUrl
 from kioskfleet.protocol.devices import DeviceStatus, SlotName
 from kioskfleet.protocol.errors import ProtocolError
@@ -81,6 +82,7 @@ class StationAgent:
         sources: the station's devices.
         host: host metrics sampler (shared in the simulator).
         tuning: pacing and extra command handlers.
+        tls: certificate files for an ``mqtts://`` broker (the configuration's ``[tls]``).
 
     Raises:
         pydantic.ValidationError: ``identity`` would make a birth the controller rejects, or a
@@ -97,6 +99,7 @@ class StationAgent:
         host: HostSampler | None,
         tuning: AgentTuning | None = None,
         rng: random.Random | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.identity = identity
         self.station = identity.station
@@ -149,6 +152,7 @@ class StationAgent:
             reconnect_min=self.tuning.reconnect_min,
             reconnect_max=self.tuning.reconnect_max,
             rng=self.rng,
+            tls=tls,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Self
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from kioskfleet.firmware_profiles import ProfileError, ProfileName, load_station_profile
+from kioskfleet.mqttclient import TlsSettings
 from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value
 from kioskfleet.protocol.devices import DriverName, SlotName
 from kioskfleet.protocol.explain import Loc, explain, one_line
@@ -166,6 +167,8 @@ class AgentConfig(BaseModel):
         PlainValidator(broker_url_value),
         WithJsonSchema({"type": "string", "allowed": "an mqtt:// or mqtts:// URL"}),
     ]
+    #: the ``[tls]`` section: CA, client certificate and key for an ``mqtts://`` broker
+    tls: TlsSettings | None = None
     telemetry_interval: Annotated[float, Field(ge=0.1, le=86400)] = 10.0
     state_dir: _Path = Path("/var/lib/kioskfleet")
     #: MQTT keepalive (s); the station is seen offline within 1.5 × keepalive after it dies
@@ -200,6 +203,12 @@ class AgentConfig(BaseModel):
     local_service_token_file: _Path | None = None
     #: the kiosk application's group, meant to read the token file (CONTRACT §6)
     local_service_group: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _tls_needs_mqtts(self) -> Self:
+        if self.tls is not None and not self.broker.tls:
+            raise ValueError("a [tls] section needs an mqtts:// broker URL")
+        return self
 
     @field_validator("required_devices")
     @classmethod

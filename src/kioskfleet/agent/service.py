@@ -52,6 +52,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         sources=sources,
         host=HostSampler(disk_path=str(config.state_dir)),
         tuning=AgentTuning(keepalive=config.keepalive),
+        tls=config.tls.files if config.tls is not None else None,
     )
 
     def publish_transactions(events: list[dict[str, Any]]) -> None:

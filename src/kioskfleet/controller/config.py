@@ -15,9 +15,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from kioskfleet.mqttclient import TlsSettings
 from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value, parse_broker_url
 from kioskfleet.protocol.explain import Loc, explain, one_line
 
@@ -62,6 +63,9 @@ class Settings(BaseSettings):
     mqtt_url: Annotated[str, Field(json_schema_extra={"allowed": "an mqtt:// or mqtts:// URL"})] = (
         "mqtt://127.0.0.1:1883"
     )
+    #: the ``[tls]`` section: CA, client certificate and key for an ``mqtts://`` broker
+    #: (``KIOSKFLEET_TLS__CA``, ``…__CERT``, ``…__KEY``)
+    tls: TlsSettings | None = None
     #: where the HTTP API listens: ``host:port``
     listen: Annotated[str, Field(json_schema_extra={"allowed": "'host:port'"})] = "127.0.0.1:8000"
     #: seconds a station stays offline (or silent) before its alert opens (CONTRACT §2);
@@ -97,6 +101,12 @@ class Settings(BaseSettings):
     def _a_broker_url(cls, value: str) -> str:
         broker_url_value(value)
         return value
+
+    @model_validator(mode="after")
+    def _tls_needs_mqtts(self) -> Self:
+        if self.tls is not None and not self.broker.tls:
+            raise ValueError("a [tls] section needs an mqtts:// mqtt_url")
+        return self
 
     @field_validator("listen")
     @classmethod

@@ -20,13 +20,13 @@ log = logging.getLogger(__name__)
 class Controller:
     """Everything behind the HTTP API. ``start()`` migrates the database and connects.
 
-    ``tls`` holds the certificate files for an ``mqtts://`` broker (system CAs and no client
-    certificate when None).
+    ``tls`` holds the certificate files for an ``mqtts://`` broker (by default the settings'
+    ``[tls]`` section; system CAs and no client certificate when there is none).
     """
 
     def __init__(self, settings: Settings, *, tls: TlsFiles | None = None) -> None:
         self.settings = settings
-        self.tls = tls
+        self.tls = tls if tls is not None or settings.tls is None else settings.tls.files
         self.engine: Engine = make_engine(settings.db_url)
         self.metrics = Metrics()
         self.ingest: Ingest | None = None
