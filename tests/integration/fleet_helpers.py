@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -18,7 +19,7 @@ from kioskfleet.controller.config import Settings
 from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import Fleet, FleetSpec, wuxi_fleet
 from kioskfleet.protocol.broker_url import parse_broker_url
-from tests.conftest import LoopThread, free_port
+from tests.conftest import LoopThread, free_port, wait_until
 
 
 @contextmanager
@@ -118,6 +119,7 @@ class GarbagePublisher:
         self.cases = [case for victim in victims for case in garbage_cases(victim)]
         self.every = every
         self.confirmed = 0
+        self.published = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.client = mqtt.Client(
@@ -139,6 +141,7 @@ class GarbagePublisher:
             if self.client.is_connected():
                 self.client.publish(*self.cases[n % len(self.cases)], qos=1)
                 n += 1
+                self.published = n
 
     def start(self) -> GarbagePublisher:
         self._thread.start()
@@ -150,7 +153,9 @@ class GarbagePublisher:
             return self.confirmed
         self._stop.set()
         self._thread.join(5)
-        time.sleep(0.5)  # the last PUBACKs
+        # the last PUBACKs (those published while the broker was away may never come)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: self.confirmed >= self.published, timeout=3, every=0.02)
         self.client.loop_stop()
         self.client.disconnect()
         with self._lock:

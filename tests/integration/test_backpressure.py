@@ -7,8 +7,6 @@ stops reading, the broker holds the rest — and afterwards every message is sto
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from sqlalchemy import text
 
@@ -33,11 +31,10 @@ def test_a_locked_database_delays_ingest_and_loses_nothing(
                 else:
                     conn.execute(text("BEGIN"))
                     conn.execute(text("LOCK TABLE counter IN ACCESS EXCLUSIVE MODE"))
-                time.sleep(1)
-                stuck = fleet.unconfirmed
-                time.sleep(5)
-                # nothing could be stored meanwhile: the stations keep what is unconfirmed
-                assert fleet.unconfirmed > stuck
+                # nothing can be stored meanwhile: the stations keep what is unconfirmed, and
+                # it grows (10 stations every 0.2 s: 50 messages a second)
+                stuck = loop_thread.call(lambda: fleet.unconfirmed)
+                wait_until(lambda: loop_thread.call(lambda: fleet.unconfirmed) > stuck + 100)
                 conn.rollback()
             loop_thread.call(fleet.stop_producing)
             assert loop_thread.run(fleet.wait_confirmed(60), timeout=70) == 0

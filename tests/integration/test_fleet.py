@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -129,7 +130,14 @@ def test_every_sent_message_is_stored_once(
     with served_controller(db_url, mosquitto.url) as (served, api):
         fleet = make_fleet(loop_thread, mosquitto.url, 20, interval=0.5, fault_rate=3600.0)
         try:
-            time.sleep(5)
+            # a fleet that has both reported and faulted a good deal
+            wait_until(
+                lambda: (
+                    (sent := loop_thread.call(fleet.result).sent)["telemetry"] > 100
+                    and sent["events"] > 0
+                ),
+                timeout=30,
+            )
             loop_thread.call(fleet.stop_producing)
             left = loop_thread.run(fleet.wait_confirmed(30), timeout=40)
             assert left == 0
@@ -151,11 +159,13 @@ def test_unknown_station_is_registered_and_asked_for_a_birth(
         commands: list[tuple[str, dict]] = []
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=station)
         client.on_message = lambda c, u, m: commands.append((m.topic, json.loads(m.payload)))
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *args: subscribed.set()
         client.connect("127.0.0.1", mosquitto.port)
         client.subscribe(f"fleet/v1/{station}/cmd/#", qos=1)
         client.loop_start()
         try:
-            time.sleep(0.3)
+            assert subscribed.wait(10)  # the SUBACK: the rebirth command cannot pass us by
             telemetry = {"v": 1, "station": station, "session": 42, "seq": 1, "ts": time.time()}
             client.publish(f"fleet/v1/{station}/telemetry", json.dumps(telemetry), qos=1)
             wait_until(lambda: station_status(api, station) == "online")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-import time
+import threading
 import uuid
 from pathlib import Path
 
@@ -42,20 +42,33 @@ def _clean(client_id: str, prefix: str) -> None:
         if m.retain and (station.startswith(f"{prefix}-") or station == "controller"):
             topics.add(m.topic)
 
-    c.on_message = collect
+    barrier = f"kf-test/barrier/{uuid.uuid4().hex}"
+    reached = threading.Event()
+
+    def collect_or_barrier(cl: mqtt.Client, userdata: object, m: mqtt.MQTTMessage) -> None:
+        if m.topic == barrier:
+            reached.set()
+        else:
+            collect(cl, userdata, m)
+
+    c.on_message = collect_or_barrier
     c.connect(*SYSTEM)
-    c.subscribe("fleet/v1/+/state", qos=1)
+    c.subscribe([("fleet/v1/+/state", 1), (barrier, 1)])
     c.loop_start()
-    time.sleep(1.0)
+    # the broker hands out the retained states on SUBACK, before our barrier comes back
+    c.publish(barrier, b"", qos=1)
+    assert reached.wait(10), "the broker never echoed our barrier"
     for topic in topics:
         c.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
     c.loop_stop()
     c.disconnect()
     # end the controller's persistent session, so the broker stops queueing for it
     d = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    connected = threading.Event()
+    d.on_connect = lambda *args: connected.set()
     d.connect(*SYSTEM, clean_start=True)
     d.loop_start()
-    time.sleep(0.3)
+    connected.wait(10)  # the CONNACK: the old session is gone
     d.disconnect()
     d.loop_stop()
 
