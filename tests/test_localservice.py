@@ -1,4 +1,5 @@
-"""The local device service over real HTTP on 127.0.0.1, with the drivers' own simulators.
+"""The local device service over real HTTP on 127.0.0.1 (uvicorn), with the drivers' own
+simulators.
 
 The printer runs on a real pseudo-terminal (``PtyServer``); the others in memory
 (``SimulatorTransport``). Assertions are on what a caller sees: the HTTP status and JSON,
@@ -20,14 +21,14 @@ from typing import Any
 
 import pytest
 
+from kioskfleet.agent.hub import DeviceHub, HubSource
 from kioskfleet.agent.localservice import (
-    DeviceHub,
-    HubSource,
     LocalService,
     LocalServiceError,
     ServiceLimits,
     check_loopback,
 )
+from kioskfleet.agent.tracker import TransactionTracker
 from kioskfleet.drivers.base import Driver, DriverOptions
 from kioskfleet.drivers.cash import CashAcceptor
 from kioskfleet.drivers.cctalk import CcTalkBillValidator, CcTalkCoinAcceptor, CcTalkSimulator
@@ -41,6 +42,8 @@ from kioskfleet.protocol.messages import Event
 from tests.conftest import wait_until
 
 OPTIONS = DriverOptions(timeout=0.25, retries=1)
+TOKEN = "test-token-Zx81"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _identified(driver: Driver) -> Driver:
@@ -101,11 +104,27 @@ class Running:
         *,
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
+        token: str | None = TOKEN,
     ) -> tuple[int, dict[str, Any]]:
         """One HTTP request on a fresh connection; returns status and JSON body."""
+        status, _, answer = self.exchange(method, path, body, headers=headers, raw=raw, token=token)
+        return status, answer
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        token: str | None = TOKEN,
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """As :meth:`call`, with the response headers (lower-case names)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
         try:
-            sent_headers = dict(headers or {})
+            sent_headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+            sent_headers.update(headers or {})
             payload = raw
             if body is not None:
                 payload = json.dumps(body, ensure_ascii=False).encode()
@@ -115,22 +134,33 @@ class Running:
             data = response.read()
             assert response.getheader("Content-Type") == "application/json; charset=utf-8"
             assert response.getheader("Cache-Control") == "no-store"
-            return response.status, json.loads(data)
+            got = {k.lower(): v for k, v in response.getheaders()}
+            return response.status, got, json.loads(data)
         finally:
             conn.close()
 
-    def raw(self, request: bytes) -> tuple[int, dict[str, Any]]:
-        """Send raw bytes (for requests http.client refuses to make)."""
+    def raw(self, request: bytes) -> tuple[int, dict[str, Any] | None]:
+        """Send raw bytes (for requests http.client refuses to make); returns the status and
+        the JSON body (None when the server itself refused the request in plain text)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
             sock.sendall(request)
-            chunks = b""
-            while True:
+            received = b""
+            while b"\r\n\r\n" not in received:
                 chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks += chunk
-        head, _, body = chunks.partition(b"\r\n\r\n")
+                assert chunk, f"connection closed before an answer: {received!r}"
+                received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            fields = dict(
+                line.decode("latin-1").lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
+            )
+            length = int(fields.get("content-length", "0"))
+            while len(body) < length:
+                chunk = sock.recv(65536)
+                assert chunk, "connection closed before the whole answer"
+                body += chunk
         status = int(head.split(b" ", 2)[1])
+        if not fields.get("content-type", "").startswith("application/json"):
+            return status, None
         return status, json.loads(body)
 
 
@@ -182,9 +212,16 @@ def kiosk() -> Iterator[Kiosk]:
         server.stop()
 
 
+def local_service(
+    hub: DeviceHub, events: list[dict[str, Any]] | None = None, **kwargs: Any
+) -> LocalService:
+    """The service over ``hub``, its transaction events collected in ``events``."""
+    tracker = TransactionTracker(hub, on_event=None if events is None else events.extend)
+    return LocalService(hub, tracker, token=TOKEN, port=0, **kwargs)
+
+
 def serve(kiosk: Kiosk, **kwargs: Any) -> Running:
-    service = LocalService(kiosk.hub, port=0, on_event=kiosk.events.extend, **kwargs)
-    return Running(service)
+    return Running(local_service(kiosk.hub, kiosk.events, **kwargs))
 
 
 def transactions(kiosk: Kiosk, kind: str) -> list[dict[str, Any]]:
@@ -197,8 +234,9 @@ def transactions(kiosk: Kiosk, kind: str) -> list[dict[str, Any]]:
 # -- binding ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "kiosk.local", ""])
 def test_refuses_to_bind_anything_but_loopback(host: str) -> None:
+    hub = DeviceHub()
     with pytest.raises(LocalServiceError, match="loopback only"):
-        LocalService(DeviceHub(), host=host)
+        LocalService(hub, TransactionTracker(hub), token=TOKEN, host=host)
 
 
 @pytest.mark.parametrize(
@@ -417,7 +455,7 @@ def test_ssp_validator_escrow_accept_and_return() -> None:
     hub.add("cash_acceptor", lambda: _identified(SspValidator(_memory(sim), OPTIONS)), driver="ssp")
     events: list[dict[str, Any]] = []
     try:
-        with Running(LocalService(hub, port=0, on_event=events.extend)) as running:
+        with Running(local_service(hub, events)) as running:
             _, body = running.call("POST", "/v1/cash-in", {})
             sid = body["id"]
             assert sim.insert(5)  # 50 yuan
@@ -566,39 +604,65 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, str], bytes, int, str]] = [
 ]
 
 
+def _chunked(body: bytes, size: int = 4096) -> bytes:
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+_HEAD = b"Host: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n"
+#: a real server differs from the old hand-written one here: uvicorn (h11) answers these
+#: itself, with a plain-text 400 (the old parser gave 505 for HTTP/2.0 and JSON bodies)
+MALFORMED_HTTP: list[bytes] = [
+    b"HELLO\r\n\r\n",
+    b"GET /v1/status HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /v1/status HTTP/1.1\r\n\r\n",  # no Host
+    b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nBroken\r\n\r\n",
+    b"POST /v1/receipts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n",
+    b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+]
+RAW_REFUSED: list[tuple[bytes, int, str]] = [
+    # chunked bodies are read now (the old server refused them with 501), and checked
+    (
+        b"POST /v1/receipts HTTP/1.1\r\n" + _HEAD + b"Content-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + _chunked(b'{"lines": 5}'),
+        422,
+        "invalid_field",
+    ),
+    (
+        b"POST /v1/receipts HTTP/1.1\r\n" + _HEAD + b"Content-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + _chunked(b'{"lines": ["' + b"x" * 70000 + b'"]}'),
+        413,
+        "body_too_large",
+    ),
+    (
+        b"GET /v1/status HTTP/1.0\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    (
+        b"GET /v1/status HTTP/1.1\r\n" + _HEAD + b"X-Big: " + b"a" * 10000 + b"\r\n\r\n",
+        431,
+        "headers_too_large",
+    ),
+    (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\n" + _HEAD + b"\r\n", 414, "line_too_long"),
+    (b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 401, "unauthorized"),
+]
+
+
 def test_bad_requests_get_clear_4xx_errors_and_the_service_keeps_answering(kiosk: Kiosk) -> None:
     with serve(kiosk) as running:
         for method, path, headers, body, expected, code in BAD_REQUESTS:
             status, answer = running.call(method, path, headers=headers, raw=body or None)
             assert (status, answer.get("code")) == (expected, code), (method, path, answer)
             assert isinstance(answer["error"], str) and answer["error"]
-        status, answer = running.call("GET", "/v1/receipts")
-        for raw, expected, code in [
-            (b"HELLO\r\n\r\n", 400, "bad_request"),
-            (b"GET /v1/status HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 505, "bad_version"),
-            (b"GET /v1/status HTTP/1.1\r\n\r\n", 400, "bad_request"),
-            (b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nBroken\r\n\r\n", 400, "bad_request"),
-            (
-                b"POST /v1/receipts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-                501,
-                "chunked",
-            ),
-            (
-                b"POST /v1/receipts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n",
-                400,
-                "bad_request",
-            ),
-            (
-                b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
-                + b"a" * 10000
-                + b"\r\n\r\n",
-                431,
-                "headers_too_large",
-            ),
-            (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\n\r\n", 414, "line_too_long"),
-        ]:
+        # refused by the server itself (h11): a 4xx, whatever its body
+        for raw in MALFORMED_HTTP:
+            got, _ = running.raw(raw)
+            assert 400 <= got < 500, raw[:60]
+        # well-formed HTTP that the app refuses: the usual JSON
+        for raw, expected, code in RAW_REFUSED:
             got, answer = running.raw(raw)
+            assert answer is not None, raw[:60]
             assert (got, answer["code"]) == (expected, code), raw[:60]
         # still serving, and nothing was printed by any of it
         status, answer = running.call("GET", "/v1/status")
@@ -618,7 +682,7 @@ def test_keep_alive_connection_serves_several_requests(kiosk: Kiosk) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
         try:
             for _ in range(3):
-                conn.request("GET", "/v1/cash-in/none")
+                conn.request("GET", "/v1/cash-in/none", headers=AUTH)
                 response = conn.getresponse()
                 assert response.status == 404
                 assert json.loads(response.read())["code"] == "unknown_session"
@@ -631,7 +695,7 @@ def test_unconfigured_and_unplugged_devices_answer_503() -> None:
     sim = Crt591Simulator()
     transport = _memory(sim)
     hub.add("card_reader", lambda: Crt591Driver(transport, OPTIONS), driver="crt591")
-    with Running(LocalService(hub, port=0)) as running:
+    with Running(local_service(hub)) as running:
         for path in ("/v1/receipts", "/v1/id-card/read", "/v1/cash-in"):
             status, body = running.call("POST", path, {"lines": ["a"]} if "receipt" in path else {})
             assert status == 503, body
@@ -686,7 +750,7 @@ def test_an_allowed_browser_origin_gets_cors_answers(kiosk: Kiosk) -> None:
             conn.request("OPTIONS", "/v1/receipts", headers={"Origin": origin})
             preflight = conn.getresponse()
             preflight.read()
-            conn.request("GET", "/v1/cash-in/none", headers={"Origin": origin})
+            conn.request("GET", "/v1/cash-in/none", headers={**AUTH, "Origin": origin})
             answer = conn.getresponse()
             answer.read()
         finally:

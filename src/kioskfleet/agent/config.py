@@ -53,6 +53,10 @@ class AgentConfig:
     local_service: str | None = "127.0.0.1:8765"
     #: browser origins allowed to call the local service (the kiosk app's own page)
     local_allowed_origins: tuple[str, ...] = ()
+    #: the local service's bearer token file (CONTRACT §6); None: <state_dir>/local-service.token
+    local_service_token_file: Path | None = None
+    #: the group that may read a newly created token file (the kiosk application's)
+    local_service_group: str | None = None
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
@@ -111,6 +115,10 @@ def agent_config_from_dict(data: dict[str, Any], *, source: str = "config") -> A
         required_devices=required,
         local_service=_local_service(data, source),
         local_allowed_origins=tuple(str(o) for o in data.get("local_allowed_origins", ())),
+        local_service_token_file=(
+            Path(data["local_service_token_file"]) if "local_service_token_file" in data else None
+        ),
+        local_service_group=data.get("local_service_group"),
     )
 
 
