@@ -199,7 +199,8 @@ class LocalService:
             access_log=False,
             proxy_headers=False,
             server_header=False,
-            limit_concurrency=self.limits.max_connections,
+            # uvicorn counts the connection asking too: N + 1 lets N be open at once
+            limit_concurrency=self.limits.max_connections + 1,
             timeout_keep_alive=self.limits.keepalive_timeout,
             timeout_graceful_shutdown=2,
             backlog=64,
