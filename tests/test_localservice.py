@@ -10,9 +10,11 @@ events the agent would publish — and what is *not* in the logs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import json
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -775,3 +777,128 @@ def test_a_validator_reset_with_a_note_in_escrow_does_not_lock_the_session(kiosk
         assert after["returned"] == 1
         status, ended = running.call("POST", f"/v1/cash-in/{sid}/end")
     assert (status, ended["total"]) == (200, 0)
+
+
+# -- the token (CONTRACT §6) ------------------------------------------------------------------
+def test_every_endpoint_needs_the_token_and_the_description_does_not(kiosk: Kiosk) -> None:
+    wrong = [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer tökén"},  # latin-1: compared as bytes
+    ]
+    with serve(kiosk) as running:
+        status, _, description = running.exchange("GET", "/openapi.json", token=None)
+        assert status == 200
+        endpoints = [
+            (method.upper(), path.replace("{session_id}", "abc"))
+            for path, operations in description["paths"].items()
+            for method in operations
+        ]
+        assert len(endpoints) == 11
+        for method, path in endpoints:
+            for headers in wrong:
+                raw = b"{" if method == "POST" else None  # not even parsed
+                status, got, body = running.exchange(
+                    method, path, headers={**JSON, **headers}, raw=raw, token=None
+                )
+                assert (status, body["code"]) == (401, "unauthorized"), (method, path, headers)
+                assert got["www-authenticate"] == "Bearer"
+        assert (
+            running.call("GET", "/v1/status", headers={"Authorization": f"bearer {TOKEN}"})[0]
+            == 200
+        )
+    # nothing moved
+    assert kiosk.printer.receipts == [] and kiosk.printer.current.lines == []
+    assert not kiosk.bill.accepting and not kiosk.coin.accepting
+    assert not kiosk.card_reader.entry_enabled
+    assert kiosk.events == []
+
+
+# -- connections and time ---------------------------------------------------------------------
+def test_a_request_head_that_never_ends_is_cut_off(kiosk: Kiosk) -> None:
+    with (
+        serve(kiosk, limits=ServiceLimits(request_timeout=0.5)) as running,
+        socket.create_connection(("127.0.0.1", running.port), timeout=10) as slow,
+        socket.create_connection(("127.0.0.1", running.port), timeout=10) as silent,
+    ):
+        slow.sendall(b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+        assert slow.recv(1024) == b""  # the server closed it
+        assert silent.recv(1024) == b""  # a connection that never sends a byte too
+        assert running.call("GET", "/v1/status")[0] == 200
+
+
+def test_connections_beyond_the_limit_get_503(kiosk: Kiosk) -> None:
+    with serve(kiosk, limits=ServiceLimits(max_connections=2)) as running:
+        status, _ = running.raw(b"GET /v1/status HTTP/1.1\r\n" + _HEAD + b"\r\n")
+        assert status == 200
+        held = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(2)]
+        try:
+            status, _ = running.raw(b"GET /v1/status HTTP/1.1\r\n" + _HEAD + b"\r\n")
+            assert status == 503
+        finally:
+            for sock in held:
+                sock.close()
+        wait_until(lambda: running.call("GET", "/v1/status")[0] == 200, timeout=5.0)
+
+
+def test_uvicorn_leaves_the_agents_signal_handlers_alone(kiosk: Kiosk) -> None:
+    """The agent owns SIGTERM/SIGINT; uvicorn's Server.serve would take them (in the main
+    thread, where this test runs) and raise them again when it stops."""
+
+    def handlers() -> tuple[object, object]:
+        return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    async def main() -> list[tuple[object, object]]:
+        service = local_service(kiosk.hub)
+        seen = [handlers()]
+        await service.start()
+        seen.append(handlers())
+        await service.stop()
+        seen.append(handlers())
+        return seen
+
+    assert threading.current_thread() is threading.main_thread()
+    before, during, after = asyncio.run(main())
+    assert during == before
+    assert after == before
+
+
+def test_a_taken_port_is_a_local_service_error(kiosk: Kiosk) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        async def main() -> None:
+            tracker = TransactionTracker(kiosk.hub)
+            await LocalService(kiosk.hub, tracker, token=TOKEN, port=port).start()
+
+        with pytest.raises(LocalServiceError, match="cannot listen"):
+            asyncio.run(main())
+
+
+# -- personal data in a failed answer ---------------------------------------------------------
+def test_a_card_that_breaks_the_answer_leaks_nowhere(
+    kiosk: Kiosk, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer to /v1/id-card/read is validated against its model; a card whose number
+    does not fit makes that validation fail. Neither the 500 nor the log holds the card."""
+    caplog.set_level(logging.DEBUG)
+    odd = dataclasses.replace(
+        FAKE_CITIZEN, name="错号公民", id_number="号码32020019000101", address="无锡市错号路9号"
+    )
+    kiosk.id_reader.present(odd)
+    with serve(kiosk) as running:
+        status, body = running.call("POST", "/v1/id-card/read")
+        assert running.call("GET", "/v1/status")[0] == 200  # still serving
+    assert (status, body) == (500, {"error": "internal error", "code": "internal"})
+    assert "card.id_number (string_pattern_mismatch)" in caplog.text  # this path was taken
+    for secret in (odd.name, odd.id_number, odd.address, odd.id_number[2:10], odd.name[1:]):
+        assert secret not in caplog.text
+        assert secret not in json.dumps(kiosk.events, ensure_ascii=False)
+    for record in caplog.records:
+        assert record.exc_info is None or not str(record.exc_info[1])

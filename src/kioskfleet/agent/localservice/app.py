@@ -242,7 +242,8 @@ def create_app(
         title="kioskfleet local device service",
         version="1",
         description=DESCRIPTION,
-        openapi_url=OPENAPI_PATH,
+        # served below, as JSON like every other answer
+        openapi_url=None,
         # no interactive pages: they load scripts from a CDN the kiosk does not reach
         docs_url=None,
         redoc_url=None,
@@ -269,6 +270,12 @@ def create_app(
     # itself (no included router), so the guard can read their methods for CORS preflights
     app.router.route_class = _JsonRoute
     _add_routes(app, desk)
+    _describe_security(app)
+
+    @app.get(OPENAPI_PATH, include_in_schema=False)
+    async def openapi() -> Response:
+        return JsonResponse(app.openapi())
+
     # add_middleware puts each in front of the previous one: Shield is the outermost
     app.add_middleware(
         BodyLimitMiddleware, max_body=limits.max_body, timeout=limits.request_timeout
@@ -283,7 +290,6 @@ def create_app(
         max_head_bytes=limits.max_head_bytes,
     )
     app.add_middleware(ShieldMiddleware, allowed_origins=origins)
-    _describe_security(app)
     return app
 
 

@@ -63,7 +63,8 @@ def _read(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as err:
         raise TokenFileError(f"cannot read the local service token file {path}: {err}") from err
     token = text.strip()
-    if not token or any(c.isspace() for c in token):
+    # it goes into an HTTP header: printable, no spaces
+    if not token or not token.isprintable() or any(c.isspace() for c in token):
         raise TokenFileError(f"the local service token file {path} must hold one token")
     if mode & stat.S_IRWXO:
         log.warning("the local service token file %s is open to other users: chmod o-rwx", path)
