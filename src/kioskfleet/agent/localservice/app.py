@@ -27,13 +27,14 @@ import base64
 import email.message
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Annotated, Any, NoReturn
 
 from fastapi import Body, FastAPI
 from fastapi.exceptions import RequestValidationError, ResponseValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -85,9 +86,19 @@ messages to the controller.
 
 
 class JsonResponse(JSONResponse):
-    """JSON with its charset named (the bodies hold Chinese text)."""
+    """JSON with its charset named (the bodies hold Chinese text); the API description keeps
+    the plain ``application/json`` media type."""
 
-    media_type = JSON_MEDIA_TYPE
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        named = {"content-type": JSON_MEDIA_TYPE, **(headers or {})}
+        super().__init__(content, status_code, named, media_type, background)
 
 
 # -- strict JSON bodies -------------------------------------------------------------------------
