@@ -10,10 +10,12 @@ events the agent would publish — and what is *not* in the logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import http.client
 import json
 import logging
+import re
 import signal
 import socket
 import threading
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kioskfleet.agent.hub import DeviceHub, HubSource
 from kioskfleet.agent.localservice import (
@@ -902,3 +906,56 @@ def test_a_card_that_breaks_the_answer_leaks_nowhere(
         assert secret not in json.dumps(kiosk.events, ensure_ascii=False)
     for record in caplog.records:
         assert record.exc_info is None or not str(record.exc_info[1])
+
+
+# -- garbage on the wire ----------------------------------------------------------------------
+_VALID = (
+    b"POST /v1/cash-in/abc/escrow HTTP/1.1\r\n" + _HEAD + b"Content-Type: application/json\r\n"
+    b'Content-Length: 20\r\n\r\n{"action": "accept"}'
+)
+
+
+@st.composite
+def _mangled(draw: st.DrawFn) -> bytes:
+    """A valid request with a few bytes replaced, inserted or cut; or plain noise."""
+    if draw(st.booleans()):
+        return draw(st.binary(min_size=1, max_size=300))
+    data = bytearray(_VALID)
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data) - 1))
+        action = draw(st.sampled_from(["replace", "insert", "cut"]))
+        if action == "replace":
+            data[at] = draw(st.integers(0, 255))
+        elif action == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            del data[at : at + draw(st.integers(1, 8))]
+    return bytes(data)
+
+
+def _send_and_close(port: int, raw: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)  # nothing more comes: the server must not wait for it
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received
+
+
+def test_garbage_never_crashes_the_service() -> None:
+    hub = DeviceHub()
+    with Running(local_service(hub, limits=ServiceLimits(request_timeout=1.0))) as running:
+
+        @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(raw=_mangled())
+        def check(raw: bytes) -> None:
+            answer = _send_and_close(running.port, raw)
+            # a mangled request may still be a valid one (a 404 for another session, a 503
+            # for a device this hub lacks): what must never come is a crash
+            for head in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer):
+                assert int(head) != 500, answer[:300]
+
+        check()
+        assert running.call("GET", "/v1/status")[0] == 200
