@@ -57,20 +57,35 @@ def check_loopback(host: str) -> str:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server without its signal handlers, telling when it listens."""
+    """uvicorn's server without its signal handlers and its ticking, telling when it listens.
+
+    uvicorn's ``main_loop`` wakes up ten times a second to look at ``should_exit`` and to
+    refresh the ``Date`` header: on an idle kiosk that was half the agent's CPU (measured,
+    docs/benchmarks.md). Here :meth:`exit` wakes it, and no ``Date`` header is sent.
+    """
 
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.listening = asyncio.Event()
+        self._exit = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        # the agent owns SIGTERM and SIGINT: it stops the service itself (should_exit)
+        # the agent owns SIGTERM and SIGINT: it stops the service itself (exit)
         yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self.listening.set()
+
+    async def main_loop(self) -> None:
+        await self.on_tick(0)  # sets the default headers once (no Date: they do not change)
+        await self._exit.wait()
+
+    def exit(self) -> None:
+        """Stop serving: ``serve`` then shuts down and returns."""
+        self.should_exit = True
+        self._exit.set()
 
 
 class _HeadDeadline(H11Protocol):
@@ -199,6 +214,7 @@ class LocalService:
             access_log=False,
             proxy_headers=False,
             server_header=False,
+            date_header=False,
             # uvicorn counts the connection asking too: N + 1 lets N be open at once
             limit_concurrency=self.limits.max_connections + 1,
             timeout_keep_alive=self.limits.keepalive_timeout,
@@ -226,6 +242,6 @@ class LocalService:
         server, task = self._server, self._task
         self._server = self._task = None
         if server is not None and task is not None:
-            server.should_exit = True
+            server.exit()
             await task
         await self.desk.stop()
