@@ -70,3 +70,18 @@ def test_missing_field_and_bad_toml_name_the_file(tmp_path: Path) -> None:
     path.write_text("station = \n")
     with pytest.raises(ConfigError, match=r"agent\.toml"):
         load_agent_config(path)
+
+
+def test_the_local_service_token_file_and_group() -> None:
+    default = agent_config_from_dict(BASE)
+    assert default.local_service_token_file is None  # the agent uses <state_dir>/...
+    assert default.local_service_group is None
+    config = agent_config_from_dict(
+        {
+            **BASE,
+            "local_service_token_file": "/etc/kioskfleet/local-service.token",
+            "local_service_group": "kioskapp",
+        }
+    )
+    assert config.local_service_token_file == Path("/etc/kioskfleet/local-service.token")
+    assert config.local_service_group == "kioskapp"
