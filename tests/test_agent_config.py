@@ -171,3 +171,18 @@ def test_one_line_errors_name_the_key_and_what_it_allows(change: dict, message: 
     assert message in text
     assert "\n" not in text
     assert "s3cret" not in text
+
+
+def test_the_local_service_token_file_and_group() -> None:
+    default = agent_config_from_dict(BASE)
+    assert default.local_service_token_file is None  # the agent uses <state_dir>/...
+    assert default.local_service_group is None
+    config = agent_config_from_dict(
+        {
+            **BASE,
+            "local_service_token_file": "/etc/kioskfleet/local-service.token",
+            "local_service_group": "kioskapp",
+        }
+    )
+    assert config.local_service_token_file == Path("/etc/kioskfleet/local-service.token")
+    assert config.local_service_group == "kioskapp"

@@ -150,13 +150,18 @@ def test_protocol_does_no_io() -> None:
 
 
 def test_agent_does_not_load_the_controller_stack() -> None:
+    """The agent (local device service included: FastAPI and uvicorn are allowed since the
+    service runs on them) never loads the controller's database, metrics or broker stack."""
     import subprocess
     import sys
 
     code = (
-        "import sys, kioskfleet.cli, kioskfleet.agent.service, kioskfleet.fleetsim;"
-        "heavy = [m for m in ('fastapi', 'sqlalchemy', 'sqlmodel', 'uvicorn', 'alembic', 'amqtt')"
-        " if m in sys.modules]; print(','.join(heavy))"
+        "import sys, kioskfleet.cli, kioskfleet.agent.service, kioskfleet.fleetsim,"
+        " kioskfleet.agent.localservice;"
+        "assert 'fastapi' in sys.modules and 'uvicorn' in sys.modules;"
+        "heavy = [m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'psycopg',"
+        " 'prometheus_client', 'amqtt', 'kioskfleet.controller') if m in sys.modules];"
+        "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

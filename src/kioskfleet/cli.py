@@ -1,7 +1,8 @@
 """``kioskfleet``: the one entry point. A thin layer that composes the packages (CONTRACT §2).
 
 Heavy imports (the controller's stack, amqtt) happen inside the subcommand that needs them, so
-``kioskfleet agent`` on a kiosk does not pay for FastAPI and SQLAlchemy.
+``kioskfleet agent`` on a kiosk does not pay for SQLAlchemy, the database drivers or the embedded
+broker (it loads FastAPI and uvicorn for its local device service only).
 """
 
 from __future__ import annotations

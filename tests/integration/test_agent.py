@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from kioskfleet.agent.service import run_agent
 from kioskfleet.drivers.registry import driver_module
 from kioskfleet.drivers.simulator import PtyServer
 from kioskfleet.protocol import decode_agent_message
-from tests.conftest import Mosquitto, free_port
+from tests.conftest import Mosquitto, free_port, wait_until
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -55,20 +57,42 @@ def test_agent_reports_birth_telemetry_device_changes_and_goodbye(
     watcher.subscribe(f"fleet/v1/{STATION}/#", qos=1)
     watcher.loop_start()
 
+    def printer_state(state: str) -> bool:
+        return any(
+            t.endswith("/telemetry") and p["devices"]["printer"]["state"] == state
+            for t, p in list(seen)
+        )
+
+    def listening() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local_port)):
+            return True
+        return False
+
+    token_file = tmp_path / "local-service.token"  # the default: <state_dir>/local-service.token
+
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(run_agent(config, stop))
-        await asyncio.sleep(2.0)
-        # the kiosk's own application prints a receipt through the local device service
+        await asyncio.to_thread(wait_until, lambda: printer_state("online") and listening())
+        # the kiosk's own application prints a receipt through the local device service,
+        # with the token the agent left for it (CONTRACT §6)
         receipt = {
             "lines": ["无锡市民卡缴费", "金额 100.00 元"],
             "qr": "https://example.invalid/r/1",
         }
+        token = token_file.read_text().strip()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{local_port}") as local:
-            response = await local.post("/v1/receipts", json=receipt, timeout=15)
+            refused = await local.post("/v1/receipts", json=receipt, timeout=15)
+            response = await local.post(
+                "/v1/receipts",
+                json=receipt,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=15,
+            )
+        assert refused.status_code == 401, refused.text
         assert response.status_code == 200, response.text
         printer.set_fault("paper_out")
-        await asyncio.sleep(3.0)
+        await asyncio.to_thread(wait_until, lambda: printer_state("user_error"))
         stop.set()
         await task
 
@@ -97,6 +121,7 @@ def test_agent_reports_birth_telemetry_device_changes_and_goodbye(
         telemetry[0]["host"]
     )
     assert telemetry[-1]["devices"]["printer"]["state"] == "user_error"
+    assert token_file.stat().st_mode & 0o777 == 0o640
     assert "paper_out" in telemetry[-1]["devices"]["printer"]["faults"]
     changes = [e for t, p in seen if t.endswith("/events") for e in p["events"]]
     assert printer.receipts[-1].lines[0] == "无锡市民卡缴费"

@@ -199,7 +199,7 @@ class AgentConfig(BaseModel):
     local_allowed_origins: Annotated[
         tuple[Annotated[str, Field(min_length=1)], ...], Field(strict=False)
     ] = ()
-    #: the file holding the local service's bearer token (CONTRACT §6)
+    #: the local service's bearer token file (CONTRACT §6); None: <state_dir>/local-service.token
     local_service_token_file: _Path | None = None
     #: the kiosk application's group, meant to read the token file (CONTRACT §6)
     local_service_group: Annotated[str, Field(min_length=1, max_length=64)] | None = None

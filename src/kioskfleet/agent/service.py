@@ -6,14 +6,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
 from kioskfleet.agent.config import AgentConfig
 from kioskfleet.agent.devices import DeviceSource
 from kioskfleet.agent.host import HostSampler
-from kioskfleet.agent.localservice import HubSource, LocalService, hub_from_config
+from kioskfleet.agent.hub import DeviceHub, HubSource, hub_from_config
 from kioskfleet.agent.outbox import OutboxStore
+from kioskfleet.agent.tracker import TransactionTracker
+
+if TYPE_CHECKING:
+    from kioskfleet.agent.localservice import LocalService
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +62,11 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
     def publish_transactions(events: list[dict[str, Any]]) -> None:
         agent.queue_events(events)
 
+    # the transaction state exists with the local service off too: the update gate asks it
+    tracker = TransactionTracker(hub, on_event=publish_transactions, loop=loop)
     local: LocalService | None = None
     if config.local_service:
-        host, _, port = config.local_service.rpartition(":")
-        local = LocalService(
-            hub,
-            host=host,
-            port=int(port),
-            allowed_origins=config.local_allowed_origins,
-            on_event=publish_transactions,
-        )
+        local = _local_service(config, hub, tracker)
     # read every device once first, so the birth describes them all
     await agent.coordinator.refresh()
     agent.start()
@@ -80,6 +79,32 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         if local is not None:
             await local.stop()
         await agent.stop()
+        tracker.close()
         hub.close()
         store.close()
         log.info("agent %s stopped", config.station)
+
+
+def _local_service(
+    config: AgentConfig, hub: DeviceHub, tracker: TransactionTracker
+) -> LocalService:
+    """The local device service as configured, its token file created if missing.
+
+    FastAPI and uvicorn are imported here, only when the service is switched on.
+
+    Raises:
+        LocalServiceError: not a loopback address, or the token file cannot be made.
+    """
+    from kioskfleet.agent.localservice import LocalService, load_or_create_token
+
+    assert config.local_service is not None
+    host, _, port = config.local_service.rpartition(":")
+    token_file = config.local_service_token_file or config.state_dir / "local-service.token"
+    return LocalService(
+        hub,
+        tracker,
+        token=load_or_create_token(token_file, group=config.local_service_group),
+        host=host,
+        port=int(port),
+        allowed_origins=config.local_allowed_origins,
+    )

@@ -1,7 +1,8 @@
 """What a citizen is in the middle of at this kiosk: a pure state machine (no I/O).
 
-The local device service (:mod:`kioskfleet.agent.localservice`) drives it from what the kiosk
-application asks and what the devices report; the update gate asks it one question —
+Its owner, :class:`~kioskfleet.agent.tracker.TransactionTracker`, drives it from what the devices
+report (through the hub, whether or not the local device service runs) and from what the kiosk
+application asks (:mod:`kioskfleet.agent.localservice`); the update gate asks it one question —
 :attr:`TransactionState.busy` (and since when it is idle, :attr:`TransactionState.idle_since`) —
 so an update never restarts the agent while a session is open, a bank card is inside, a
 note sits in escrow, an ID card is being read or a receipt is printing.
