@@ -5,6 +5,7 @@ request ends the loop — also while the database is away, without reporting the
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.writer import BatchReport, QueueChannel, WriterConfig, run_writer
+from tests.conftest import wait_until
 
 STATION = "wx-liangxi-metro-03"
 TELEMETRY = f"fleet/v1/{STATION}/telemetry"
@@ -94,7 +96,9 @@ def test_batches_are_answered_in_order_with_garbage_refused(db_url: str) -> None
 
 
 @pytest.mark.postgres
-def test_a_stop_ends_the_retries_while_the_database_is_away(pg_url: str) -> None:
+def test_a_stop_ends_the_retries_while_the_database_is_away(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     writer = _Running(pg_url)
     writer.inbox.put(("batch", 1, [_birth(), _telemetry(1)]))
     assert writer.next_report(30)[:2] == ("batch", 1)
@@ -108,7 +112,12 @@ def test_a_stop_ends_the_retries_while_the_database_is_away(pg_url: str) -> None
         )
     try:
         writer.inbox.put(("batch", 2, [_telemetry(2)]))
-        time.sleep(2.5)  # a few failed attempts
+        # a few failed attempts
+        caplog.set_level(logging.ERROR, logger="kioskfleet.controller.writer")
+        wait_until(
+            lambda: sum("storing a batch failed" in r.getMessage() for r in caplog.records) >= 2,
+            timeout=15,
+        )
         asked = time.monotonic()
         writer.inbox.put(None)
         assert writer.next_report(10) == ("stopped",)  # batch 2 was never reported stored

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -47,11 +48,19 @@ def _run(mosquitto: Mosquitto, tmp_path: Path, chaos: str, db_url: str | None = 
         if chaos in ("controller_kill", "both")
         else None
     )
+
+    def ingested() -> int:
+        try:
+            return int(controller.summary()["ingested"]["telemetry"])
+        except httpx.HTTPError:
+            return 0  # the controller is away (killed) or not serving yet
+
     try:
-        time.sleep(6)
+        # the chaos strikes mid-stream: once the fleet is reporting and being stored
+        wait_until(lambda: ingested() > 100, timeout=30, every=0.2)
         if chaos in ("broker_restart", "both"):
             mosquitto.stop()
-            time.sleep(1)
+            time.sleep(1)  # the outage itself
             mosquitto.start()
         if chaos == "broker_kill":
             mosquitto.kill()
@@ -62,9 +71,11 @@ def _run(mosquitto: Mosquitto, tmp_path: Path, chaos: str, db_url: str | None = 
             # the controller starts a new writer and hands it every batch not yet committed
             wait_until(lambda: controller.writer_pids() not in ([], [killed]), timeout=15)
         if chaos in ("controller_kill", "both"):
-            time.sleep(2)
+            # storing again (after a broker restart too) when it is killed
+            before = ingested()
+            wait_until(lambda: ingested() > before + 50, timeout=30, every=0.2)
             controller.kill()
-            time.sleep(2)
+            time.sleep(2)  # the outage itself: the fleet goes on queueing meanwhile
             controller.start()
         result = sim.result()
         confirmed = garbage.stop() if garbage is not None else 0
