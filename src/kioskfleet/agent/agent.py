@@ -11,28 +11,41 @@ simulator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from kioskfleet.agent import payloads
+from kioskfleet.agent.commands import (
+    AfterReply,
+    CommandError,
+    LogRing,
+    RestartHook,
+    StationCommands,
+    StationOps,
+)
 from kioskfleet.agent.devices import Coordinator, DeviceSource
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.agent.mqtt import MqttLink
-from kioskfleet.agent.outbox import DroppedRange, Entry, Kind, StationOutbox
+from kioskfleet.agent.outbox import CommandRecord, DroppedRange, Entry, Kind, StationOutbox
 from kioskfleet.agent.payloads import ReplyStatus, Stamp, StationIdentity
 from kioskfleet.agent.sendwindow import SendCounts, SendWindow
+from kioskfleet.drivers.exceptions import DriverError
 from kioskfleet.mqttclient import TlsFiles
 from kioskfleet.protocol.broker_url import BrokerUrl
 from kioskfleet.protocol.devices import DeviceStatus, SlotName
 from kioskfleet.protocol.errors import ProtocolError
 from kioskfleet.protocol.messages import (
+    MAX_PAYLOAD_BYTES,
     Ack,
     Command,
     ControllerState,
@@ -83,6 +96,10 @@ class StationAgent:
         host: host metrics sampler (shared in the simulator).
         tuning: pacing and extra command handlers.
         tls: certificate files for an ``mqtts://`` broker (the configuration's ``[tls]``).
+        ops: the station's devices for ``restart_device`` and ``print_test``
+            (:mod:`kioskfleet.agent.commands`).
+        restart: what ``restart_agent`` does once its reply is queued.
+        logs: the log ring ``collect_logs`` reads.
 
     Raises:
         pydantic.ValidationError: ``identity`` would make a birth the controller rejects, or a
@@ -100,6 +117,9 @@ class StationAgent:
         tuning: AgentTuning | None = None,
         rng: random.Random | None = None,
         tls: TlsFiles | None = None,
+        ops: StationOps | None = None,
+        restart: RestartHook | None = None,
+        logs: LogRing | None = None,
     ) -> None:
         self.identity = identity
         self.station = identity.station
@@ -129,10 +149,15 @@ class StationAgent:
         self._resend_task: asyncio.Task[None] | None = None
         for entry in outbox.entries():  # a backlog from before a restart goes first
             self.window.track(entry)
+        #: the technician's switch (``out_of_service`` / ``in_service``), kept in the outbox's file
+        self._in_service = outbox.setting("in_service") != "false"
+        #: command ids whose handler is running now
+        self._running: set[str] = set()
         self._commands: dict[str, CommandHandler] = {
             "rebirth": self._cmd_rebirth,
             "resend": self._cmd_resend,
             "self_test": self._cmd_self_test,
+            **StationCommands(self, ops=ops, restart=restart, logs=logs).handlers(),
             **self.tuning.commands,
         }
         self.link = MqttLink(
@@ -317,8 +342,26 @@ class StationAgent:
             ts=time.time(),
             keepalive=self.tuning.keepalive,
             devices=self.coordinator.statuses,
+            in_service=self._in_service,
         )
         self.link.publish(self._state_topic, encode(message), retain=True)
+
+    @property
+    def in_service(self) -> bool:
+        """False while a technician has taken the station out of service."""
+        return self._in_service
+
+    def set_in_service(self, value: bool) -> bool:
+        """Switch the station in or out of service: persisted first, then a new birth says it.
+        Returns whether it changed."""
+        if value == self._in_service:
+            return False
+        self.outbox.set_setting("in_service", "true" if value else "false")
+        self._in_service = value
+        log.warning("%s: %s", self.station, "back in service" if value else "out of service")
+        if self.link.connected:
+            self._publish_birth()
+        return True
 
     def _disconnected(self) -> None:
         # the link starts every connection with a fresh paho client: whatever was in flight
@@ -350,36 +393,116 @@ class StationAgent:
 
     # -- commands ------------------------------------------------------------------------------
     async def _run_command(self, name: str, command: Command) -> None:
+        """Run a command at most once and answer it, whatever happens.
+
+        The outbox records the id before the handler runs and the reply before it is queued:
+        a redelivery (the broker's, or the controller's after a reconnect) is answered from the
+        record, also after a restart; an id whose handler was cut short by a restart is
+        answered with an error, never run again. An expired command is never run.
+        """
         self.counters["commands"] += 1
-        handler = self._commands.get(name)
-        result: Any = None
-        status: ReplyStatus
-        error: str | None
-        if command.expires_at < time.time():
-            status, error = "expired", "the command expired before it arrived"
-        elif handler is None:
-            status, error = "rejected", f"this agent does not know command {name!r}"
+        now = time.time()
+        try:
+            known = self.outbox.command(command.id)
+            if known is None and command.expires_at >= now and name in self._commands:
+                known = self.outbox.claim_command(command.id, name, command.expires_at, now)
+                if known is None:
+                    await self._execute(name, command)
+                    return
+        except sqlite3.Error as err:  # the state file is broken: running could run twice
+            log.error("%s: could not record command %s: %s", self.station, command.id, err)
+            self._reply(command.id, "error", error=f"the agent could not record the command: {err}")
+            return
+        if known is not None:
+            self._answer_again(name, command, known)
+        elif command.expires_at < now:
+            self._reply(command.id, "expired", error="the command expired before it arrived")
         else:
+            self._reply(command.id, "rejected", error=f"this agent does not know command {name!r}")
+
+    async def _execute(self, name: str, command: Command) -> None:
+        self._running.add(command.id)
+        then: RestartHook | None = None
+        result: Any = None
+        error: str | None = None
+        status: ReplyStatus = "error"
+        try:
+            outcome = await self._commands[name](dict(command.args))
+            if isinstance(outcome, AfterReply):
+                outcome, then = outcome.result, outcome.then
+            result, error = _plain_json(outcome), None
+            status = "ok"
+        except _NotJson as err:
+            error = f"command {name!r} returned {err}"
+        except CommandError as err:
+            error = str(err) or f"command {name!r} failed"
+        except DriverError as err:
+            error = f"device error ({type(err).__name__}): {err}"
+        except (ValueError, KeyError, TypeError) as err:
+            error = f"bad arguments for {name!r}: {err}"
+        except Exception as err:  # why: every command gets a reply; the trace goes to the log
+            log.exception("%s: command %s (%s) failed", self.station, name, command.id)
+            error = f"command {name!r} failed inside the agent ({type(err).__name__})"
+        finally:
+            self._running.discard(command.id)
+        if status != "ok":
+            then = None
+        try:
+            self.outbox.finish_command(command.id, status, result, error)
+        except sqlite3.Error as err:
+            log.error("%s: could not record the reply to %s: %s", self.station, command.id, err)
+        before = self.sent.reply
+        entry = self._reply(command.id, status, result=result, error=error)
+        if entry is None and status == "ok":  # our own reply model refused it: still answer
+            status, then = "error", None
+            error = f"command {name!r} returned a result no reply takes"
+            with contextlib.suppress(sqlite3.Error):
+                self.outbox.finish_command(command.id, status, None, error)
+            self._reply(command.id, status, error=error)
+        if then is not None:
+            if entry is not None:
+                await self._reply_out(before)
+            await then()
+
+    async def _reply_out(self, before: int) -> None:
+        """Give a queued reply a moment to reach the broker (it is durable either way)."""
+        deadline = time.monotonic() + 3.0
+        # polling: the broker's acknowledgement arrives through the link's callbacks
+        while self.sent.reply <= before and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    def _answer_again(self, name: str, command: Command, record: CommandRecord) -> None:
+        """A command id seen before: answer from its record, never run it again."""
+        if record.status is None:
+            if command.id in self._running:
+                return  # a redelivery while it runs: the reply follows when it ends
+            error = "the agent stopped while running this command; it was not run again"
+            status: ReplyStatus = "error"
             try:
-                status, error, result = "ok", None, await handler(command.args)
-            except (ValueError, KeyError, TypeError) as err:
-                status, error = "error", str(err)
-        entry = self._queue(
+                self.outbox.finish_command(command.id, status, None, error)
+            except sqlite3.Error as err:
+                log.error("%s: could not record the reply to %s: %s", self.station, command.id, err)
+            self._reply(command.id, status, error=error)
+            return
+        if record.name != name:
+            log.warning(
+                "%s: command id %s came again as %r (first %r): answered from its record",
+                self.station,
+                command.id,
+                name,
+                record.name,
+            )
+        self._reply(command.id, _status(record.status), result=record.result, error=record.error)
+
+    def _reply(
+        self, command_id: str, status: ReplyStatus, *, result: Any = None, error: str | None = None
+    ) -> Entry | None:
+        return self._queue(
             "reply",
             lambda stamp: payloads.reply(
-                stamp, command_id=command.id, status=status, result=result, error=error
+                stamp, command_id=command_id, status=status, result=result, error=error
             ),
         )
-        if entry is None and status == "ok":  # the result is not JSON: still answer
-            self._queue(
-                "reply",
-                lambda stamp: payloads.reply(
-                    stamp,
-                    command_id=command.id,
-                    status="error",
-                    error=f"command {name!r} returned a result that is not JSON",
-                ),
-            )
 
     async def _cmd_rebirth(self, args: dict[str, Any]) -> Any:
         self._publish_birth()
@@ -423,6 +546,35 @@ class StationAgent:
 
 _SEQUENCED_KINDS: tuple[Kind, ...] = ("telemetry", "events", "reply")
 _SLOTS = TypeAdapter(list[SlotName])
+
+
+#: characters of JSON a command's result may take (the reply stays under 64 KiB)
+MAX_RESULT_CHARS = MAX_PAYLOAD_BYTES - 4096
+
+
+class _NotJson(Exception):
+    """A handler's result that no reply can carry."""
+
+
+def _plain_json(value: Any) -> Any:
+    """``value`` as plain JSON data (what the record stores and the reply carries).
+
+    Raises:
+        _NotJson: not JSON (NaN, an object JSON has no form for), or too large for a reply.
+    """
+    try:
+        text = json.dumps(to_jsonable_python(value), allow_nan=False)
+    except (TypeError, ValueError, PydanticSerializationError) as err:
+        raise _NotJson("a result that is not JSON") from err
+    if len(text) > MAX_RESULT_CHARS:
+        raise _NotJson(f"a result of {len(text)} characters, more than one reply carries")
+    return json.loads(text)
+
+
+def _status(value: str) -> ReplyStatus:
+    if value in ("ok", "error", "expired", "rejected"):
+        return value  # type: ignore[return-value]
+    return "error"
 
 
 def _why(err: ValidationError | PydanticSerializationError) -> str:

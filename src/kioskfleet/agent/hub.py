@@ -190,6 +190,33 @@ class DeviceHub:
         self._dispatch(DeviceUpdate(slot, entry.kind, [], status))
         return status
 
+    def restart(self, slot: str) -> DeviceStatus:
+        """Close ``slot``'s driver, open it again and read its status (blocking; a technician's
+        ``restart_device``). The listeners get the status as from :meth:`read`.
+
+        Raises:
+            UnknownDeviceError: no such slot.
+            DeviceTimeoutError: another operation held the device for ``lock_timeout``.
+            DriverError: the device did not open again (it is reopened on next use).
+        """
+        entry = self._slot(slot)
+        if not entry.lock.acquire(timeout=self.lock_timeout):
+            raise DeviceTimeoutError(f"{slot}: still busy with another operation")
+        try:
+            self._drop(entry)
+            try:
+                driver = self._open(entry)
+                status = driver.status()
+            except DriverError:
+                self._drop(entry)
+                raise
+            entry.last_status = status
+            self._dispatch(DeviceUpdate(slot, entry.kind, [], status))
+            log.info("%s: driver reopened (%s)", slot, status.state)
+            return status
+        finally:
+            entry.lock.release()
+
     def last_status(self, slot: str) -> DeviceStatus | None:
         """The status read last, if any."""
         return self._slot(slot).last_status

@@ -12,17 +12,24 @@ Bound: when a station holds more than ``max_messages``, telemetry is thinned fir
 telemetry row of the oldest half is dropped), events and replies only when no telemetry is left.
 Dropped seq ranges are declared in the next queued message (``dropped``), so the controller can
 account for them and acks and gap detection stay exact. See docs/decisions.md.
+
+Commands: each command id a station has taken is recorded with its reply (``command``), so a
+redelivered command is answered from its record and never executed twice, also across
+restarts; a record is kept until its command's ``expires_at`` plus :data:`COMMAND_MARGIN`
+(after that a redelivery is expired anyway). Small per-station settings that must survive a
+restart (the ``in_service`` flag) live in ``setting``.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["telemetry", "events", "reply"]
 Synchronous = Literal["FULL", "NORMAL"]
@@ -49,7 +56,30 @@ CREATE TABLE IF NOT EXISTS dropped (
     to_seq INTEGER NOT NULL,
     kind TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS command (
+    station TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    keep_until REAL NOT NULL,
+    -- NULL while the command runs; then ok / error / expired / rejected
+    status TEXT,
+    result TEXT,
+    error TEXT,
+    PRIMARY KEY (station, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS setting (
+    station TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (station, name)
+) WITHOUT ROWID;
 """
+
+#: seconds a command's record outlives its ``expires_at`` (the kiosk's and the controller's
+#: clocks may disagree; past it, a redelivery is refused as expired, never run)
+COMMAND_MARGIN = 3600.0
+#: a record is kept at most this long, whatever ``expires_at`` says (a bound on the table)
+COMMAND_MAX_KEEP = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +89,18 @@ class Entry:
     session: int
     seq: int
     kind: Kind
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A command this station has taken, and its reply once it has one."""
+
+    id: str
+    name: str
+    #: None while the command runs (or when the agent stopped while running it)
+    status: str | None
+    result: Any = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +275,71 @@ class StationOutbox:
                     (self.station, sess, first, last, kind),
                 )
 
+    # -- commands: at most once ------------------------------------------------------------------
+    def claim_command(
+        self, command_id: str, name: str, expires_at: float, now: float | None = None
+    ) -> CommandRecord | None:
+        """Record ``command_id`` as taken, unless it already is.
+
+        Returns None when the id is new (the caller runs the command, then calls
+        :meth:`finish_command`), otherwise the existing record (answer from it; do not run).
+        Records whose time is up are forgotten here, which bounds the table.
+        """
+        now = time.time() if now is None else now
+        keep_until = min(expires_at, now + COMMAND_MAX_KEEP) + COMMAND_MARGIN
+        with self._store._tx() as db:
+            db.execute(
+                "DELETE FROM command WHERE station = ? AND keep_until < ?", (self.station, now)
+            )
+            row = db.execute(
+                "SELECT id, name, status, result, error FROM command WHERE station = ? AND id = ?",
+                (self.station, command_id),
+            ).fetchone()
+            if row is not None:
+                return _record(row)
+            db.execute(
+                "INSERT INTO command (station, id, name, keep_until) VALUES (?, ?, ?, ?)",
+                (self.station, command_id, name, keep_until),
+            )
+        return None
+
+    def command(self, command_id: str) -> CommandRecord | None:
+        """The record of ``command_id``, if this station has taken it."""
+        with self._store._lock:
+            row = self._store._db.execute(
+                "SELECT id, name, status, result, error FROM command WHERE station = ? AND id = ?",
+                (self.station, command_id),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def finish_command(
+        self, command_id: str, status: str, result: Any = None, error: str | None = None
+    ) -> None:
+        """Store a command's reply (``result`` must be JSON-serialisable)."""
+        with self._store._tx() as db:
+            db.execute(
+                "UPDATE command SET status = ?, result = ?, error = ? WHERE station = ? AND id = ?",
+                (status, json.dumps(result), error, self.station, command_id),
+            )
+
+    # -- settings ----------------------------------------------------------------------------------
+    def setting(self, name: str) -> str | None:
+        """A persisted per-station setting (None when never set)."""
+        with self._store._lock:
+            row = self._store._db.execute(
+                "SELECT value FROM setting WHERE station = ? AND name = ?", (self.station, name)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, name: str, value: str) -> None:
+        """Persist a per-station setting (durably, before this returns)."""
+        with self._store._tx() as db:
+            db.execute(
+                "INSERT INTO setting (station, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(station, name) DO UPDATE SET value = excluded.value",
+                (self.station, name, value),
+            )
+
     def confirm(self, session: int, seq: int) -> int:
         """Forget every message of ``session`` up to ``seq``; returns how many went."""
         with self._store._tx() as db:
@@ -243,6 +350,17 @@ class StationOutbox:
             gone = cur.rowcount
         self._count -= gone
         return gone
+
+
+def _record(row: tuple[Any, ...]) -> CommandRecord:
+    command_id, name, status, result, error = row
+    return CommandRecord(
+        str(command_id),
+        str(name),
+        None if status is None else str(status),
+        None if result is None else json.loads(result),
+        None if error is None else str(error),
+    )
 
 
 def _thin(db: sqlite3.Connection, station: str, excess: int) -> int:

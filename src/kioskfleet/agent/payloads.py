@@ -73,8 +73,10 @@ def birth(
     ts: float,
     keepalive: int,
     devices: Mapping[str, DeviceStatus],
+    in_service: bool = True,
 ) -> StateMessage:
-    """The retained birth published at every connect: ``online`` and the full description."""
+    """The retained birth published at every connect: ``online`` and the full description
+    (``in_service``: false while a technician has taken the station out of service)."""
     return StateMessage(
         v=PROTOCOL_VERSION,
         station=identity.station,
@@ -91,6 +93,7 @@ def birth(
         versions=Versions(agent=identity.agent_version, catalogue=identity.catalogue_version),
         devices={slot: for_telemetry(status) for slot, status in devices.items()},
         required_devices=list(identity.required_devices) or None,
+        in_service=in_service,
     )
 
 

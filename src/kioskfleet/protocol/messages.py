@@ -74,6 +74,10 @@ class StateMessage(Envelope):
     devices: dict[SlotName, DeviceStatus] = Field(default_factory=dict, max_length=32)
     #: slots the station needs to serve; absent means every device it reports
     required_devices: list[SlotName] | None = Field(default=None, max_length=32)
+    #: false while a technician has taken the station out of service (``cmd/out_of_service``);
+    #: a birth without it (an older agent) means in service. Not a status: status keeps its
+    #: four values.
+    in_service: bool = True
 
     @model_validator(mode="after")
     def _birth_is_complete(self) -> "StateMessage":
