@@ -243,8 +243,8 @@ def _agent(args: argparse.Namespace) -> int:
     from kioskfleet.agent.service import run_agent
 
     logging.getLogger("kioskfleet").setLevel(logging.INFO)
-    _run_until_signal(lambda stop: run_agent(config, stop))
-    return 0
+    # 0, or RESTART_EXIT_CODE after cmd/restart_agent: the supervisor starts it again
+    return _run_until_signal(lambda stop: run_agent(config, stop))
 
 
 def _simulate(args: argparse.Namespace) -> int:

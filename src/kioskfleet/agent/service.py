@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
+from kioskfleet.agent.commands import RESTART_EXIT_CODE, HubOps, LogRing
 from kioskfleet.agent.config import AgentConfig
 from kioskfleet.agent.devices import DeviceSource
 from kioskfleet.agent.host import HostSampler
@@ -36,9 +38,20 @@ def identity_of(config: AgentConfig) -> StationIdentity:
     )
 
 
-async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
-    """Run the agent until ``stop`` is set (or SIGTERM/SIGINT), then shut down cleanly."""
+async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> int:
+    """Run the agent until ``stop`` is set (or SIGTERM/SIGINT), then shut down cleanly.
+
+    Returns the process's exit code: 0, or :data:`RESTART_EXIT_CODE` after ``restart_agent``
+    (its reply queued first), so that systemd (``Restart=on-failure``) starts it again.
+    """
     stop = stop or asyncio.Event()
+    restart_requested = False
+
+    async def restart() -> None:
+        nonlocal restart_requested
+        restart_requested = True
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -49,6 +62,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
     # one owner per port: the coordinator and the local service share the hub's drivers
     hub = hub_from_config(config.devices)
     sources: list[DeviceSource] = [HubSource(hub, device.slot) for device in config.devices]
+    ops = HubOps(hub)  # told the tracker below: the tracker publishes through the agent
+    # the newest log lines, for collect_logs (the product never logs a citizen's data)
+    logs = LogRing()
     agent = StationAgent(
         identity_of(config),
         broker=config.broker,
@@ -57,6 +73,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         host=HostSampler(disk_path=str(config.state_dir)),
         tuning=AgentTuning(keepalive=config.keepalive),
         tls=config.tls.files if config.tls is not None else None,
+        ops=ops,
+        restart=restart,
+        logs=logs,
     )
 
     def publish_transactions(events: list[dict[str, Any]]) -> None:
@@ -64,14 +83,16 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
 
     # the transaction state exists with the local service off too: the update gate asks it
     tracker = TransactionTracker(hub, on_event=publish_transactions, loop=loop)
+    ops.tracker = tracker
     local: LocalService | None = None
     if config.local_service:
-        local = _local_service(config, hub, tracker)
+        local = _local_service(config, hub, tracker, in_service=lambda: agent.in_service)
     # read every device once first, so the birth describes them all
     await agent.coordinator.refresh()
     agent.start()
     if local is not None:
         await local.start()  # LocalServiceError: not loopback, or the port is taken
+    logs.attach()
     log.info("agent %s started, broker %s", config.station, config.broker)
     try:
         await stop.wait()
@@ -82,11 +103,17 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         tracker.close()
         hub.close()
         store.close()
-        log.info("agent %s stopped", config.station)
+        logs.detach()
+        log.info("agent %s stopped%s", config.station, " to restart" if restart_requested else "")
+    return RESTART_EXIT_CODE if restart_requested else 0
 
 
 def _local_service(
-    config: AgentConfig, hub: DeviceHub, tracker: TransactionTracker
+    config: AgentConfig,
+    hub: DeviceHub,
+    tracker: TransactionTracker,
+    *,
+    in_service: Callable[[], bool],
 ) -> LocalService:
     """The local device service as configured, its token file created if missing.
 
@@ -107,4 +134,5 @@ def _local_service(
         host=host,
         port=int(port),
         allowed_origins=config.local_allowed_origins,
+        in_service=in_service,
     )

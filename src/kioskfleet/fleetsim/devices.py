@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from kioskfleet.agent.commands import CommandError
 from kioskfleet.protocol.devices import DeviceInfo, DeviceKind, DeviceStatus, DriverName
 
 # (state, faults, supplies) a device of each kind may fall into
@@ -75,6 +76,9 @@ class SimulatedDevice:
         self._fault: tuple[str, list[str], dict[str, str]] | None = None
         self._fault_until = 0.0
         self._status = self._make(None)
+        #: how often it was restarted (``restart_device``), and the test receipts it printed
+        self.restarts = 0
+        self.printed: list[list[str]] = []
 
     def break_now(self, index: int = 0, duration: float = 3600.0) -> None:
         """Force a fault of this kind (tests, the demo)."""
@@ -86,6 +90,29 @@ class SimulatedDevice:
         """Clear any fault."""
         self._fault = None
         self._status = self._make(None)
+
+    def restart(self) -> DeviceStatus:
+        """A power cycle: it clears what a reset clears (a hardware error, offline, a fraud
+        alarm); what needs a person (paper, a jam, the cashbox, an open cover) stays."""
+        self.restarts += 1
+        if self._fault is not None and self._fault[0] != "user_error":
+            self.repair()
+        return self._status
+
+    def print_test(self, lines: list[str]) -> DeviceStatus:
+        """Print a test receipt if this is a printer that can print.
+
+        Raises:
+            CommandError: not a printer, or it cannot print now (its faults say why).
+        """
+        if self.kind != "printer":
+            raise CommandError(f"the device in slot {self.slot!r} is not a receipt printer")
+        status = self.read()
+        if status.state != "online":
+            faults = ", ".join(status.faults) or status.state
+            raise CommandError(f"{self.slot} cannot print ({faults})")
+        self.printed.append(list(lines))
+        return status
 
     def read(self) -> DeviceStatus:
         """Advance the fault process to now and report."""
@@ -120,3 +147,29 @@ class SimulatedDevice:
             supplies=dict(supplies),
             media=media,  # type: ignore[arg-type]
         )
+
+
+class SimulatedOps:
+    """The device commands (:class:`~kioskfleet.agent.commands.StationOps`) of a simulated
+    station: no citizen is ever mid-transaction at one."""
+
+    def __init__(self, devices: Iterable[SimulatedDevice]) -> None:
+        self.devices = {device.slot: device for device in devices}
+
+    def busy(self) -> bool:
+        """Never: the simulator runs no transactions."""
+        return False
+
+    async def restart_device(self, slot: str) -> DeviceStatus:
+        """Power-cycle the simulated device."""
+        return self._device(slot).restart()
+
+    async def print_test(self, slot: str, lines: list[str]) -> DeviceStatus:
+        """Print on the simulated printer."""
+        return self._device(slot).print_test(lines)
+
+    def _device(self, slot: str) -> SimulatedDevice:
+        device = self.devices.get(slot)
+        if device is None:
+            raise CommandError(f"no device is configured in slot {slot!r}")
+        return device

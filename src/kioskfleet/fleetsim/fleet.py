@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
+from kioskfleet.agent.commands import LogRing, RestartHook
 from kioskfleet.agent.devices import DeviceSource
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.agent.outbox import OutboxStore
 from kioskfleet.firmware_profiles import StationProfile, load_station_profile
-from kioskfleet.fleetsim.devices import SimulatedDevice
+from kioskfleet.fleetsim.devices import SimulatedDevice, SimulatedOps
 from kioskfleet.protocol.broker_url import BrokerUrl
 
 log = logging.getLogger(__name__)
@@ -252,11 +253,18 @@ class Fleet:
         self.update_failures = (
             sorted(s.station for s in rng.sample(spec.stations, failing)) if failing else []
         )
-        host = HostSampler(disk_path=str(state_dir), min_interval=1.0)
+        self._host = HostSampler(disk_path=str(state_dir), min_interval=1.0)
+        #: the stations' log lines, for collect_logs (one ring: each station gets its own lines)
+        self.logs = LogRing(shared=True)
+        #: what agents replaced by restart_agent had sent (``result`` counts them too)
+        self._sent_before = {"telemetry": 0, "events": 0}
+        self.devices: list[list[SimulatedDevice]] = []
+        self._rngs: list[random.Random] = []
         self.agents: list[StationAgent] = []
         for identity in spec.stations:
             station_rng = random.Random(f"{spec.seed}/{identity.station}")
-            sources: list[DeviceSource] = list(
+            self._rngs.append(station_rng)
+            self.devices.append(
                 simulated_devices(
                     identity,
                     rng=station_rng,
@@ -265,20 +273,46 @@ class Fleet:
                     poll_every=min(5.0, identity.telemetry_interval),
                 )
             )
-            self.agents.append(
-                StationAgent(
-                    identity,
-                    broker=spec.broker,
-                    outbox=self.store.outbox(identity.station),
-                    sources=sources,
-                    host=host,
-                    tuning=AgentTuning(keepalive=spec.keepalive, **spec.tuning),
-                    rng=station_rng,
-                )
-            )
+            self.agents.append(self._agent(len(self.agents)))
+
+    def _agent(self, index: int) -> StationAgent:
+        """Station ``index``'s agent, the real code over its simulated devices."""
+        spec = self.spec
+        identity = spec.stations[index]
+        devices = self.devices[index]
+        sources: list[DeviceSource] = list(devices)
+        return StationAgent(
+            identity,
+            broker=spec.broker,
+            outbox=self.store.outbox(identity.station),
+            sources=sources,
+            host=self._host,
+            tuning=AgentTuning(keepalive=spec.keepalive, **spec.tuning),
+            rng=self._rngs[index],
+            ops=SimulatedOps(devices),
+            restart=self._restart_hook(index),
+            logs=self.logs,
+        )
+
+    def _restart_hook(self, index: int) -> RestartHook:
+        """``restart_agent`` in the simulator: the station's agent is stopped cleanly and a
+        new one takes its place, over the same outbox and devices (as systemd would start
+        the kiosk's agent again)."""
+
+        async def restart() -> None:
+            old = self.agents[index]
+            await old.stop()
+            self._sent_before["telemetry"] += old.sent.telemetry
+            self._sent_before["events"] += old.sent.events
+            new = self._agent(index)
+            self.agents[index] = new
+            new.start()
+
+        return restart
 
     def start(self) -> None:
         """Connect every station, spread over the ramp."""
+        self.logs.attach()
         ramp = self.spec.ramp_seconds
         if ramp is None:
             ramp = min(10.0, len(self.agents) / 200)
@@ -305,7 +339,7 @@ class Fleet:
 
     def result(self) -> FleetResult:
         """Counts so far."""
-        sent = {"telemetry": 0, "events": 0}
+        sent = dict(self._sent_before)
         for agent in self.agents:
             sent["telemetry"] += agent.sent.telemetry
             sent["events"] += agent.sent.events
@@ -320,6 +354,7 @@ class Fleet:
     async def stop(self) -> None:
         """Shut every station down cleanly (offline state, DISCONNECT)."""
         await asyncio.gather(*(agent.stop() for agent in self.agents), return_exceptions=True)
+        self.logs.detach()
         self.store.close()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -11,7 +11,8 @@ request that reaches the app and is wrong gets a 4xx ``{"error": str, "code": st
 404   ``not_found`` (no such endpoint), ``unknown_session``, ``no_card``
 405   ``method_not_allowed`` (with ``Allow``)
 408   ``timeout`` (body too slow)
-409   the state does not allow it (``session_open``, ``escrow_pending``, ``device_not_ready``…)
+409   the state does not allow it (``session_open``, ``escrow_pending``, ``device_not_ready``,
+      ``out_of_service``…)
 413   ``body_too_large``; 414 ``line_too_long``; 415 ``unsupported_media``; 431
       ``headers_too_large``
 422   ``invalid_field`` (with ``field``), ``invalid_receipt``, ``wrong_device``,

@@ -5,6 +5,13 @@ lock, keeps the :class:`~kioskfleet.agent.tracker.TransactionTracker` told (prin
 cash-in sessions, bank cards), polls a cash-in session's acceptors while it is open and watches
 the bank-card reader while it waits for or holds a card. Refusals are
 :class:`~kioskfleet.agent.localservice.errors.ServiceError`\\ s; the app turns them into answers.
+
+Out of service (a technician's ``cmd/out_of_service``): no new business starts — opening a
+cash-in session and opening the gate for a bank card answer 409 ``out_of_service``, and so
+does a receipt, unless a citizen is mid-transaction or the last transaction ended less than
+:data:`RECEIPT_GRACE` seconds ago (the citizen who just paid still gets the receipt). What is
+under way goes on to its end: escrow decisions, ending a session, giving a card back, reading
+an ID card, status.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from kioskfleet.drivers.printer import InvalidReceiptError, Receipt, ReceiptPrin
 
 log = logging.getLogger(__name__)
 
+#: seconds after a transaction's end in which an out-of-service kiosk still prints its receipt
+RECEIPT_GRACE = 120.0
+
 T = TypeVar("T")
 BankCardAction = Literal["accept", "eject", "retain"]
 ChannelChoice = list[int] | dict[str, list[int] | None] | None
@@ -54,6 +64,7 @@ class DeviceDesk:
         hub: the station's devices (shared with the coordinator).
         tracker: the station's transaction state (shared with the update gate).
         limits: session bounds (idle timeout, card watch interval).
+        in_service: whether the station is in service (absent: always).
     """
 
     def __init__(
@@ -62,8 +73,10 @@ class DeviceDesk:
         tracker: TransactionTracker,
         *,
         limits: ServiceLimits | None = None,
+        in_service: Callable[[], bool] | None = None,
     ) -> None:
         self.hub = hub
+        self.in_service = in_service or (lambda: True)
         self.tracker = tracker
         self.limits = limits or ServiceLimits()
         self._cash = asyncio.Lock()
@@ -106,13 +119,27 @@ class DeviceDesk:
         slots = self.hub.slots
         statuses = await asyncio.gather(*(asyncio.to_thread(self.hub.read, slot) for slot in slots))
         devices = {slot: status_json(s) for slot, s in zip(slots, statuses, strict=True)}
-        return {"devices": devices, "transactions": self.tracker.snapshot()}
+        return {
+            "devices": devices,
+            "transactions": self.tracker.snapshot(),
+            "in_service": self.in_service(),
+        }
+
+    def _refuse_out_of_service(self, what: str) -> None:
+        if not self.in_service():
+            raise ServiceError(
+                409, f"the station is out of service: {what} refused", "out_of_service"
+            )
 
     # -- receipts ----------------------------------------------------------------------------
     async def print_receipt(
         self, *, lines: list[str], qr: str | None, cut: bool, slot: str
     ) -> dict[str, Any]:
         """Print a receipt; returns the printer's status after printing."""
+        if not self.in_service() and not (
+            self.tracker.busy or self.tracker.idle_for() < RECEIPT_GRACE
+        ):
+            self._refuse_out_of_service("a new receipt")
         receipt = Receipt(lines=lines, qr=qr, cut=cut)
         try:
             receipt.validate()  # before touching the printer
@@ -168,6 +195,7 @@ class DeviceDesk:
         self, *, channels: ChannelChoice, escrow: bool, devices: list[str] | None
     ) -> dict[str, Any]:
         """Enable the acceptors (all, or ``devices``) and open a session on those that can."""
+        self._refuse_out_of_service("a new cash-in session")
         acceptors = self.hub.slots_of(CASH_KINDS)
         if devices is not None:
             unknown = [slot for slot in devices if slot not in acceptors]
@@ -391,7 +419,9 @@ class DeviceDesk:
         """Open the gate for a card (``accept``), give it back (``eject``) or keep it
         (``retain``)."""
         self._check_configured(slot)
-        if action != "accept":
+        if action == "accept":
+            self._refuse_out_of_service("taking a bank card")
+        else:
             before = await asyncio.to_thread(self.hub.read, slot)
             if before.media == "not_present":
                 raise ServiceError(409, "no card is in the reader", "no_card", {"device": slot})

@@ -169,6 +169,10 @@ class StatusResponse(BaseModel):
 
     devices: dict[str, DeviceStatusView | None]
     transactions: TransactionsView
+    in_service: bool = Field(
+        description="false while a technician has taken the station out of service: new "
+        "cash-in sessions, bank cards and receipts are refused (409 out_of_service)"
+    )
 
 
 class ReceiptResponse(BaseModel):

@@ -15,7 +15,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 import uvicorn
@@ -146,6 +146,8 @@ class LocalService:
         allowed_origins: browser origins (``http://localhost:3000``) allowed to call the
             service; any other request carrying an ``Origin`` header is refused.
         limits: request, connection and session bounds.
+        in_service: whether the station is in service (the agent's flag, which a technician
+            switches with ``cmd/out_of_service``); absent: always.
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class LocalService:
         port: int = DEFAULT_PORT,
         allowed_origins: Iterable[str] = (),
         limits: ServiceLimits | None = None,
+        in_service: Callable[[], bool] | None = None,
     ) -> None:
         if not token:
             raise LocalServiceError("the local device service needs a token")
@@ -167,7 +170,7 @@ class LocalService:
         self.port = port
         self.allowed_origins = tuple(allowed_origins)
         self.limits = limits or ServiceLimits()
-        self.desk = DeviceDesk(hub, tracker, limits=self.limits)
+        self.desk = DeviceDesk(hub, tracker, limits=self.limits, in_service=in_service)
         self._token = token
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
