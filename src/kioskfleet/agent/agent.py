@@ -460,7 +460,7 @@ class StationAgent:
                 self.outbox.finish_command(command.id, status, None, error)
             self._reply(command.id, status, error=error)
         if then is not None:
-            if entry is not None:
+            if entry is not None and self.link.connected:
                 await self._reply_out(before)
             await then()
 
