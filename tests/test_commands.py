@@ -405,6 +405,16 @@ def test_out_of_service_is_persisted_and_carried_in_the_birth(tmp_path: Path) ->
             {"in_service": False, "changed": True},
             {"in_service": False, "changed": False},
         )
+        # the change travels as a sequenced event too: a second birth in one session is no
+        # news to the controller (CONTRACT §3)
+        said = [
+            event
+            for entry in agent.outbox.entries()
+            if entry.kind == "events"
+            for event in json.loads(agent.outbox.payload(entry) or b"{}")["events"]
+            if event["type"] == "service_state"
+        ]
+        assert said == [{"type": "service_state", "in_service": False}]
         store.close()
         store = OutboxStore(tmp_path / "outbox.db")
         restarted = make_agent(store)

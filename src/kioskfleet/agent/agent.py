@@ -352,13 +352,16 @@ class StationAgent:
         return self._in_service
 
     def set_in_service(self, value: bool) -> bool:
-        """Switch the station in or out of service: persisted first, then a new birth says it.
-        Returns whether it changed."""
+        """Switch the station in or out of service: persisted first, then said twice — in a
+        ``service_state`` event (sequenced, durable: the controller applies it within the
+        session, where a second birth is no news, CONTRACT §3) and in a new retained birth
+        (what a new subscriber sees). Returns whether it changed."""
         if value == self._in_service:
             return False
         self.outbox.set_setting("in_service", "true" if value else "false")
         self._in_service = value
         log.warning("%s: %s", self.station, "back in service" if value else "out of service")
+        self.queue_events([{"type": "service_state", "in_service": value}])
         if self.link.connected:
             self._publish_birth()
         return True
