@@ -27,7 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kioskfleet.protocol.devices import DEVICE_KINDS, DeviceKind
 from kioskfleet.protocol.stations import SiteType
@@ -141,7 +148,8 @@ class HostThresholds(_Section):
 
 
 class HostOverride(_Section):
-    """Thresholds an override changes; a metric left out keeps the level below it."""
+    """Thresholds an override changes: a metric or a level left out keeps what the less
+    specific rules say (``{ warning = 65 }`` keeps the critical level)."""
 
     disk_percent: Threshold | None = None
     memory_percent: Threshold | None = None
@@ -251,10 +259,15 @@ class AlertsSettings(_Section):
     def _one_override_per_place(self) -> Self:
         seen: set[tuple[str | None, str | None]] = set()
         for override in self.overrides:
-            where = (override.district, override.site_type)
+            where: tuple[str | None, str | None] = (override.district, override.site_type)
             if where in seen:
                 raise ValueError(f"two overrides for district={where[0]!r}, site_type={where[1]!r}")
             seen.add(where)
+        # a partial threshold is only whole once merged: check every place now, not at the
+        # first telemetry of a station there
+        policy = self.policy(offline_alert_after=0.0)
+        for place in seen:
+            policy.rules_for(*place)
         return self
 
     def policy(self, *, offline_alert_after: float) -> AlertPolicy:
@@ -334,9 +347,17 @@ class AlertPolicy:
             severities.update(override.severities)
             device_offline.update(override.device_offline.items())
             for metric in HOST_CONDITIONS:
-                threshold = getattr(override.host, metric)
+                threshold: Threshold | None = getattr(override.host, metric)
                 if threshold is not None:
-                    host[metric] = threshold
+                    levels = host[metric].model_dump()
+                    levels.update(threshold.model_dump(include=threshold.model_fields_set))
+                    try:
+                        host[metric] = Threshold(**levels)
+                    except ValidationError as err:
+                        raise ValueError(
+                            f"{metric} for district={district!r}, site_type={site_type!r}: "
+                            f"critical {levels['critical']} is below warning {levels['warning']}"
+                        ) from err
         return ResolvedRules(
             severities=severities,
             unknown_fault=s.unknown_fault,
