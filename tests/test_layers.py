@@ -149,6 +149,40 @@ def test_protocol_does_no_io() -> None:
             assert not set(names) & io_modules, f"{path.name} imports {names}"
 
 
+# what the alert rules may import: they decide, the writer and the API do the I/O (STYLE 1)
+_ALERTS_MAY_IMPORT = {
+    "__future__",
+    "bisect",
+    "collections",
+    "dataclasses",
+    "functools",
+    "itertools",
+    "re",
+    "typing",
+    "pydantic",
+    "kioskfleet.protocol",
+    "kioskfleet.controller.alerts",
+}
+
+
+def test_the_alert_rules_do_no_io() -> None:
+    paths = sorted((PKG / "controller" / "alerts").rglob("*.py"))
+    assert len(paths) > 5
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert any(
+                    name == allowed or name.startswith(allowed + ".")
+                    for allowed in _ALERTS_MAY_IMPORT
+                ), f"{path.name} imports {name}"
+
+
 def test_agent_does_not_load_the_controller_stack() -> None:
     """The agent (local device service included: FastAPI and uvicorn are allowed since the
     service runs on them) never loads the controller's database, metrics or broker stack."""
