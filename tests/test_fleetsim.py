@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 from kioskfleet.agent.agent import StationIdentity
+from kioskfleet.agent.outbox import OutboxStore
 from kioskfleet.firmware_profiles import load_station_profile
-from kioskfleet.fleetsim.fleet import DISTRICTS, simulated_devices, wuxi_fleet
+from kioskfleet.fleetsim.fleet import (
+    DISTRICTS,
+    adopt_legacy_outboxes,
+    outbox_path,
+    outbox_shard,
+    simulated_devices,
+    wuxi_fleet,
+)
 
 
 def _sites(fleet: list[StationIdentity]) -> dict[str, list[StationIdentity]]:
@@ -80,3 +89,32 @@ def test_a_simulated_station_needs_what_its_profile_needs() -> None:
     estation = next(s for s in fleet if s.profile == "estation-gen2")
     assert "coin_acceptor" not in estation.required_devices
     assert "printer" in estation.required_devices
+
+
+def test_a_state_dir_of_one_outbox_file_is_adopted_into_the_shards(tmp_path: Path) -> None:
+    """State dirs written before the outboxes were sharded keep their queued messages and
+    session counters: each station moves to the shard file of its id."""
+    legacy = OutboxStore(tmp_path / "outboxes.db", synchronous="NORMAL")
+    queued = {}
+    for station in ("old-0001", "old-0002", "old-0003"):
+        box = legacy.outbox(station)
+        session = box.new_session(now_ms=1_000)
+        entries = [box.enqueue(kind, _payload) for kind in ("telemetry", "events")]
+        queued[station] = (session, [(e.session, e.seq, e.kind) for e in entries])
+    legacy.close()
+
+    assert adopt_legacy_outboxes(tmp_path)
+    assert not (tmp_path / "outboxes.db").exists()
+    assert (tmp_path / "outboxes.db.adopted").exists()
+    assert not adopt_legacy_outboxes(tmp_path)  # once only
+    for station, (session, entries) in queued.items():
+        store = OutboxStore(outbox_path(tmp_path, outbox_shard(station)))
+        box = store.outbox(station)
+        assert box.session == session
+        assert [(e.session, e.seq, e.kind) for e in box.entries()] == entries
+        assert box.payload(next(box.entries())) == b"{}"
+        store.close()
+
+
+def _payload(session: int, seq: int, dropped: object) -> bytes:
+    return b"{}"

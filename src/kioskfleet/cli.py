@@ -76,6 +76,12 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     sim.add_argument("--id-prefix", default="sim")
     sim.add_argument("--state-dir", help="keep outboxes and sessions here between runs")
     sim.add_argument("--keepalive", type=int, default=30)
+    sim.add_argument(
+        "--processes",
+        type=_positive_int,
+        help="simulator processes (default: one per core, none for fewer than 2,500 "
+        "stations; at most 32); 1 runs every station in this process",
+    )
 
     device = sub.add_parser("device", help="the technician's tools for one device")
     dsub = device.add_subparsers(dest="device_command", required=True)
@@ -248,15 +254,22 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import logging
     from pathlib import Path
 
     from kioskfleet.fleetsim.fleet import FleetSpec, run_fleet, wuxi_fleet
+    from kioskfleet.fleetsim.processes import (
+        FleetProcesses,
+        SimulatorProcessError,
+        default_processes,
+    )
     from kioskfleet.protocol.broker_url import parse_broker_url
 
     try:
         broker = parse_broker_url(args.broker)
     except ValueError as err:
         return _refuse("simulate", err)
+    # the whole fleet is generated here, once; processes get parts of it
     spec = FleetSpec(
         stations=wuxi_fleet(
             args.stations,
@@ -272,7 +285,19 @@ def _simulate(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         keepalive=args.keepalive,
     )
-    result = _run_until_signal(lambda stop: run_fleet(spec, stop=stop))
+    processes = args.processes or default_processes(args.stations)
+    if processes == 1:
+        result = _run_until_signal(lambda stop: run_fleet(spec, stop=stop))
+    else:
+        fleet = FleetProcesses(spec, processes, log_level=logging.getLogger().level)
+        try:
+            fleet.start()
+            result = _run_until_signal(fleet.run)
+        except (SimulatorProcessError, OSError) as err:
+            print(f"kioskfleet simulate: {err}", file=sys.stderr)
+            return 1
+        finally:
+            fleet.close()
     _print(result.as_json())
     return 0
 

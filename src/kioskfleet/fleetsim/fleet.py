@@ -8,8 +8,10 @@ import functools
 import logging
 import random
 import resource
+import sqlite3
 import tempfile
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,72 @@ _METRO: Final[dict[str, tuple[str, ...]]] = {
 }
 #: Jiangyin and Yixing are county-level cities, the rest districts of the city proper
 _CITIES: Final = frozenset({"jiangyin", "yixing"})
+#: outbox files under a state dir: a station's file follows from its id alone, so the layout
+#: does not depend on how many processes run the fleet (one file per station would cost a
+#: simulator ten thousand descriptors; one file for all would be shared by every process)
+OUTBOX_SHARDS: Final = 32
+#: the single outbox file of the layout before shards; adopted into the shards on first use
+_LEGACY_OUTBOX: Final = "outboxes.db"
+
+
+def outbox_shard(station: str) -> int:
+    """The outbox file (0 .. OUTBOX_SHARDS - 1) that holds ``station``'s outbox: a stable hash
+    of the id (CRC-32, not Python's salted ``hash``), the same in every process and run."""
+    return zlib.crc32(station.encode()) % OUTBOX_SHARDS
+
+
+def outbox_path(state_dir: Path, shard: int) -> Path:
+    """Where outbox file ``shard`` lives under a state dir."""
+    return state_dir / "outboxes" / f"{shard:02d}.db"
+
+
+def adopt_legacy_outboxes(state_dir: Path) -> bool:
+    """Move the stations of a state dir's single ``outboxes.db`` (the layout before shards)
+    into their shard files, so queued messages and session counters survive the change;
+    renames the old file to ``outboxes.db.adopted``. Returns whether there was one.
+
+    Run it once, in one process, before any station opens its outbox.
+    """
+    legacy = state_dir / _LEGACY_OUTBOX
+    if not legacy.exists():
+        return False
+    source = sqlite3.connect(legacy)
+    try:
+        stations = [row[0] for row in source.execute("SELECT station FROM station")]
+        for table in ("message", "dropped"):
+            stations += [r[0] for r in source.execute(f"SELECT DISTINCT station FROM {table}")]
+    finally:
+        source.close()
+    for shard in sorted({outbox_shard(s) for s in stations}):
+        OutboxStore(outbox_path(state_dir, shard), synchronous="NORMAL").close()  # the schema
+        target = sqlite3.connect(outbox_path(state_dir, shard), isolation_level=None)
+        try:
+            target.create_function("kf_shard", 1, outbox_shard, deterministic=True)
+            target.execute("ATTACH DATABASE ? AS legacy", (str(legacy),))
+            target.execute("BEGIN IMMEDIATE")
+            for table in ("station", "message", "dropped"):
+                target.execute(
+                    f"INSERT OR IGNORE INTO main.{table} "
+                    f"SELECT * FROM legacy.{table} WHERE kf_shard(station) = ?",
+                    (shard,),
+                )
+            target.execute("COMMIT")
+            target.execute("DETACH DATABASE legacy")
+        finally:
+            target.close()
+    legacy.rename(legacy.with_name(_LEGACY_OUTBOX + ".adopted"))
+    for suffix in ("-wal", "-shm"):
+        legacy.with_name(_LEGACY_OUTBOX + suffix).unlink(missing_ok=True)
+    return True
+
+
+def choose_update_failures(stations: list[StationIdentity], rate: float, seed: int) -> list[str]:
+    """Exactly round(rate · N) station ids, chosen by the seed over the whole fleet (CONTRACT §2
+    ``--update-failure-rate``), sorted."""
+    failing = round(rate * len(stations))
+    if not failing:
+        return []
+    return sorted(s.station for s in random.Random(seed).sample(stations, failing))
 
 
 def wuxi_fleet(
@@ -209,6 +277,10 @@ class FleetSpec:
     state_dir: Path | None = None
     keepalive: int = 30
     confirm_timeout: float = 60.0
+    #: the stations that fail their post-update health check; None: chosen from ``stations``
+    #: by ``update_failure_rate`` and ``seed`` (a process of a larger fleet gets its share of
+    #: the whole fleet's choice)
+    update_failures: list[str] | None = None
     #: connects spread over this many seconds, so the fleet does not stampede the broker
     ramp_seconds: float | None = None
     tuning: dict[str, Any] = field(default_factory=dict)
@@ -223,6 +295,8 @@ class FleetResult:
     unconfirmed: int
     connected: int
     update_failures: list[str]
+    #: simulator processes that ran the fleet
+    processes: int = 1
 
     def as_json(self) -> dict[str, Any]:
         """The JSON object ``simulate`` prints."""
@@ -232,6 +306,7 @@ class FleetResult:
             "unconfirmed": self.unconfirmed,
             "connected": self.connected,
             "update_failures": len(self.update_failures),
+            "processes": self.processes,
         }
 
 
@@ -246,12 +321,15 @@ class Fleet:
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="kioskfleet-sim-")
             state_dir = Path(self._tmp.name)
-        # one file for every outbox: a simulator cannot afford a file per station
-        self.store = OutboxStore(state_dir / "outboxes.db", synchronous="NORMAL")
-        rng = random.Random(spec.seed)
-        failing = round(spec.update_failure_rate * len(spec.stations))
+        else:
+            adopt_legacy_outboxes(state_dir)
+        self._state_dir = state_dir
+        # a few files for every outbox (OUTBOX_SHARDS at most), opened for the shards in use
+        self.stores: dict[int, OutboxStore] = {}
         self.update_failures = (
-            sorted(s.station for s in rng.sample(spec.stations, failing)) if failing else []
+            spec.update_failures
+            if spec.update_failures is not None
+            else choose_update_failures(spec.stations, spec.update_failure_rate, spec.seed)
         )
         self._host = HostSampler(disk_path=str(state_dir), min_interval=1.0)
         #: the stations' log lines, for collect_logs (one ring: each station gets its own lines)
@@ -284,7 +362,7 @@ class Fleet:
         return StationAgent(
             identity,
             broker=spec.broker,
-            outbox=self.store.outbox(identity.station),
+            outbox=self._store(identity.station).outbox(identity.station),
             sources=sources,
             host=self._host,
             tuning=AgentTuning(keepalive=spec.keepalive, **spec.tuning),
@@ -309,6 +387,14 @@ class Fleet:
             new.start()
 
         return restart
+
+    def _store(self, station: str) -> OutboxStore:
+        shard = outbox_shard(station)
+        store = self.stores.get(shard)
+        if store is None:
+            store = OutboxStore(outbox_path(self._state_dir, shard), synchronous="NORMAL")
+            self.stores[shard] = store
+        return store
 
     def start(self) -> None:
         """Connect every station, spread over the ramp."""
@@ -355,7 +441,8 @@ class Fleet:
         """Shut every station down cleanly (offline state, DISCONNECT)."""
         await asyncio.gather(*(agent.stop() for agent in self.agents), return_exceptions=True)
         self.logs.detach()
-        self.store.close()
+        for store in self.stores.values():
+            store.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 
