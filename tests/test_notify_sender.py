@@ -349,3 +349,55 @@ def test_alertmanager_reposts_active_alerts_and_stops_after_the_end(
     after = [body for path, body in receiver.taken][len(posts) :]
     assert len(after) == 1
     assert "endsAt" in after[0][0]
+
+
+def test_alertmanager_down_during_open_and_resolve_ends_up_ended(
+    engine: Engine, receiver: Receiver
+) -> None:
+    settings = ReceiversSettings.model_validate(
+        {"alertmanagers": {"am": {"url": receiver.url, "repost_interval": 60}}}
+    )
+    opened = lifecycle.opening(_alert(1))
+    resolved = lifecycle.resolve(opened.alert, by="李工", now=T0 + 30)
+    clock = Clock()
+    sender = Sender(engine, settings, clock=clock, rng=random.Random(2))
+    receiver.failing = True
+    try:
+        with engine.begin() as conn:
+            insert_rows(conn, notifications_for(opened, settings, ROUTING))
+        _drain(sender, clock, until=T0 + 30, step=5)
+        with engine.begin() as conn:
+            insert_rows(conn, notifications_for(resolved, settings, ROUTING))
+        _drain(sender, clock, until=T0 + 900, step=5)
+        assert receiver.taken == []
+        receiver.failing = False
+        _drain(sender, clock, until=T0 + 2400, step=5)
+    finally:
+        sender.stop()
+    # firing, then ended, and nothing after: never a stale "firing" after the end
+    bodies = [body for _, body in receiver.taken]
+    assert ["endsAt" in b[0] for b in bodies] == [False, True]
+
+
+def test_old_delivered_rows_are_pruned_pending_ones_kept(
+    engine: Engine, receiver: Receiver
+) -> None:
+    settings = _settings(receiver.url)
+    _store_lifecycles(engine, settings, alerts=1)
+    clock = Clock()
+    sender = Sender(engine, settings, clock=clock)
+    _drain(sender, clock, until=T0 + 10)
+    assert len(receiver.taken) == 3
+    receiver.failing = True
+    _store_lifecycles(engine, settings, alerts=1, t0=T0 + 29 * 86400)
+    clock.now = T0 + 29 * 86400 + 100
+    sender.run_once()
+    assert len(_rows(engine)) == 6
+    clock.now = T0 + 30 * 86400 + 10
+    fresh = Sender(engine, settings, clock=clock)  # prunes at its first pass
+    fresh.run_once()
+    sender.stop()
+    fresh.stop()
+    rows = _rows(engine)
+    assert len(rows) == 3
+    assert all(r.created_at >= T0 + 29 * 86400 and r.sent_at is None for r in rows)
