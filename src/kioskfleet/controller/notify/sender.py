@@ -67,7 +67,7 @@ def dingtalk_signed(url: str, secret: str, now: float) -> str:
     return f"{url}{'&' if '?' in url else '?'}timestamp={timestamp}&sign={sign}"
 
 
-def pending_pairs(conn: Connection) -> Any:
+def _pending(conn: Connection) -> Any:
     """(receiver, count) of notifications still to send."""
     return conn.execute(
         select(_N.c.receiver, func.count())
@@ -81,7 +81,7 @@ def counts(engine: Engine) -> dict[str, dict[str, int]]:
     pruning) — for ``/metrics`` (a gauge and a counter)."""
     out: dict[str, dict[str, int]] = {}
     with engine.connect() as conn:
-        for receiver, n in pending_pairs(conn):
+        for receiver, n in _pending(conn):
             out.setdefault(receiver, {"pending": 0, "given_up": 0})["pending"] = int(n)
         rows = conn.execute(
             select(_C.c.name, _C.c.value).where(_C.c.name.startswith(GIVEN_UP_PREFIX))
