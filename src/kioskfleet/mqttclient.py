@@ -124,6 +124,17 @@ class ReconnectPolicy:
             )
 
 
+def backoff_delay(policy: ReconnectPolicy, failures: int, rng: random.Random) -> float:
+    """The delay after ``failures`` failed attempts in a row (0 for the first retry): a
+    ceiling that doubles with every failure, from ``policy.minimum`` up to ``policy.maximum``,
+    and a random delay under it ("full jitter", at least half the minimum). Pure apart from
+    ``rng``; for callers that keep the failure count themselves (the notification outbox keeps
+    it per receiver)."""
+    low, high = policy.minimum, policy.maximum
+    ceiling = min(high, low * 2 ** min(max(failures, 0), 32))
+    return min(high, low / 2 + rng.uniform(0, ceiling))
+
+
 class Backoff:
     """Delays between connect attempts: a ceiling that doubles with every failed attempt, from
     ``minimum`` up to ``maximum``, and a random delay under it ("full jitter", at least half the
@@ -143,10 +154,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt (and one more failure counted)."""
-        low, high = self.policy.minimum, self.policy.maximum
-        ceiling = min(high, low * 2 ** min(self._failures, 32))
+        delay = backoff_delay(self.policy, self._failures, self._rng)
         self._failures += 1
-        return min(high, low / 2 + self._rng.uniform(0, ceiling))
+        return delay
 
     def reset(self) -> None:
         """A connection succeeded: the next failure starts from the minimum again."""

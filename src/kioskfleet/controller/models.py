@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -156,3 +156,38 @@ class TelemetryHourly(SQLModel, table=True):
     device_states: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
     )
+
+
+class Notification(SQLModel, table=True):
+    """One notification to deliver to one receiver (the outbox, ``controller.notify``).
+
+    Inserted in the transaction that changes its alert; the sender posts ``payload`` (the
+    finished request body) and sets ``sent_at``, or records the failure and when to try again,
+    until ``given_up_at``.
+    """
+
+    __table_args__ = (
+        # the sender's scan: what is still to send, by when it is due
+        Index(
+            "ix_notification_pending",
+            "next_attempt_at",
+            sqlite_where=text("sent_at IS NULL AND given_up_at IS NULL"),
+            postgresql_where=text("sent_at IS NULL AND given_up_at IS NULL"),
+        ),
+        # one alert's notifications to one receiver, in order
+        Index("ix_notification_receiver_alert", "receiver", "alert_id", "id"),
+        Index("ix_notification_created", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: str = Field(max_length=64)
+    #: opened, acknowledged, resolved, escalated, reposted, suppressed
+    kind: str = Field(max_length=16)
+    receiver: str = Field(max_length=64)
+    payload: Any = Field(sa_column=Column(JSON, nullable=False))
+    created_at: float
+    next_attempt_at: float
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    sent_at: float | None = None
+    given_up_at: float | None = None
