@@ -17,6 +17,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from kioskfleet.agent.agent import StationIdentity
+from kioskfleet.controller.config import Settings
+from kioskfleet.controller.service import Controller
 from kioskfleet.fleetsim.fleet import Fleet, FleetSpec, wuxi_fleet
 from kioskfleet.protocol.broker_url import parse_broker_url
 from tests.conftest import LoopThread, Mosquitto, wait_until
@@ -154,3 +156,30 @@ def test_an_offline_station_gets_its_command_at_its_next_birth_but_never_an_expi
         finally:
             if back is not None:
                 loop_thread.run(back.stop())
+
+
+def test_a_command_stored_but_never_published_goes_out_when_the_controller_starts(
+    mosquitto: Mosquitto, db_url: str, loop_thread: LoopThread
+) -> None:
+    stations = wuxi_fleet(1, id_prefix=f"t{uuid.uuid4().hex[:6]}", telemetry_interval=1.0)
+    station = stations[0].station
+    fleet: Fleet | None = None
+    try:
+        with served_controller(db_url, mosquitto.url) as (_, api):
+            fleet = start_fleet(loop_thread, mosquitto.url, stations)
+            wait_until(lambda: station_status(api, station) in ("online", "degraded"))
+        # the controller is gone, the station stays connected (online in the database); a
+        # command is stored and not published, as when a controller stops between the two
+        # (an unstarted controller has no broker connection: it never claims a command)
+        stopped = Controller(Settings(db_url=db_url))
+        command_id = stopped.create_command(
+            station=station, name="self_test", args={}, ttl_s=60, actor="test"
+        )
+        stopped.engine.dispose()
+        assert command_id is not None
+        with served_controller(db_url, mosquitto.url) as (_, api):
+            assert station_status(api, station) in ("online", "degraded")
+            wait_until(lambda: command(api, station, command_id)["state"] == "ok", timeout=20)
+    finally:
+        if fleet is not None:
+            loop_thread.run(fleet.stop())

@@ -145,6 +145,17 @@ def claim_due(*, conn: Connection, stations: Collection[str], now: float) -> lis
     return due
 
 
+def waiting_stations(*, conn: Connection, now: float) -> list[str]:
+    """Stations with unsent, unexpired commands."""
+    rows = conn.execute(
+        select(_CMD.c.station)
+        .where(_CMD.c.sent_at.is_(None), _CMD.c.expires_at > now)
+        .distinct()
+        .order_by(_CMD.c.station)
+    )
+    return [row.station for row in rows]
+
+
 def _replies(conn: Connection, station: str, ids: Iterable[str]) -> dict[str, Any]:
     """The first stored reply to each command id (a redelivered command is answered again
     from the agent's record: the same answer under a new seq)."""

@@ -58,6 +58,7 @@ class Controller:
             tls=self.tls,
         )
         self.ingest.start()
+        self._send_waiting()
         log.info("controller started: database %s, broker %s", self.engine.url, settings.broker)
 
     def stop(self) -> None:
@@ -131,6 +132,16 @@ class Controller:
         if due:
             log.info("sent %d stored command(s) to %d station(s)", len(due), len(stations))
         return len(due)
+
+    def _send_waiting(self) -> None:
+        """At start: commands stored but never published (the controller stopped between the
+        two) go to their stations that are not offline. paho holds them until it connects."""
+        try:
+            with self.engine.connect() as conn:
+                waiting = commands.waiting_stations(conn=conn, now=time.time())
+            self.send_due(waiting)
+        except SQLAlchemyError as err:
+            log.error("could not send the stored commands at start: %s", err)
 
     def _on_changes(self, changes: list[tuple[str, str, str]]) -> None:
         """Status changes the writer committed: a station back from offline (its birth, or a
