@@ -61,7 +61,7 @@ def test_a_command_is_stored_pending_with_its_audit_row(
     app: FastAPI, controller: Controller
 ) -> None:
     before = time.time()
-    created = post(app, OFFLINE, {"name": "restart_device", "args": {"slot": "printer"}})
+    created = post(app, OFFLINE, {"name": "restart_device", "args": {"device": "printer"}})
     assert created.status_code == 201
     (command_id,) = created.json().values()
     assert created.json() == {"id": command_id}
@@ -72,7 +72,7 @@ def test_a_command_is_stored_pending_with_its_audit_row(
     body = got.json()
     assert body["state"] == "pending" and body["reply"] is None and body["sent_at"] is None
     assert (body["id"], body["station"], body["name"]) == (command_id, OFFLINE, "restart_device")
-    assert body["args"] == {"slot": "printer"} and body["created_by"] == "api"
+    assert body["args"] == {"device": "printer"} and body["created_by"] == "api"
     assert body["created_at"].endswith("Z")
     with controller.engine.connect() as conn:
         record = conn.execute(select(CommandRecord.__table__)).one()  # type: ignore[attr-defined]
@@ -88,7 +88,7 @@ def test_a_command_is_stored_pending_with_its_audit_row(
     assert audit.details == {
         "command": command_id,
         "name": "restart_device",
-        "args": {"slot": "printer"},
+        "args": {"device": "printer"},
         "ttl_s": 300.0,
     }
     assert audit.at == record.created_at and audit.source  # the client's address
