@@ -443,11 +443,21 @@ class Ingest:
 
     # -- outgoing ------------------------------------------------------------------------------
     def send_command(self, station: str, name: str, args: dict[str, Any], ttl: float) -> str:
-        """Publish a command; returns its id."""
+        """Publish a command of the controller's own (not stored); returns its id."""
         command_id = uuid.uuid4().hex
-        payload = json.dumps({"id": command_id, "expires_at": time.time() + ttl, "args": args})
-        self._client.publish(cmd_topic(station, name), payload.encode(), qos=1)
+        self.publish_command(
+            station, name, command_id=command_id, expires_at=time.time() + ttl, args=args
+        )
         return command_id
+
+    def publish_command(
+        self, station: str, name: str, *, command_id: str, expires_at: float, args: dict[str, Any]
+    ) -> None:
+        """Publish a command under the given id (a stored one: the id its reply will carry).
+
+        While the broker is away paho keeps the QoS 1 message and sends it on reconnect."""
+        payload = json.dumps({"id": command_id, "expires_at": expires_at, "args": args})
+        self._client.publish(cmd_topic(station, name), payload.encode(), qos=1)
 
     def _ack_loop(self) -> None:
         while not self._stop.wait(self.ack_interval):

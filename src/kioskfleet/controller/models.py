@@ -191,3 +191,43 @@ class Notification(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=500)
     sent_at: float | None = None
     given_up_at: float | None = None
+
+
+class CommandRecord(SQLModel, table=True):
+    """A command a person sent to a station (``POST /api/stations/{id}/commands``), stored
+    before it is published; its reply is the ``command_reply`` row with its id."""
+
+    __tablename__ = "command"
+    __table_args__ = (Index("ix_command_station_created", "station", "created_at"),)
+
+    #: uuid4 hex: the ``id`` of the ``cmd/{name}`` payload and of the agent's reply
+    id: str = Field(primary_key=True, max_length=32)
+    station: str = Field(max_length=64)
+    name: str = Field(max_length=64)
+    args: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: float
+    expires_at: float
+    #: when it was handed to the broker; null while the station is offline (pending)
+    sent_at: float | None = None
+    #: who asked (free text until the security issue adds identities)
+    created_by: str = Field(max_length=200)
+
+
+class Audit(SQLModel, table=True):
+    """What people did through the controller (commands, and later alert changes, releases,
+    rollouts): written by the controller process only, never changed afterwards."""
+
+    __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_at", "at"), Index("ix_audit_target", "target"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: float
+    actor: str = Field(max_length=200)
+    #: from where (the client's address), when known
+    source: str | None = Field(default=None, max_length=200)
+    #: e.g. ``command.create``
+    action: str = Field(max_length=64)
+    #: what it was done to, e.g. a station id
+    target: str = Field(max_length=200)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    outcome: str = Field(max_length=64)

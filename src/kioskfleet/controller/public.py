@@ -9,10 +9,12 @@ once, where crud builds it; FastAPI then only checks the type and serializes it 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import json
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, PlainSerializer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
+from kioskfleet.protocol.commands import CommandName, ReplyStatus
 from kioskfleet.protocol.devices import DeviceStatus, SlotName
 from kioskfleet.protocol.stations import StationStatus
 
@@ -156,3 +158,75 @@ class ErrorDetail(Public):
     """An error FastAPI raised (``HTTPException``), e.g. an unknown station."""
 
     detail: str
+
+
+#: a command's time to live: at least a second, at most a week (CONTRACT §4)
+TTL_MIN: Final = 1.0
+TTL_MAX: Final = 7 * 24 * 3600.0
+#: a command's ``args`` as JSON: far below the 64 KiB a message may have
+ARGS_MAX_BYTES: Final = 16 * 1024
+
+
+class CommandRequest(BaseModel):
+    """``POST /api/stations/{id}/commands``: what to run, with what, for how long."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: CommandName
+    args: dict[str, Any] = Field(default_factory=dict)
+    #: seconds the command may wait (for an offline station) and still run
+    ttl_s: Annotated[float, Field(ge=TTL_MIN, le=TTL_MAX, allow_inf_nan=False)] = 300.0
+
+    @field_validator("args")
+    @classmethod
+    def _small(cls, args: dict[str, Any]) -> dict[str, Any]:
+        # allow_nan=False: NaN is not JSON, and no database column takes it
+        size = len(json.dumps(args, allow_nan=False, separators=(",", ":")).encode())
+        if size > ARGS_MAX_BYTES:
+            raise ValueError(f"args take {size} bytes as JSON, at most {ARGS_MAX_BYTES}")
+        return args
+
+
+class CommandCreated(Public):
+    """A command stored (and sent, if its station is online)."""
+
+    id: str
+
+
+#: ``pending``: stored, its station offline (sent at its next birth); ``sent``: handed to the
+#: broker, no reply yet; ``ok`` / ``error``: the agent's answer (a ``rejected`` reply is an
+#: ``error``); ``expired``: the agent said so, or no reply came before ``expires_at``
+CommandState = Literal["pending", "sent", "ok", "error", "expired"]
+
+
+class CommandReplyPublic(Public):
+    """The agent's reply to a command, as it was stored."""
+
+    status: ReplyStatus
+    result: Any
+    error: str | None
+    #: when the agent answered (its clock)
+    at: AwareDatetime
+    received_at: AwareDatetime
+
+
+class CommandPublic(Public):
+    """``GET /api/stations/{id}/commands/{cid}``: a command and where it stands."""
+
+    id: str
+    station: str
+    name: CommandName
+    args: dict[str, Any]
+    state: CommandState
+    created_at: AwareDatetime
+    expires_at: AwareDatetime
+    sent_at: AwareDatetime | None
+    created_by: str
+    reply: CommandReplyPublic | None
+
+
+class CommandList(Public):
+    """A station's commands, newest first, and how many it has in all."""
+
+    items: list[CommandPublic]
+    total: int
