@@ -320,6 +320,11 @@ def retention_pass(engine: Engine, cutoff: float) -> dict[str, Any]:
             "SELECT pg_total_relation_size('telemetry_hourly')"
         ).scalar_one()
         left = conn.exec_driver_sql("SELECT count(*) FROM telemetry").scalar_one()
+        # the file holds the versions each span's merge left behind until vacuum: the live
+        # row is what a year of them costs
+        live = conn.exec_driver_sql(
+            "SELECT avg(pg_column_size(h.*)) FROM telemetry_hourly h"
+        ).scalar_one()
     return {
         "rows_folded": folded,
         "seconds": round(seconds, 1),
@@ -327,10 +332,12 @@ def retention_pass(engine: Engine, cutoff: float) -> dict[str, Any]:
         "steps": len(steps),
         "span_s": SPAN,
         "step_ms_median": round(statistics.median(steps) * 1000),
+        "step_ms_p95": round(percentile(steps, 95) * 1000),
         "step_ms_max": round(max(steps) * 1000),
         "hourly_rows": hourly,
         "hourly_bytes": hourly_bytes,
-        "hourly_bytes_per_row": round(hourly_bytes / hourly, 1) if hourly else None,
+        "hourly_file_bytes_per_row": round(hourly_bytes / hourly, 1) if hourly else None,
+        "hourly_live_row_bytes": round(float(live or 0), 1),
         "raw_rows_left": left,
     }
 
@@ -394,7 +401,11 @@ def main() -> int:
         result["retention"] = retention_pass(engine, cutoff=(today + 1) * DAY)
         log("retention", json.dumps(result["retention"]))
         result["projection_30_days"] = projection(
-            result["sizes"], result["retention"]["hourly_bytes_per_row"], 10_000, 10.0
+            # a live hourly row, plus ~40 bytes of its (station, hour) index entry
+            result["sizes"],
+            result["retention"]["hourly_live_row_bytes"] + 40,
+            10_000,
+            10.0,
         )
         engine.dispose()
     line = json.dumps(result)

@@ -60,9 +60,9 @@ _DEFAULT = table(
 )
 #: every raw row received before this (UTC Unix seconds) in a day partition has been folded
 FOLDED_UNTIL = "telemetry_folded_until"
-#: received time folded per transaction on PostgreSQL: 5 minutes of a 10,000-station fleet
-#: reporting every 10 s is 300,000 rows (docs/benchmarks.md)
-SPAN = 300
+#: received time folded per transaction on PostgreSQL: a minute of a 10,000-station fleet
+#: reporting every 10 s is 60,000 rows, a couple of seconds of the writer (docs/benchmarks.md)
+SPAN = 60
 
 Aggregate = dict[str, Any]
 

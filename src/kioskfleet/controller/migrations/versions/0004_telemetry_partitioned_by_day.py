@@ -58,6 +58,7 @@ def upgrade() -> None:
     op.execute("ALTER SEQUENCE telemetry_id_seq OWNED BY telemetry.id")
     op.execute("CREATE TABLE telemetry_default PARTITION OF telemetry DEFAULT")
     op.execute("CREATE INDEX ix_telemetry_station_received ON telemetry (station, received_at)")
+    op.execute("CREATE INDEX ix_telemetry_received_brin ON telemetry USING brin (received_at)")
     today = int(time.time() // DAY)
     days = {
         int(day)
