@@ -16,6 +16,7 @@ The seq ledgers keep deduplication exact after the raw rows are gone.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -261,7 +262,7 @@ def _fold_partition_span(engine: Engine, *, cutoff: float) -> int | None:
             return 0
         span_end = min(until + SPAN, end)
         rows = conn.exec_driver_sql(
-            _FOLD_SPAN.format(partition=name), {"start": until, "end": span_end}
+            _FOLD_SPAN.format(partition=name), {"start": float(until), "end": float(span_end)}
         ).all()
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
@@ -278,6 +279,14 @@ def _fold_partition_span(engine: Engine, *, cutoff: float) -> int | None:
                     "device_states": row.old_device_states,
                 }
                 updates.append({"id": row.old_id, **merge(old, agg)})
+        if not rows:
+            # a stretch without rows (a partition begun mid-day, the controller away): jump
+            # to the next row rather than walk the stretch a span at a time
+            following = conn.exec_driver_sql(
+                f"SELECT min(received_at) FROM {name} WHERE received_at >= %(at)s",
+                {"at": float(span_end)},
+            ).scalar()
+            span_end = end if following is None else max(span_end, math.floor(following))
         bulk.insert(conn, _H, inserts)
         bulk.update(conn, _H, ("id",), updates)
         _set_folded_until(conn, span_end)
