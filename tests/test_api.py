@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import jsonschema
@@ -18,9 +20,11 @@ from fastapi import FastAPI
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import migrate
+from kioskfleet.controller.retention import apply_retention
 from kioskfleet.controller.service import Controller
 from kioskfleet.controller.store import FleetStore
 from kioskfleet.protocol import decode_agent_message
+from kioskfleet.protocol.devices import DeviceState
 
 T0 = 1764000000.25  # 2025-11-24T16:00:00.250000Z
 PRINTER = {
@@ -144,16 +148,28 @@ def test_every_read_route_documents_a_typed_200_response() -> None:
         assert target["type"] == "object" and target["properties"], f"GET {path}: {target}"
         assert target["required"], f"GET {path}: {ref} promises no key"
         checked.append(path)
-    assert {"/healthz", "/api/fleet/summary", "/api/stations", "/api/stations/{station_id}"} <= set(
-        checked
-    )
+    assert {
+        "/healthz",
+        "/api/fleet/summary",
+        "/api/stations",
+        "/api/stations/{station_id}",
+        "/api/stations/{station_id}/telemetry",
+        "/api/stations/{station_id}/telemetry/hourly",
+    } <= set(checked)
     # the station's devices are documented by the protocol's own model, not as free dicts
     devices = components["StationDetail"]["properties"]["devices"]
     assert [*devices["patternProperties"].values()] == [
         {"$ref": "#/components/schemas/DeviceStatus"}
     ]
-    errors = openapi["paths"]["/api/stations/{station_id}"]["get"]["responses"]
-    assert errors["404"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorDetail")
+    for path in ("", "/telemetry", "/telemetry/hourly"):
+        errors = openapi["paths"]["/api/stations/{station_id}" + path]["get"]["responses"]
+        schema = errors["404"]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith("ErrorDetail")
+    # a point's devices are documented by the protocol's state vocabulary
+    point = components["TelemetryPoint"]["properties"]["devices"]
+    assert [schema["enum"] for schema in point["patternProperties"].values()] == [
+        list(get_args(DeviceState))
+    ]
     health = openapi["paths"]["/healthz"]["get"]["responses"]
     assert health["503"]["content"]["application/json"]["schema"]["$ref"].endswith("Unhealthy")
 
@@ -291,3 +307,173 @@ def test_an_unknown_station_is_404_with_a_json_body(app: FastAPI) -> None:
     assert response.json() == {"detail": "no station 'wx-nowhere-01'"}
     too_long = get(app, "/api/stations/" + "x" * 65)
     assert too_long.status_code == 422
+
+
+# -- a station's telemetry ---------------------------------------------------------------------
+NOW = float(int(time.time()))
+HOUR = 3600.0
+
+
+def _telemetry(seq: int, ts: float, cpu: float, printer: str) -> tuple[str, Any]:
+    return _message(
+        "telemetry",
+        "wx-binhu-gov-01",
+        seq=seq,
+        ts=ts,
+        host={"cpu_percent": cpu, "disk_free_mb": 900 + seq},
+        devices={"printer": {**PRINTER, "state": printer}, "card_reader": CARD_READER},
+    )
+
+
+@pytest.fixture
+def telemetry_app(db_url: str) -> Iterator[FastAPI]:
+    """The three stations; wx-binhu-gov-01 reported every minute for the last two hours
+    (received at :30 of each minute, the last 30 s ago), and 40 days ago for an hour, which
+    retention folded."""
+    settings = Settings(db_url=db_url)
+    controller = Controller(settings)
+    migrate(controller.engine)
+    fill(controller.engine)
+    store = FleetStore(controller.engine)
+    for i in range(120):
+        received = NOW - 2 * HOUR + 60 * i + 30
+        store.apply([_telemetry(100 + i, received - 2, i / 2, "online")], now=received)
+    old = NOW - 40 * 86400 - NOW % HOUR  # the start of an hour
+    for i in range(6):
+        message = _telemetry(10 + i, old + 600 * i, 10.0 * i, "user_error" if i % 3 else "online")
+        store.apply([message], now=old + 600 * i + 1)
+    assert apply_retention(controller.engine, cutoff=NOW - 30 * 86400) == 6
+    yield create_app(settings, controller)
+    controller.engine.dispose()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_a_station_s_telemetry_in_a_window_oldest_first(telemetry_app: FastAPI) -> None:
+    start, end = NOW - 2 * HOUR + 60 * 10 + 30, NOW - 2 * HOUR + 60 * 13 + 30
+    page = get(
+        telemetry_app,
+        "/api/stations/wx-binhu-gov-01/telemetry",
+        **{"from": _iso(start), "to": _iso(end)},
+    ).json()
+    # from ≤ received < to: minutes 10, 11 and 12
+    assert page["total"] == 3
+    assert page["items"][0] == {
+        "received_at": _iso(start),
+        "ts": _iso(start - 2),
+        "host": {"cpu_percent": 5.0, "disk_free_mb": 1010},
+        "devices": {"printer": "online", "card_reader": "online"},
+    }
+    assert [item["received_at"] for item in page["items"]] == [
+        _iso(start + 60 * k) for k in range(3)
+    ]
+    # another zone, the same instant
+    east = datetime.fromtimestamp(start, UTC).astimezone(timezone(timedelta(hours=8)))
+    again = get(
+        telemetry_app,
+        "/api/stations/wx-binhu-gov-01/telemetry",
+        **{"from": east.isoformat(), "to": _iso(end)},
+    ).json()
+    assert again == page
+
+
+def test_by_default_the_last_hour_and_the_newest_when_limited(telemetry_app: FastAPI) -> None:
+    path = "/api/stations/wx-binhu-gov-01/telemetry"
+    page = get(telemetry_app, path).json()
+    assert page["total"] == 60
+    assert page["items"][-1]["received_at"] == _iso(NOW - 30)
+    assert page["items"][0]["received_at"] == _iso(NOW - HOUR + 30)
+    newest = get(telemetry_app, path, limit=5).json()
+    assert newest["total"] == 60
+    assert newest["items"] == page["items"][-5:]
+    # only `to`: the hour before it
+    earlier = get(telemetry_app, path, to=_iso(NOW - HOUR)).json()
+    assert earlier["total"] == 60
+    assert earlier["items"][0]["received_at"] == _iso(NOW - 2 * HOUR + 30)
+    # only `from`: until now
+    assert get(telemetry_app, path, **{"from": _iso(NOW - 2 * HOUR)}).json()["total"] == 120
+    # a station that sent none
+    assert get(telemetry_app, "/api/stations/wx-liangxi-gov-01/telemetry").json() == {
+        "items": [],
+        "total": 0,
+    }
+
+
+def test_hours_older_than_the_raw_retention(telemetry_app: FastAPI) -> None:
+    path = "/api/stations/wx-binhu-gov-01/telemetry/hourly"
+    old = NOW - 40 * 86400 - NOW % HOUR
+    page = get(telemetry_app, path).json()
+    assert page == {
+        "items": [
+            {
+                "hour": _iso(old),
+                "samples": 6,
+                "host": {
+                    "cpu_percent": {"avg": 25.0, "max": 50.0, "n": 6},
+                    "disk_free_mb": {"avg": 912.5, "max": 915.0, "n": 6},
+                },
+                "device_states": {
+                    "printer": {"online": 2, "user_error": 4},
+                    "card_reader": {"online": 6},
+                },
+            }
+        ],
+        "total": 1,
+    }
+    assert get(telemetry_app, path, **{"from": _iso(old + 1)}).json()["total"] == 0
+    assert get(telemetry_app, path, to=_iso(old)).json()["total"] == 0
+    assert get(telemetry_app, path, to=_iso(old + 1)).json()["total"] == 1
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"from": "yesterday"},
+        {"from": "2026-11-30T08:00:00"},  # no zone
+        {"to": "1764000000"},  # Unix seconds: ISO 8601 only
+        {"to": "1764000000.5"},
+        {"from": "2026-13-01T00:00:00Z"},
+        {"from": "2026-11-30T08:00:01Z", "to": "2026-11-30T08:00:00Z"},
+        {"limit": 0},
+        {"limit": 10_001},
+        {"limit": "all"},
+    ],
+)
+@pytest.mark.parametrize("path", ["telemetry", "telemetry/hourly"])
+def test_bad_telemetry_windows_are_refused_with_422(
+    app: FastAPI, path: str, params: dict[str, Any]
+) -> None:
+    response = get(app, f"/api/stations/wx-binhu-gov-01/{path}", **params)
+    assert response.status_code == 422
+    name = "from" if len(params) == 2 else next(iter(params))
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", name]]
+
+
+@pytest.mark.parametrize("path", ["telemetry", "telemetry/hourly"])
+def test_telemetry_of_an_unknown_station_is_404(app: FastAPI, path: str) -> None:
+    response = get(app, f"/api/stations/wx-nowhere-01/{path}")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no station 'wx-nowhere-01'"}
+
+
+def test_telemetry_responses_validate_against_the_documented_schemas(
+    telemetry_app: FastAPI,
+) -> None:
+    openapi = get(telemetry_app, "/openapi.json").json()
+    for path in ("telemetry", "telemetry/hourly"):
+        documented_path = f"/api/stations/{{station_id}}/{path}"
+        found = get(telemetry_app, f"/api/stations/wx-binhu-gov-01/{path}")
+        assert found.status_code == 200 and found.json()["total"] > 0
+        check(openapi, documented_path, found)
+        missing = get(telemetry_app, f"/api/stations/wx-nowhere-01/{path}")
+        check(openapi, documented_path, missing)
+        refused = get(telemetry_app, f"/api/stations/wx-binhu-gov-01/{path}", limit=0)
+        check(openapi, documented_path, refused)
+    # the schema knows the device vocabulary: a state outside it does not pass
+    body = get(telemetry_app, "/api/stations/wx-binhu-gov-01/telemetry").json()
+    body["items"][0]["devices"]["printer"] = "on_fire"
+    with pytest.raises(jsonschema.ValidationError):
+        schema = documented(openapi, "/api/stations/{station_id}/telemetry", 200)
+        jsonschema.Draft202012Validator(schema).validate(body)

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, create_mock_engine, exc, func, select
 
 from kioskfleet.controller.db import BulkRows, RawJSON, make_engine, migrate
-from kioskfleet.controller.models import Station, StationSession, Telemetry
+from kioskfleet.controller.models import EventBatch, Station, StationSession, Telemetry
 
+_EVENTS = EventBatch.__table__  # type: ignore[attr-defined]
 _TELEMETRY = Telemetry.__table__  # type: ignore[attr-defined]
 _STATION = Station.__table__  # type: ignore[attr-defined]
 _SESSION = StationSession.__table__  # type: ignore[attr-defined]
@@ -82,34 +83,64 @@ def _station(station_id: str, **values: Any) -> dict[str, Any]:
     return row
 
 
+def _events(seq: int, note: Any, *, station: str = "wx-a-01") -> dict[str, Any]:
+    return {
+        "station": station,
+        "session": 7,
+        "seq": seq,
+        "ts": 1.5,
+        "received_at": 2.5,
+        "events": [{"type": "note", "note": note}],
+    }
+
+
+def _notes(engine: Engine) -> list[tuple[str, int, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(_EVENTS.c.station, _EVENTS.c.seq, _EVENTS.c.events).order_by(_EVENTS.c.id)
+        ).all()
+    return [(station, seq, events[0]["note"]) for station, seq, events in rows]
+
+
 def test_insert_ignore_skips_taken_keys_and_keeps_the_first(engine: Engine) -> None:
+    bulk = BulkRows(engine)
+    with engine.begin() as conn:
+        bulk.insert_ignore(conn, _EVENTS, [_events(1, "first")])
+    with engine.begin() as conn:
+        bulk.insert_ignore(
+            conn, _EVENTS, [_events(1, "again"), _events(2, "two"), _events(2, "two again")]
+        )
+    assert _notes(engine) == [("wx-a-01", 1, "first"), ("wx-a-01", 2, "two")]
+
+
+def test_telemetry_is_kept_unique_by_its_key_on_sqlite_only(engine: Engine) -> None:
+    """On PostgreSQL telemetry is partitioned and has no unique key (decision 24): the rows
+    go straight in, and the seq ledgers alone keep a redelivery out (tests/test_retention.py)."""
     bulk = BulkRows(engine)
     with engine.begin() as conn:
         bulk.insert_ignore(conn, _TELEMETRY, [_telemetry(1, {"first": True})])
     with engine.begin() as conn:
-        bulk.insert_ignore(
-            conn,
-            _TELEMETRY,
-            [_telemetry(1, {"first": False}), _telemetry(2, {"n": 2}), _telemetry(2, {"n": 3})],
-        )
+        bulk.insert_ignore(conn, _TELEMETRY, [_telemetry(1, {"first": False})])
     with engine.connect() as conn:
-        rows = conn.execute(select(_TELEMETRY.c.seq, _TELEMETRY.c.host).order_by("seq")).all()
-    assert [(seq, host) for seq, host in rows] == [(1, {"first": True}), (2, {"n": 2})]
+        hosts = conn.execute(select(_TELEMETRY.c.host).order_by(_TELEMETRY.c.id)).scalars()
+        stored = list(hosts)
+    if engine.dialect.name == "sqlite":
+        assert stored == [{"first": True}]
+    else:
+        assert stored == [{"first": True}, {"first": False}]
 
 
 def test_staging_is_empty_for_the_next_transaction(engine: Engine) -> None:
     """A batch must not carry the previous batch's rows (nor a rolled-back one's)."""
     bulk = BulkRows(engine)
     with engine.begin() as conn:
-        bulk.insert_ignore(conn, _TELEMETRY, [_telemetry(1, {}), _telemetry(2, {})])
+        bulk.insert_ignore(conn, _EVENTS, [_events(1, 1), _events(2, 2)])
     with pytest.raises(RuntimeError), engine.begin() as conn:
-        bulk.insert_ignore(conn, _TELEMETRY, [_telemetry(3, {})])
+        bulk.insert_ignore(conn, _EVENTS, [_events(3, 3)])
         raise RuntimeError("the batch fails after staging")
     with engine.begin() as conn:
-        bulk.insert_ignore(conn, _TELEMETRY, [_telemetry(4, {}, station="wx-b-02")])
-    with engine.connect() as conn:
-        rows = conn.execute(select(_TELEMETRY.c.station, _TELEMETRY.c.seq).order_by("id")).all()
-    assert [tuple(r) for r in rows] == [("wx-a-01", 1), ("wx-a-01", 2), ("wx-b-02", 4)]
+        bulk.insert_ignore(conn, _EVENTS, [_events(4, 4, station="wx-b-02")])
+    assert _notes(engine) == [("wx-a-01", 1, 1), ("wx-a-01", 2, 2), ("wx-b-02", 4, 4)]
 
 
 def test_update_by_one_key_with_nulls_booleans_and_json(engine: Engine) -> None:

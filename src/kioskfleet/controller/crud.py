@@ -10,12 +10,26 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from kioskfleet.controller.fleet import STATUSES
-from kioskfleet.controller.models import Counter, Station, StationHistory
-from kioskfleet.controller.public import FleetSummary, StationDetail, StationList
+from kioskfleet.controller.models import (
+    Counter,
+    Station,
+    StationHistory,
+    Telemetry,
+    TelemetryHourly,
+)
+from kioskfleet.controller.public import (
+    FleetSummary,
+    StationDetail,
+    StationList,
+    StationTelemetry,
+    StationTelemetryHourly,
+)
 
 _S = Station.__table__  # type: ignore[attr-defined]
 _H = StationHistory.__table__  # type: ignore[attr-defined]
 _C = Counter.__table__  # type: ignore[attr-defined]
+_T = Telemetry.__table__  # type: ignore[attr-defined]
+_TH = TelemetryHourly.__table__  # type: ignore[attr-defined]
 
 
 def utc(ts: float) -> datetime:
@@ -159,3 +173,72 @@ def get_station(*, conn: Connection, station_id: str, history: int = 50) -> Stat
             "alerts": [],
         }
     )
+
+
+def _station_exists(conn: Connection, station_id: str) -> bool:
+    return conn.execute(select(_S.c.id).where(_S.c.id == station_id)).first() is not None
+
+
+def station_telemetry(
+    *, conn: Connection, station_id: str, start: float, end: float, limit: int
+) -> StationTelemetry | None:
+    """A station's raw telemetry received in [``start``, ``end``) (UTC Unix seconds), oldest
+    first; the newest ``limit`` when more match. None when no station has that id.
+
+    Both queries walk the (station, received_at) index; on PostgreSQL only the day partitions
+    of the window are read.
+    """
+    if not _station_exists(conn, station_id):
+        return None
+    window = (_T.c.station == station_id, _T.c.received_at >= start, _T.c.received_at < end)
+    total = int(conn.execute(select(func.count()).select_from(_T).where(*window)).scalar_one())
+    rows = conn.execute(
+        select(_T.c.received_at, _T.c.ts, _T.c.host, _T.c.devices)
+        .where(*window)
+        .order_by(_T.c.received_at.desc())
+        .limit(limit)
+    ).all()
+    items = [
+        {
+            "received_at": utc(row.received_at),
+            "ts": utc(row.ts),
+            "host": row.host,
+            "devices": {
+                slot: status["state"]
+                for slot, status in (row.devices or {}).items()
+                if isinstance(status, dict) and "state" in status
+            },
+        }
+        for row in reversed(rows)
+    ]
+    return StationTelemetry.model_validate({"items": items, "total": total})
+
+
+def station_telemetry_hourly(
+    *, conn: Connection, station_id: str, start: float | None, end: float, limit: int
+) -> StationTelemetryHourly | None:
+    """A station's hourly aggregates for hours starting in [``start``, ``end``) (no lower
+    bound when ``start`` is None), oldest first; the newest ``limit`` when more match. None
+    when no station has that id."""
+    if not _station_exists(conn, station_id):
+        return None
+    window = [_TH.c.station == station_id, _TH.c.hour < end]
+    if start is not None:
+        window.append(_TH.c.hour >= start)
+    total = int(conn.execute(select(func.count()).select_from(_TH).where(*window)).scalar_one())
+    rows = conn.execute(
+        select(_TH.c.hour, _TH.c.samples, _TH.c.host, _TH.c.device_states)
+        .where(*window)
+        .order_by(_TH.c.hour.desc())
+        .limit(limit)
+    ).all()
+    items = [
+        {
+            "hour": utc(row.hour),
+            "samples": row.samples,
+            "host": row.host,
+            "device_states": row.device_states,
+        }
+        for row in reversed(rows)
+    ]
+    return StationTelemetryHourly.model_validate({"items": items, "total": total})

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, Connection, Engine, Table, event, exc
+from sqlalchemy import JSON, Connection, Engine, Table, UniqueConstraint, event, exc
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import create_engine
 
@@ -59,6 +62,75 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+        if connection.dialect.name == "postgresql":
+            ensure_telemetry_partitions(connection, time.time())
+
+
+# -- telemetry partitions (PostgreSQL; decision 29) ---------------------------------------------
+DAY = 86400
+#: days of partitions kept ready beyond today's, so a batch near midnight never waits for one
+PARTITIONS_AHEAD = 2
+_PARTITION_NAME = re.compile(r"^telemetry_p(\d{8})$")
+
+
+def partition_name(day: int) -> str:
+    """Name of the partition of UTC day ``day`` (days since the epoch)."""
+    return "telemetry_p" + datetime.fromtimestamp(day * DAY, UTC).strftime("%Y%m%d")
+
+
+def telemetry_partitions(conn: Connection) -> dict[int, str]:
+    """The day partitions ``telemetry`` has: day (since the epoch) → table name; the DEFAULT
+    partition is not among them."""
+    names = conn.exec_driver_sql(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'telemetry'::regclass"
+    ).scalars()
+    days: dict[int, str] = {}
+    for name in names:
+        match = _PARTITION_NAME.match(name)
+        if match:
+            when = datetime.strptime(match.group(1), "%Y%m%d").replace(tzinfo=UTC)
+            days[int(when.timestamp()) // DAY] = name
+    return days
+
+
+def ensure_telemetry_partitions(
+    conn: Connection, now: float, ahead: int = PARTITIONS_AHEAD
+) -> list[str]:
+    """Create the partitions of today and the ``ahead`` days after it that are missing; the
+    names created. Cheap when they exist (one catalogue query)."""
+    have = telemetry_partitions(conn)
+    today = int(now // DAY)
+    created = []
+    for day in range(today, today + ahead + 1):
+        if day not in have:
+            created.append(create_day_partition(conn, day))
+    return created
+
+
+def create_day_partition(conn: Connection, day: int) -> str:
+    """Create and attach the partition of UTC day ``day``; its name.
+
+    Rows of that day which the DEFAULT partition took meanwhile (a clock far off, a partition
+    not made in time) move into it first: a new partition may not overlap rows of DEFAULT.
+    """
+    name = partition_name(day)
+    start, end = day * DAY, (day + 1) * DAY
+    conn.exec_driver_sql(f"CREATE TABLE {name} (LIKE telemetry INCLUDING DEFAULTS)")
+    conn.exec_driver_sql(
+        f"WITH moved AS (DELETE FROM telemetry_default WHERE received_at >= {start} "
+        f"AND received_at < {end} RETURNING *) INSERT INTO {name} SELECT * FROM moved"
+    )
+    conn.exec_driver_sql(
+        f"ALTER TABLE telemetry ATTACH PARTITION {name} FOR VALUES FROM ({start}) TO ({end})"
+    )
+    return name
+
+
+def drop_day_partition(conn: Connection, name: str) -> None:
+    """Detach and drop one day partition of ``telemetry`` (its rows are gone for good)."""
+    conn.exec_driver_sql(f"ALTER TABLE telemetry DETACH PARTITION {name}")
+    conn.exec_driver_sql(f"DROP TABLE {name}")
 
 
 class BulkRows:
@@ -85,7 +157,10 @@ class BulkRows:
         self._insert(conn, table, rows, ignore=False)
 
     def insert_ignore(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-        """Insert ``rows`` (all with the same keys); a row whose unique key is taken is skipped."""
+        """Insert ``rows`` (all with the same keys); a row whose unique key is taken is skipped.
+
+        A table without a unique key on this dialect (``telemetry`` on PostgreSQL, where the
+        seq ledgers alone keep duplicates out) is copied straight in."""
         self._insert(conn, table, rows, ignore=True)
 
     def _insert(
@@ -95,6 +170,8 @@ class BulkRows:
             return
         columns = list(rows[0])
         names = ", ".join(f'"{c}"' for c in columns)
+        # no unique key on this dialect (partitioned telemetry on PostgreSQL): nothing to skip
+        ignore = ignore and self._has_unique_key(table)
         conflict = " ON CONFLICT DO NOTHING" if ignore else ""
         if self.dialect == "sqlite":
             marks = ", ".join("?" * len(columns))
@@ -109,6 +186,15 @@ class BulkRows:
             conn.exec_driver_sql(
                 f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {stage}{conflict}'
             )
+
+    def _has_unique_key(self, table: Table) -> bool:
+        """Whether ``table`` has a unique key on this dialect (one declared for another dialect
+        only, ``models.only_on``, does not count)."""
+        return any(
+            isinstance(constraint, UniqueConstraint)
+            and constraint.info.get("dialect", self.dialect) == self.dialect
+            for constraint in table.constraints
+        )
 
     def update(
         self, conn: Connection, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]]

@@ -6,9 +6,10 @@ upgrades its database, it never recreates it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -59,15 +60,51 @@ class StationHistory(SQLModel, table=True):
     at: float
 
 
+#: On PostgreSQL ``telemetry`` is partitioned by day of ``received_at`` (decision 29): its
+#: partitions are named ``telemetry_pYYYYMMDD`` (UTC day) plus ``telemetry_default``.
+TELEMETRY_PARTITION = re.compile(r"^telemetry_(p\d{8}|default)$")
+
+
+def only_on(dialect: str) -> dict[str, str]:
+    """``info`` of a constraint or index that exists on one dialect only (see
+    :func:`compared`); pair it with ``.ddl_if(dialect=...)``."""
+    return {"dialect": dialect}
+
+
 class Telemetry(SQLModel, table=True):
-    """One stored telemetry message."""
+    """One stored telemetry message.
+
+    On PostgreSQL the table is partitioned by day of ``received_at`` and has neither a primary
+    key nor a unique key: both would have to include ``received_at``, which a redelivery never
+    shares with the first copy, so only the seq ledgers (``station_session``) keep duplicates
+    out there (decision 29). SQLite keeps one plain table, its unique key, and the index on
+    ``received_at`` that row-by-row retention reads.
+    """
 
     __table_args__ = (
-        UniqueConstraint("station", "session", "seq", name="uq_telemetry_key"),
-        Index("ix_telemetry_received", "received_at"),
+        UniqueConstraint(
+            "station", "session", "seq", name="uq_telemetry_key", info=only_on("sqlite")
+        ).ddl_if(dialect="sqlite"),
+        Index("ix_telemetry_received", "received_at", info=only_on("sqlite")).ddl_if(
+            dialect="sqlite"
+        ),
+        # PostgreSQL: retention reads a day partition by spans of received time; rows arrive in
+        # that order, so a block-range index of a few kB finds a span without a full scan
+        Index(
+            "ix_telemetry_received_brin",
+            "received_at",
+            postgresql_using="brin",
+            info=only_on("postgresql"),
+        ).ddl_if(dialect="postgresql"),
+        # a station's recent telemetry (``GET /api/stations/{id}/telemetry``)
+        Index("ix_telemetry_station_received", "station", "received_at"),
     )
 
-    id: int | None = Field(default=None, primary_key=True)
+    # BIGINT on PostgreSQL: 10,000 stations every 10 s pass 2**31 ids in 25 days
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
     station: str = Field(max_length=64)
     session: int = Field(sa_column=Column(BigInteger, nullable=False))
     seq: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -231,3 +268,22 @@ class Audit(SQLModel, table=True):
     target: str = Field(max_length=200)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     outcome: str = Field(max_length=64)
+
+
+def comparison_filters(dialect: str) -> dict[str, Any]:
+    """Alembic options (``include_name``, ``include_object``) for comparing a ``dialect``
+    database with these models: the partitions of ``telemetry`` are the controller's to create
+    and drop as days pass, and what the models declare for one dialect only (:func:`only_on`)
+    is compared only there."""
+
+    def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+        return not (type_ == "table" and name is not None and TELEMETRY_PARTITION.match(name))
+
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        model = compare_to if reflected else obj
+        only = getattr(model, "info", {}).get("dialect") if model is not None else None
+        return only is None or only == dialect
+
+    return {"include_name": include_name, "include_object": include_object}

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from kioskfleet.protocol.commands import CommandName, ReplyStatus
-from kioskfleet.protocol.devices import DeviceStatus, SlotName
+from kioskfleet.protocol.devices import DeviceState, DeviceStatus, SlotName
+from kioskfleet.protocol.messages import HostValue
 from kioskfleet.protocol.stations import StationStatus
 
 
@@ -139,6 +140,55 @@ class StationDetail(StationPublic):
     #: newest first
     history: list[StatusChange]
     alerts: list[AlertPublic]
+
+
+class TelemetryPoint(Public):
+    """One stored telemetry message, as a chart wants it."""
+
+    #: when the controller stored it
+    received_at: AwareDatetime
+    #: when the station measured it (its own clock)
+    ts: AwareDatetime
+    #: host metric → value, as reported
+    host: dict[str, HostValue]
+    #: slot → the device's state (its full status is in ``GET /api/stations/{id}``)
+    devices: dict[SlotName, DeviceState]
+
+
+class StationTelemetry(Public):
+    """``GET /api/stations/{id}/telemetry``: raw telemetry received in a window, oldest first;
+    when more than ``limit`` match, the newest ``limit``. ``total`` counts all that match."""
+
+    items: list[TelemetryPoint]
+    total: int
+
+
+class HourlyMetric(Public):
+    """One host metric over an hour."""
+
+    avg: float
+    max: float
+    #: samples that carried the metric
+    n: int
+
+
+class TelemetryHour(Public):
+    """A station's telemetry of one hour, folded by retention (decision 13)."""
+
+    #: start of the hour (UTC) of the messages' own ``ts``
+    hour: AwareDatetime
+    samples: int
+    host: dict[str, HourlyMetric]
+    #: slot → state → samples in that state (``unknown`` where a status had none)
+    device_states: dict[SlotName, dict[str, int]]
+
+
+class StationTelemetryHourly(Public):
+    """``GET /api/stations/{id}/telemetry/hourly``: hourly aggregates, oldest first; when more
+    than ``limit`` match, the newest ``limit``. ``total`` counts all that match."""
+
+    items: list[TelemetryHour]
+    total: int
 
 
 class Health(Public):
