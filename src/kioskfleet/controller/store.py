@@ -79,16 +79,29 @@ class StationState:
     devices: dict[str, Any] = field(default_factory=dict)
     required_devices: list[str] | None = None
     description: dict[str, Any] = field(default_factory=dict)
-    #: (the devices dict, its JSON text): spares encoding an unchanged picture every batch
-    devices_json: tuple[dict[str, Any], RawJSON] | None = field(default=None, compare=False)
+    #: (the devices dict, its JSON text, the telemetry devices text it was made from): spares
+    #: decoding and encoding an unchanged picture every batch
+    devices_json: tuple[dict[str, Any], RawJSON, str] | None = field(default=None, compare=False)
 
     def set_devices_json(self, text: str) -> None:
-        """Take the devices picture from telemetry's JSON text (decoded only if it changed
-        since this text last set it: a birth or an event may have set another picture since)."""
+        """Take the devices picture from telemetry's devices (JSON text, as sent: lean); a
+        device whose ``info`` was left out keeps the one the picture has (CONTRACT §3: absent
+        means unchanged). Decoded only if it changed since this text last set it: a birth or
+        an event may have set another picture since."""
         cached = self.devices_json
-        if cached is None or cached[0] is not self.devices or cached[1] != text:
-            self.devices = json.loads(text)
-            self.devices_json = (self.devices, RawJSON(text))
+        if cached is not None and cached[0] is self.devices and cached[2] == text:
+            return
+        reported: dict[str, Any] = json.loads(text)
+        merged = False
+        for slot, status in reported.items():
+            if "info" not in status:
+                info = self.devices.get(slot, {}).get("info")
+                if info is not None:
+                    status["info"] = info
+                    merged = True
+        self.devices = reported
+        picture = to_json(reported).decode() if merged else text
+        self.devices_json = (reported, RawJSON(picture), text)
 
     def row(self) -> dict[str, Any]:
         """Column values for the station table (always every column, so rows of many stations
@@ -286,7 +299,12 @@ class FleetStore:
                 "received_at": now,
             }
             if isinstance(message, TelemetryMessage):
-                devices = RawJSON(_DEVICES.dump_json(message.devices, exclude_none=True).decode())
+                # as sent: a device's info travels only when it changed (lean telemetry)
+                devices = RawJSON(
+                    _DEVICES.dump_json(
+                        message.devices, exclude_none=True, exclude_unset=True
+                    ).decode()
+                )
                 row.update(
                     host=RawJSON(to_json(message.host).decode()),
                     devices=devices,
@@ -306,8 +324,8 @@ class FleetStore:
                     if event.type == "device_status" and event.device and event.status:
                         state.devices = {
                             **state.devices,
-                            event.device: event.status.model_dump(
-                                exclude_none=True, exclude={"events"}
+                            event.device: _status_entry(
+                                event.status, state.devices.get(event.device)
                             ),
                         }
             elif isinstance(message, Reply):
@@ -538,6 +556,15 @@ class _Undo:
             ledger = store._ledgers.get(key)
             if ledger is not None:
                 ledger.watermark, ledger.above = watermark, above
+
+
+def _status_entry(status: DeviceStatus, before: dict[str, Any] | None) -> dict[str, Any]:
+    """A device's entry in the picture from a ``device_status`` event; an ``info`` the event
+    left out is the one the picture had (CONTRACT §3)."""
+    entry = status.model_dump(exclude_none=True, exclude={"events"})
+    if "info" not in status.model_fields_set and before is not None and "info" in before:
+        entry["info"] = before["info"]
+    return entry
 
 
 def _hist(station: str, status: str, reason: str, session: int, now: float) -> dict[str, Any]:
