@@ -29,7 +29,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from kioskfleet.controller.metrics import Metrics
 from kioskfleet.controller.store import BatchOutcome
-from kioskfleet.controller.writer import BatchReport, SweepReport, WriterConfig, WriterHandle
+from kioskfleet.controller.writer import (
+    BatchReport,
+    SweepReport,
+    WriterConfig,
+    WriterHandle,
+    tune_gc,
+)
 from kioskfleet.mqttclient import (
     MqttClientFactory,
     ReconnectPolicy,
@@ -210,6 +216,11 @@ class Ingest:
     def start(self) -> None:
         """Start the writer; once it is ready, connect (retrying in the background)."""
         self._writer = WriterHandle(self.writer_config, self.writer_mode)
+        if self.writer_mode == "process" and self.writer_config.tune_gc:
+            # paho allocates a handful of objects per message here too: the controller's
+            # process (FastAPI, SQLAlchemy, the API's models) is as costly to walk as the
+            # writer's (a thread writer tunes this process itself)
+            tune_gc()
         # the MQTT session starts once the writer is ready (see _reports): nothing piles up
         for name, target in (
             ("ingest-forward", self._forward),

@@ -52,6 +52,16 @@ _COUNTER = Counter.__table__  # type: ignore[attr-defined]
 _DEVICES: TypeAdapter[dict[str, DeviceStatus]] = TypeAdapter(dict[str, DeviceStatus])
 _EVENTS: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 _DESCRIPTION = ("district", "site", "site_type", "profile", "agent_version", "catalogue_version")
+_TELEMETRY_COLUMNS = [
+    "station",
+    "session",
+    "seq",
+    "ts",
+    "received_at",
+    "host",
+    "devices",
+    "counters",
+]
 _TABLES = {
     "telemetry": Telemetry.__table__,  # type: ignore[attr-defined]
     "events": EventBatch.__table__,  # type: ignore[attr-defined]
@@ -212,7 +222,8 @@ class FleetStore:
         touched: dict[str, StationState] = {}
         new_stations: set[str] = set()
         history: list[dict[str, Any]] = []
-        rows: dict[str, list[dict[str, Any]]] = {"telemetry": [], "events": [], "reply": []}
+        rows: dict[str, list[dict[str, Any]]] = {"events": [], "reply": []}
+        telemetry_rows: list[tuple[Any, ...]] = []
         ledgers_touched: set[tuple[str, int]] = set()
 
         def ledger_for(station: str, session: int) -> SeqLedger:
@@ -254,14 +265,10 @@ class FleetStore:
             if devices is not None:
                 touched[station_id].set_devices_json(devices)
 
-        self._load_ledgers(
-            {
-                (m.station, session)
-                for _, m in messages
-                if not isinstance(m, StateMessage)
-                for session in (m.session, *(d.session for d in m.dropped))
-            }
-        )
+        sequenced = [m for _, m in messages if not isinstance(m, StateMessage)]
+        needed = {(m.station, m.session) for m in sequenced}
+        needed.update((m.station, d.session) for m in sequenced if m.dropped for d in m.dropped)
+        self._load_ledgers(needed)
         for kind, message in messages:
             station = message.station
             if isinstance(message, StateMessage):
@@ -291,6 +298,30 @@ class FleetStore:
             if not ledger.add(message.seq):
                 out.duplicates += 1
                 continue
+            if isinstance(message, TelemetryMessage):
+                # as sent: a device's info travels only when it changed (lean telemetry)
+                devices = _DEVICES.dump_json(
+                    message.devices, exclude_none=True, exclude_unset=True
+                ).decode()
+                # a tuple in _TELEMETRY_COLUMNS order, JSON as text: no dict per row
+                telemetry_rows.append(
+                    (
+                        station,
+                        message.session,
+                        message.seq,
+                        message.ts,
+                        now,
+                        to_json(message.host).decode(),
+                        devices,
+                        to_json(message.counters).decode(),
+                    )
+                )
+                if current:
+                    state.last_telemetry_at = now
+                    state.silent_deadline = silent_deadline(now, state.telemetry_interval)
+                    if message.devices:
+                        latest_devices[station] = devices
+                continue
             row: dict[str, Any] = {
                 "station": station,
                 "session": message.session,
@@ -298,24 +329,7 @@ class FleetStore:
                 "ts": message.ts,
                 "received_at": now,
             }
-            if isinstance(message, TelemetryMessage):
-                # as sent: a device's info travels only when it changed (lean telemetry)
-                devices = RawJSON(
-                    _DEVICES.dump_json(
-                        message.devices, exclude_none=True, exclude_unset=True
-                    ).decode()
-                )
-                row.update(
-                    host=RawJSON(to_json(message.host).decode()),
-                    devices=devices,
-                    counters=RawJSON(to_json(message.counters).decode()),
-                )
-                if current:
-                    state.last_telemetry_at = now
-                    state.silent_deadline = silent_deadline(now, state.telemetry_interval)
-                    if message.devices:
-                        latest_devices[station] = devices
-            elif isinstance(message, EventsMessage):
+            if isinstance(message, EventsMessage):
                 row["events"] = RawJSON(
                     _EVENTS.dump_json(message.events, exclude_none=True).decode()
                 )
@@ -336,8 +350,9 @@ class FleetStore:
                     error=message.error,
                 )
             rows[kind].append(row)
-            out.stored[kind] = out.stored.get(kind, 0) + 1
 
+        counts = {"telemetry": len(telemetry_rows), **{k: len(r) for k, r in rows.items()}}
+        out.stored.update((kind, n) for kind, n in counts.items() if n)
         for station in list(latest_devices):
             settle_devices(station)
         for state in touched.values():
@@ -351,6 +366,9 @@ class FleetStore:
                 _STATION,
                 ("id",),
                 [state.row() for sid, state in touched.items() if sid not in new_stations],
+            )
+            self._bulk.insert_tuples(
+                conn, _TABLES["telemetry"], _TELEMETRY_COLUMNS, telemetry_rows, ignore=True
             )
             for kind, kind_rows in rows.items():
                 self._bulk.insert_ignore(conn, _TABLES[kind], kind_rows)
