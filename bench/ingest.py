@@ -70,6 +70,8 @@ Message = tuple[str, bytes]
 #: ``agent-full`` (the same devices with every info, as before lean telemetry), ``bench`` (the
 #: older hand-built payloads with 19 counters, ~1.6 KB)
 PAYLOADS = "agent"
+#: the controller's batch_size in the proc- modes (None: its default)
+BATCH_SIZE: int | None = None
 
 
 def build_stream(prefix: str, stations: int, messages: int) -> tuple[list[Message], list[Message]]:
@@ -700,7 +702,14 @@ def proc_bare(args: Any, broker: Any, stream: list[Message], frozen: bool) -> di
         process.join(10)
     if frozen:
         _forget_session(broker.port, client_id)
-    return {"rate": round(len(stream) / seconds, 1), "seconds": round(seconds, 2), **result}
+    rate = len(stream) / seconds
+    result["cpu_us_per_message"] = _per_message(result["cpu_percent"], rate)
+    return {"rate": round(rate, 1), "seconds": round(seconds, 2), **result}
+
+
+def _per_message(cpu_percent: dict[str, float], rate: float) -> dict[str, float]:
+    """CPU µs per message of each process: where a consumer's budget goes."""
+    return {k: round(v * 1e4 / rate, 1) for k, v in cpu_percent.items() if v > 0}
 
 
 class ControllerProcess:
@@ -716,6 +725,7 @@ class ControllerProcess:
             "KIOSKFLEET_MQTT_URL": broker.url,
             "KIOSKFLEET_LISTEN": f"127.0.0.1:{self.port}",
             "KIOSKFLEET_CLIENT_ID": f"bench-ctl-{tag}-{os.getpid()}",
+            **({"KIOSKFLEET_BATCH_SIZE": str(BATCH_SIZE)} if BATCH_SIZE else {}),
         }
         self.log = (work / f"controller-{tag}.log").open("wb")
         self.proc = subprocess.Popen(
@@ -801,6 +811,7 @@ def proc_controller(
             raise RuntimeError(f"summary says {summary['ingested']} after storing {n}")
     finally:
         controller.stop()
+    result["cpu_us_per_message"] = _per_message(result["cpu_percent"], n / seconds)
     return {
         "rate": round(n / seconds, 1),
         "seconds": round(seconds, 2),
@@ -846,6 +857,9 @@ def main() -> int:
     parser.add_argument("--stations", type=int, default=200, help="publishing stations")
     parser.add_argument("--publishers", type=int, default=1, help="publisher connections")
     parser.add_argument(
+        "--batch-size", type=int, help="the controller's batch_size (proc- modes; default: its own)"
+    )
+    parser.add_argument(
         "--payloads",
         choices=["agent", "agent-full", "bench"],
         default="agent",
@@ -867,8 +881,8 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="py-spy the pre-loaded drains into DIR")
     args = parser.parse_args()
 
-    global PAYLOADS
-    PAYLOADS = args.payloads
+    global PAYLOADS, BATCH_SIZE
+    PAYLOADS, BATCH_SIZE = args.payloads, args.batch_size
     dbs = [d.strip() for d in args.db.split(",") if d.strip()]
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
     skipped: dict[str, str] = {}
@@ -885,6 +899,7 @@ def main() -> int:
         "stations": args.stations,
         "publishers": args.publishers,
         "payloads": args.payloads,
+        "batch_size": args.batch_size,
     }
     with tempfile.TemporaryDirectory(prefix="kf-bench-ingest-") as tmp, ExitStack() as stack:
         work = Path(tmp)
