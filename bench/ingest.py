@@ -1,7 +1,19 @@
 """Ingest benchmark: the controller's storing rate against a bare paho subscriber's drain rate
 of the same QoS-1 telemetry stream from the same broker, in one run.
 
-Two designs (see docs/benchmarks.md), both by default:
+Two designs shaped like the independent benchmark (200 stations x 200 telemetry messages
+built by the agent's own payload builder, one QoS-1 publisher), both by default, each consumer
+in a process of its own (a bare paho subscriber; ``kioskfleet controller`` with its writer):
+
+- ``proc-live``: the consumer runs, a separate process publishes the stream as fast as the
+  broker takes it; timed from the start of publishing to the consumer's N-th message.
+- ``proc-frozen``: the consumer (the controller with its writer: its whole process group) is
+  frozen with SIGSTOP while the whole stream is queued for its session, then thawed
+  (SIGCONT) and timed from then until all is drained (bare) or stored (controller).
+
+Each result carries every process's CPU (% of one core and µs per message): where the
+budget goes. The earlier in-process designs (``--mode live,preloaded``, with
+``--stations 100 --messages 60000 --publishers 4 --payloads bench`` as in earlier runs):
 
 - ``live``: the consumer is subscribed, then a separate process (its own GIL) publishes the
   stream at QoS 1 as fast as the broker takes it; timed from the start of publishing to the
@@ -17,7 +29,8 @@ PostgreSQL when reachable) drains stations of its own whose births it saw before
 running fleet's are. Each consumer's session exists only while its own messages are
 published, so no queue holds another run's messages.
 
-    .venv/bin/python bench/ingest.py --messages 60000
+    .venv/bin/python bench/ingest.py                        # proc- modes, SQLite and PostgreSQL
+    .venv/bin/python bench/ingest.py --payloads agent-full  # telemetry as before lean telemetry
 """
 
 from __future__ import annotations
