@@ -400,7 +400,8 @@ def test_the_controller_falls_back_to_311_and_keeps_its_session(tmp_path: Path) 
             controller.stop()
     first, second = broker.connects[:2]
     assert (first.level, first.clean, first.keepalive) == (5, False, 30)
-    assert first.properties == {SESSION_EXPIRY: 7 * 24 * 3600, RECEIVE_MAXIMUM: 4000}
+    # (6 batches in the writer + 1 filling) × batch size (docs/decisions.md 18)
+    assert first.properties == {SESSION_EXPIRY: 7 * 24 * 3600, RECEIVE_MAXIMUM: 7000}
     assert (second.level, second.clean, second.client_id) == (4, False, "ctl-fallback")
     for connect in (first, second):
         assert (connect.will_topic, connect.will_qos, connect.will_retain) == (

@@ -58,7 +58,7 @@ _RESEND_EVERY = 15.0  # seconds between resend requests for the same station ses
 _RANGES_PER_REQUEST = 8
 #: batches handed to the writer and not yet committed; beyond this the forwarder waits, the
 #: queue fills, paho stops reading and the broker holds the rest (backpressure)
-_BATCHES_IN_FLIGHT = 3
+_BATCHES_IN_FLIGHT = 6
 
 
 #: messages received and not yet handed to the writer before paho's thread waits: the
@@ -209,6 +209,8 @@ class Ingest:
         self._inflight: OrderedDict[int, tuple[list[tuple[str, bytes]], list[tuple[int, int, int]]]]
         self._inflight = OrderedDict()
         self._inflight_lock = threading.Lock()
+        #: orders hand-overs to the writer (and a restarted writer's catching up)
+        self._send_lock = threading.Lock()
         self._slots = threading.Semaphore(_BATCHES_IN_FLIGHT)
         self._ids = itertools.count(1)
 
@@ -365,15 +367,20 @@ class Ingest:
             self._slots.acquire()
             items = [(topic, payload) for topic, payload, _, _, _ in batch]
             acks = [(mid, qos, generation) for _, _, mid, qos, generation in batch]
-            with self._inflight_lock:
-                batch_id = next(self._ids)
-                self._inflight[batch_id] = (items, acks)
+            # the send may wait for the writer to read (a batch is larger than a pipe's
+            # buffer): under the send lock only, so a commit's PUBACKs (which need the
+            # in-flight lock) never wait behind it; a restarted writer is handed every batch
+            # in flight under both, so none is handed to it twice
+            with self._send_lock:
+                with self._inflight_lock:
+                    batch_id = next(self._ids)
+                    self._inflight[batch_id] = (items, acks)
                 self._hand_over(batch_id, items)
         # stopping: let the writer finish what it has, then tell it to end
         deadline = time.monotonic() + 10.0
         while self._inflight and time.monotonic() < deadline and self._writer_alive():
             time.sleep(0.02)
-        with self._inflight_lock, contextlib.suppress(OSError):  # OSError: already gone
+        with self._send_lock, contextlib.suppress(OSError):  # OSError: already gone
             if self._writer is not None:
                 self._writer.inbox.put(None)
 
@@ -445,7 +452,7 @@ class Ingest:
             self.writer_error = why
             log.error("%s; starting a new one", why)
         self.writer_ready.clear()
-        with self._inflight_lock:
+        with self._send_lock, self._inflight_lock:
             if self._writer is not None:
                 self._writer.join(1.0)  # reap the old one (terminated if it somehow lives on)
             self._writer = WriterHandle(self.writer_config, self.writer_mode)
