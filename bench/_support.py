@@ -288,3 +288,68 @@ def percentile(values: list[float], pct: float) -> float:
 
 def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+class AgentPayloads:
+    """Births and telemetry of one station built by the agent's own payload builder
+    (``agent/payloads.py`` and ``encode``), with its simulated devices (the station profile's,
+    e.g. estation-gen2's five) and the counters an agent keeps: the bytes a station sends.
+    ``lean`` telemetry leaves out each device's info once the birth carried it (CONTRACT §3);
+    ``lean=False`` builds telemetry as it was before (info, empty supplies and events)."""
+
+    def __init__(self, identity: Any, session: int, host: dict[str, Any], *, lean: bool) -> None:
+        import random
+
+        from kioskfleet.fleetsim.fleet import simulated_devices
+
+        self.identity = identity
+        self.session = session
+        self.host = host
+        self.lean = lean
+        rng = random.Random(identity.station)
+        devices = simulated_devices(identity, rng=rng, fault_rate=0.0, poll_every=5.0)
+        self.devices = {d.slot: d.read() for d in devices}
+        self.rng = rng
+
+    def birth(self) -> bytes:
+        from kioskfleet.agent import payloads
+        from kioskfleet.protocol.messages import encode
+
+        message = payloads.birth(
+            self.identity, session=self.session, ts=time.time(), keepalive=30, devices=self.devices
+        )
+        return encode(message)
+
+    def telemetry(self, seq: int) -> bytes:
+        from kioskfleet.agent import payloads
+        from kioskfleet.protocol.messages import encode
+
+        host = {
+            **self.host,
+            "cpu_percent": round(self.rng.uniform(2, 35), 1),
+            "memory_percent": round(self.rng.uniform(30, 60), 1),
+            "uptime_s": round(86_400 + seq * 10.0, 1),
+        }
+        stamp = payloads.Stamp(self.identity.station, self.session, seq, time.time())
+        counters = {"commands": 0, "reconnects": 0}
+        if self.lean:
+            known = {slot: status.info for slot, status in self.devices.items()}
+            message = payloads.telemetry(
+                stamp, host=host, devices=self.devices, counters=counters, known_info=known
+            )
+            return encode(message)
+        # as the agent built it before lean telemetry: every device whole, events included
+        body = {
+            "v": 1,
+            "station": stamp.station,
+            "session": stamp.session,
+            "seq": seq,
+            "ts": stamp.ts,
+            "host": host,
+            "devices": {
+                slot: {**status.model_dump(mode="json", exclude_none=True), "events": []}
+                for slot, status in self.devices.items()
+            },
+            "counters": counters,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()

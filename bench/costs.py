@@ -27,7 +27,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from _support import StationPayloads, throwaway_postgres
+from _support import AgentPayloads, StationPayloads, throwaway_postgres
 
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.fleetsim.fleet import wuxi_fleet
@@ -65,6 +65,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1000, help="the controller's batch_size")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument(
+        "--payloads",
+        choices=["agent", "agent-full", "bench"],
+        default="agent",
+        help="as bench/ingest.py: the agent's lean telemetry, the same with every info, or "
+        "the older hand-built 1.6 KB payloads",
+    )
+    parser.add_argument(
         "--cprofile", action="store_true", help="cProfile decode and apply, top functions on stderr"
     )
     args = parser.parse_args()
@@ -76,7 +83,12 @@ def main() -> int:
 
     host = HostSampler().sample()
     session = int(time.time() * 1000)
-    fleet = [StationPayloads(i, session, host) for i in wuxi_fleet(args.stations, id_prefix="cost")]
+    identities = wuxi_fleet(args.stations, id_prefix="cost")
+    fleet: list[Any] = (
+        [StationPayloads(i, session, host) for i in identities]
+        if args.payloads == "bench"
+        else [AgentPayloads(i, session, host, lean=args.payloads == "agent") for i in identities]
+    )
     births = [(p.identity.station, p.birth()) for p in fleet]
     stream = [
         (p.identity.station, p.telemetry(seq))

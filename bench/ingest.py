@@ -1,7 +1,19 @@
 """Ingest benchmark: the controller's storing rate against a bare paho subscriber's drain rate
 of the same QoS-1 telemetry stream from the same broker, in one run.
 
-Two designs (see docs/benchmarks.md), both by default:
+Two designs shaped like the independent benchmark (200 stations x 200 telemetry messages
+built by the agent's own payload builder, one QoS-1 publisher), both by default, each consumer
+in a process of its own (a bare paho subscriber; ``kioskfleet controller`` with its writer):
+
+- ``proc-live``: the consumer runs, a separate process publishes the stream as fast as the
+  broker takes it; timed from the start of publishing to the consumer's N-th message.
+- ``proc-frozen``: the consumer (the controller with its writer: its whole process group) is
+  frozen with SIGSTOP while the whole stream is queued for its session, then thawed
+  (SIGCONT) and timed from then until all is drained (bare) or stored (controller).
+
+Each result carries every process's CPU (% of one core and µs per message): where the
+budget goes. The earlier in-process designs (``--mode live,preloaded``, with
+``--stations 100 --messages 60000 --publishers 4 --payloads bench`` as in earlier runs):
 
 - ``live``: the consumer is subscribed, then a separate process (its own GIL) publishes the
   stream at QoS 1 as fast as the broker takes it; timed from the start of publishing to the
@@ -17,7 +29,8 @@ PostgreSQL when reachable) drains stations of its own whose births it saw before
 running fleet's are. Each consumer's session exists only while its own messages are
 published, so no queue holds another run's messages.
 
-    .venv/bin/python bench/ingest.py --messages 60000
+    .venv/bin/python bench/ingest.py                        # proc- modes, SQLite and PostgreSQL
+    .venv/bin/python bench/ingest.py --payloads agent-full  # telemetry as before lean telemetry
 """
 
 from __future__ import annotations
@@ -27,6 +40,9 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,6 +55,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import psutil
 from _support import (
+    AgentPayloads,
     Mosquitto,
     StationPayloads,
     free_port,
@@ -62,15 +79,26 @@ from kioskfleet.protocol.topics import station_topic, subscriptions_for_controll
 Message = tuple[str, bytes]
 
 
+#: how the stream's payloads are built: ``agent`` (the agent's own builder, lean telemetry),
+#: ``agent-full`` (the same devices with every info, as before lean telemetry), ``bench`` (the
+#: older hand-built payloads with 19 counters, ~1.6 KB)
+PAYLOADS = "agent"
+#: the controller's batch_size in the proc- modes (None: its default)
+BATCH_SIZE: int | None = None
+
+
 def build_stream(prefix: str, stations: int, messages: int) -> tuple[list[Message], list[Message]]:
     """(births, telemetry): ``messages`` telemetry over ``stations`` stations, round-robin the
     way a fleet reports (everyone's seq 1, then everyone's seq 2, …)."""
     host = HostSampler().sample()
     session = int(time.time() * 1000)
-    fleet = [
-        StationPayloads(identity, session, host)
-        for identity in wuxi_fleet(stations, id_prefix=prefix)
-    ]
+    identities = wuxi_fleet(stations, id_prefix=prefix)
+    fleet: list[Any]
+    if PAYLOADS == "bench":
+        fleet = [StationPayloads(identity, session, host) for identity in identities]
+    else:
+        lean = PAYLOADS == "agent"
+        fleet = [AgentPayloads(identity, session, host, lean=lean) for identity in identities]
     births = [(station_topic(p.identity.station, "state"), p.birth()) for p in fleet]
     telemetry: list[Message] = []
     seq = 0
@@ -571,11 +599,286 @@ def run_live(args: Any, work: Path, broker: Any, dbs: list[str]) -> dict[str, An
     return out
 
 
+# -- the independent benchmark's shape: every consumer in a process of its own ----------------
+KIOSKFLEET = str(Path(sys.executable).with_name("kioskfleet"))
+
+
+def _bare_process(
+    port: int, client_id: str, persistent: bool, expected: int, subscribed: Any, done_at: Any
+) -> None:
+    """A bare paho subscriber (automatic PUBACK, its callback only counts) in a process of its
+    own; writes the monotonic time of its ``expected``-th telemetry message into ``done_at``."""
+    client = _client(client_id)
+    count = [0]
+
+    def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/telemetry"):
+            count[0] += 1
+            if count[0] == expected:
+                done_at.value = time.monotonic()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    _connect(client, port, clean_start=True, expiry=3600 if persistent else 0)
+    client.subscribe([(t, 1) for t in subscriptions_for_controller()])
+    client.loop_forever()
+
+
+def _forget_session(port: int, client_id: str) -> None:
+    """End a persistent session, so the broker queues nothing more for it."""
+    gone = _client(client_id)
+    _connect(gone, port, clean_start=True, expiry=0)
+    gone.loop_start()
+    time.sleep(0.3)
+    gone.disconnect()
+    gone.loop_stop()
+
+
+class _ProcWatch:
+    """CPU (% of one core) of named processes (with their children), Mosquitto and the
+    PostgreSQL server over a timed window."""
+
+    def __init__(self, named: dict[str, int], broker: Any) -> None:
+        self.named = named
+        self.broker_pid = broker.proc.pid if broker.proc is not None else None
+        self.before: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, pid in self.named.items():
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(pid)
+                out[name] = _used(root)
+                for child in root.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        out[f"{name}_children"] = out.get(f"{name}_children", 0.0) + _used(child)
+        if self.broker_pid is not None:
+            with contextlib.suppress(psutil.Error):
+                out["mosquitto"] = _used(psutil.Process(self.broker_pid))
+        for process in psutil.process_iter(["name"]):
+            if process.info["name"] == "postgres":
+                with contextlib.suppress(psutil.Error):
+                    out["postgres_server"] = out.get("postgres_server", 0.0) + _used(process)
+        out["bench_process"] = _used(psutil.Process())
+        return out
+
+    def begin(self) -> None:
+        self.before = self._sample()
+
+    def end(self, seconds: float) -> dict[str, float]:
+        after = self._sample()
+        return {
+            k: round(100 * (v - self.before.get(k, 0.0)) / seconds, 1) for k, v in after.items()
+        }
+
+
+def proc_bare(args: Any, broker: Any, stream: list[Message], frozen: bool) -> dict[str, Any]:
+    """The bare subscriber drains ``stream``: published while it runs (live), or queued for
+    its session while it is frozen (SIGSTOP) and timed from its thaw (SIGCONT)."""
+    context = multiprocessing.get_context("spawn")
+    subscribed = context.Event()
+    done_at = context.RawValue("d", 0.0)
+    client_id = f"bench-bare-{'frozen' if frozen else 'live'}-{os.getpid()}"
+    process = context.Process(
+        target=_bare_process,
+        args=(broker.port, client_id, frozen, len(stream), subscribed, done_at),
+        daemon=True,
+    )
+    process.start()
+    try:
+        if not subscribed.wait(30):
+            raise RuntimeError("the bare subscriber did not subscribe")
+        assert process.pid is not None
+        watch = _ProcWatch({"consumer": process.pid}, broker)
+        result: dict[str, Any] = {}
+        if frozen:
+            os.kill(process.pid, signal.SIGSTOP)
+            result["publish_rate"] = round(publish_all(broker.port, stream, args.publishers), 1)
+            watch.begin()
+            t0 = time.monotonic()
+            os.kill(process.pid, signal.SIGCONT)
+        else:
+            publisher = LivePublisher(broker.port, stream, args.publishers)
+            watch.named["publisher"] = 0
+            publisher.start()
+            t0 = time.monotonic()
+            assert publisher.process.pid is not None
+            watch.named["publisher"] = publisher.process.pid
+            watch.begin()
+        _wait(lambda: done_at.value > 0, 600, "the bare subscriber's last message", every=0.01)
+        seconds = done_at.value - t0
+        result["cpu_percent"] = watch.end(seconds)
+        if not frozen:
+            result["publish_rate"] = round(publisher.finish(), 1)
+    finally:
+        process.terminate()
+        process.join(10)
+    if frozen:
+        _forget_session(broker.port, client_id)
+    rate = len(stream) / seconds
+    result["cpu_us_per_message"] = _per_message(result["cpu_percent"], rate)
+    return {"rate": round(rate, 1), "seconds": round(seconds, 2), **result}
+
+
+def _per_message(cpu_percent: dict[str, float], rate: float) -> dict[str, float]:
+    """CPU µs per message of each process: where a consumer's budget goes."""
+    return {k: round(v * 1e4 / rate, 1) for k, v in cpu_percent.items() if v > 0}
+
+
+class ControllerProcess:
+    """``kioskfleet controller`` as a deployment runs it, in a session (process group) of its
+    own with its writer child, so both can be frozen and thawed together."""
+
+    def __init__(self, work: Path, tag: str, db_url: str, broker: Any) -> None:
+        self.port = free_port()
+        self.db_url = db_url
+        env = {
+            **os.environ,
+            "KIOSKFLEET_DB_URL": db_url,
+            "KIOSKFLEET_MQTT_URL": broker.url,
+            "KIOSKFLEET_LISTEN": f"127.0.0.1:{self.port}",
+            "KIOSKFLEET_CLIENT_ID": f"bench-ctl-{tag}-{os.getpid()}",
+            **({"KIOSKFLEET_BATCH_SIZE": str(BATCH_SIZE)} if BATCH_SIZE else {}),
+        }
+        self.log = (work / f"controller-{tag}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [KIOSKFLEET, "controller"],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+            cwd=work,
+            start_new_session=True,
+        )
+        from kioskfleet.controller.db import make_engine
+
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the controller exited with {self.proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the controller did not become healthy")
+            time.sleep(0.1)
+        self.engine = make_engine(db_url)
+
+    def signal(self, sig: int) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        self.engine.dispose()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+def proc_controller(
+    args: Any,
+    work: Path,
+    tag: str,
+    db_url: str,
+    broker: Any,
+    births: list[Message],
+    stream: list[Message],
+    frozen: bool,
+) -> dict[str, Any]:
+    """The controller process stores ``stream`` (its stations known from their births):
+    published while it runs (live), or queued while it and its writer are frozen and timed
+    from their thaw; the end is the N-th message committed (its ``ingested_telemetry``
+    counter, read from the database every 20 ms)."""
+    controller = ControllerProcess(work, tag, db_url, broker)
+    try:
+        publish_all(broker.port, births, args.publishers, retain=True)
+        stations = {topic.split("/")[2] for topic, _ in births}
+        _wait(lambda: _known_stations(controller, stations) == len(stations), 30, "the births")
+        time.sleep(2.5)  # the births' batch is committed and PUBACKed
+        n = len(stream)
+        watch = _ProcWatch({"controller": controller.proc.pid}, broker)
+        result: dict[str, Any] = {}
+        if frozen:
+            controller.signal(signal.SIGSTOP)
+            result["publish_rate"] = round(publish_all(broker.port, stream, args.publishers), 1)
+            watch.begin()
+            t0 = time.monotonic()
+            controller.signal(signal.SIGCONT)
+        else:
+            publisher = LivePublisher(broker.port, stream, args.publishers)
+            publisher.start()
+            t0 = time.monotonic()
+            assert publisher.process.pid is not None
+            watch.named["publisher"] = publisher.process.pid
+            watch.begin()
+        _wait(lambda: _telemetry_counter(controller) >= n, 900, f"{n} stored", every=0.02)
+        seconds = time.monotonic() - t0
+        result["cpu_percent"] = watch.end(seconds)
+        if not frozen:
+            result["publish_rate"] = round(publisher.finish(), 1)
+        summary = httpx.get(f"http://127.0.0.1:{controller.port}/api/fleet/summary").json()
+        if summary["ingested"]["telemetry"] != n:
+            raise RuntimeError(f"summary says {summary['ingested']} after storing {n}")
+    finally:
+        controller.stop()
+    result["cpu_us_per_message"] = _per_message(result["cpu_percent"], n / seconds)
+    return {
+        "rate": round(n / seconds, 1),
+        "seconds": round(seconds, 2),
+        **result,
+        "summary_ingested_telemetry": summary["ingested"]["telemetry"],
+    }
+
+
+def run_proc(args: Any, work: Path, broker: Any, dbs: list[str], frozen: bool) -> dict[str, Any]:
+    mode = "proc-frozen" if frozen else "proc-live"
+    out: dict[str, Any] = {
+        "design": (
+            "consumer frozen (SIGSTOP, its process group) while the stream is queued for its "
+            "session, timed from its thaw (SIGCONT) to the N-th message drained or committed"
+            if frozen
+            else "consumer running, the stream published meanwhile by one process as fast as "
+            "the broker takes it, timed from the start of publishing to the N-th message "
+            "drained or committed"
+        )
+    }
+    _, bare_stream = build_stream(f"bench-{mode}-bare", args.stations, args.messages)
+    sizes = [len(p) for _, p in bare_stream]
+    out["payload_bytes"] = {
+        "min": min(sizes),
+        "mean": round(sum(sizes) / len(sizes)),
+        "max": max(sizes),
+    }
+    out["bare"] = proc_bare(args, broker, bare_stream, frozen)
+    del bare_stream
+    bare_rate = out["bare"]["rate"]
+    log(f"[{mode} bare] drained at {bare_rate:.0f} msg/s")
+
+    def measure(tag: str, url: str, births: list[Message], stream: list[Message]) -> Any:
+        return proc_controller(args, work, f"{mode}-{tag}", url, broker, births, stream, frozen)
+
+    out["controller"] = each_controller(args, work, dbs, mode, bare_rate, measure)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=60_000)
-    parser.add_argument("--stations", type=int, default=100, help="publishing stations")
-    parser.add_argument("--publishers", type=int, default=4, help="publisher connections")
+    parser.add_argument("--messages", type=int, default=40_000)
+    parser.add_argument("--stations", type=int, default=200, help="publishing stations")
+    parser.add_argument("--publishers", type=int, default=1, help="publisher connections")
+    parser.add_argument(
+        "--batch-size", type=int, help="the controller's batch_size (proc- modes; default: its own)"
+    )
+    parser.add_argument(
+        "--payloads",
+        choices=["agent", "agent-full", "bench"],
+        default="agent",
+        help="agent: the agent's builder, lean telemetry; agent-full: every device's info "
+        "(before lean telemetry); bench: the older hand-built 1.6 KB payloads",
+    )
     parser.add_argument(
         "--db",
         default="sqlite,postgres",
@@ -583,12 +886,16 @@ def main() -> int:
     )
     parser.add_argument(
         "--mode",
-        default="live,preloaded",
-        help="live (published while drained), preloaded (queue filled first), or both",
+        default="proc-live,proc-frozen",
+        help="proc-live, proc-frozen (the independent benchmark's shape: consumers in processes "
+        "of their own, frozen while the stream is queued), live, preloaded (in-process, "
+        "reconnecting), comma-separated",
     )
     parser.add_argument("--profile", type=Path, help="py-spy the pre-loaded drains into DIR")
     args = parser.parse_args()
 
+    global PAYLOADS, BATCH_SIZE
+    PAYLOADS, BATCH_SIZE = args.payloads, args.batch_size
     dbs = [d.strip() for d in args.db.split(",") if d.strip()]
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
     skipped: dict[str, str] = {}
@@ -604,14 +911,19 @@ def main() -> int:
         "messages": args.messages,
         "stations": args.stations,
         "publishers": args.publishers,
+        "payloads": args.payloads,
+        "batch_size": args.batch_size,
     }
     with tempfile.TemporaryDirectory(prefix="kf-bench-ingest-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         broker = Mosquitto(work / "mosquitto").start()
         stack.callback(broker.stop)
         for mode in modes:
-            run = run_live if mode == "live" else run_preloaded
-            measured = run(args, work, broker, dbs)
+            if mode.startswith("proc-"):
+                measured = run_proc(args, work, broker, dbs, frozen=mode == "proc-frozen")
+            else:
+                run = run_live if mode == "live" else run_preloaded
+                measured = run(args, work, broker, dbs)
             for db, why in skipped.items():
                 measured["controller"][db] = {"skipped": why}
             ratios = [v["ratio"] for v in measured["controller"].values() if "ratio" in v]

@@ -8,6 +8,7 @@ import asyncio
 import random
 import ssl
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -30,12 +31,13 @@ from kioskfleet.mqttclient import (
     ReconnectPolicy,
     SessionPolicy,
     TlsFiles,
+    puback_all,
     should_fall_back,
     tls_context,
 )
 from kioskfleet.protocol.broker_url import parse_broker_url
 from kioskfleet.protocol.topics import CONTROLLER_STATE_TOPIC
-from tests.conftest import free_port
+from tests.conftest import Mosquitto, free_port
 from tests.fake_broker import Connect, FakeBroker, Refusal, publish_packet
 from tests.tls_certs import TestCA
 
@@ -398,7 +400,8 @@ def test_the_controller_falls_back_to_311_and_keeps_its_session(tmp_path: Path) 
             controller.stop()
     first, second = broker.connects[:2]
     assert (first.level, first.clean, first.keepalive) == (5, False, 30)
-    assert first.properties == {SESSION_EXPIRY: 7 * 24 * 3600, RECEIVE_MAXIMUM: 4000}
+    # (6 batches in the writer + 1 filling) × batch size (docs/decisions.md 18)
+    assert first.properties == {SESSION_EXPIRY: 7 * 24 * 3600, RECEIVE_MAXIMUM: 7000}
     assert (second.level, second.clean, second.client_id) == (4, False, "ctl-fallback")
     for connect in (first, second):
         assert (connect.will_topic, connect.will_qos, connect.will_retain) == (
@@ -406,3 +409,62 @@ def test_the_controller_falls_back_to_311_and_keeps_its_session(tmp_path: Path) 
             1,
             True,
         )
+
+
+@pytest.mark.mosquitto
+def test_puback_all_confirms_every_message_to_the_broker(mosquitto: Mosquitto) -> None:
+    """One write for a batch's PUBACKs: the broker forgets exactly those messages, so a
+    persistent session that comes back gets only the one left unconfirmed."""
+    client_id = f"pubacks-{uuid.uuid4().hex[:8]}"
+    factory = MqttClientFactory(
+        parse_broker_url(mosquitto.url),
+        client_id=client_id,
+        keepalive=30,
+        session=SessionPolicy(clean=False, expiry=300, receive_maximum=100),
+        manual_ack=True,
+    )
+
+    def consume(expect: int) -> tuple[list[mqtt.MQTTMessage], mqtt.Client]:
+        got: list[mqtt.MQTTMessage] = []
+        subscribed = threading.Event()
+        client = factory.build()
+        client.on_message = lambda c, u, m: got.append(m)
+        client.on_subscribe = lambda *args: subscribed.set()
+        client.on_connect = lambda c, *args: c.subscribe("acks/#", qos=1)
+        factory.connect(client)
+        client.loop_start()
+        assert subscribed.wait(10)
+        if expect:
+            deadline = time.monotonic() + 10
+            while len(got) < expect and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            time.sleep(1.0)  # a redelivery comes right after the CONNACK: give it a second
+        return got, client
+
+    _, first = consume(0)  # the session and its subscription exist
+    first.disconnect()
+    first.loop_stop()
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{client_id}-pub")
+    publisher.connect("127.0.0.1", mosquitto.port)
+    publisher.loop_start()
+    infos = [publisher.publish(f"acks/{n}", str(n).encode(), qos=1) for n in range(50)]
+    for info in infos:
+        info.wait_for_publish(10)
+    publisher.disconnect()
+    publisher.loop_stop()
+
+    got, client = consume(50)
+    assert [m.payload for m in got] == [str(n).encode() for n in range(50)]
+    puback_all(client, [m.mid for m in got[:49]])  # all but the last
+    client.disconnect()  # queued after the PUBACKs: written after them
+    client.loop_stop()
+    again, client = consume(1)
+    assert [m.payload for m in again] == [b"49"]
+    puback_all(client, [again[0].mid])
+    client.disconnect()
+    client.loop_stop()
+    nothing, client = consume(0)
+    assert nothing == []
+    client.disconnect()
+    client.loop_stop()

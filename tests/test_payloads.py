@@ -257,6 +257,54 @@ def test_the_agent_queues_telemetry_and_device_events_that_decode(tmp_path: Path
     asyncio.run(scenario())
 
 
+def test_lean_telemetry_leaves_out_what_is_known_or_empty() -> None:
+    statuses = without_events(devices())
+    known = {slot: s.info for slot, s in statuses.items() if slot != "cash_acceptor"}
+    message = payloads.telemetry(
+        STAMP, host={"cpu_percent": 1.0}, devices=statuses, counters={}, known_info=known
+    )
+    wire = json.loads(encode(message))["devices"]
+    assert [slot for slot, status in wire.items() if "info" in status] == ["cash_acceptor"]
+    assert wire["cash_acceptor"]["info"] == statuses["cash_acceptor"].info.model_dump(
+        exclude_none=True
+    )
+    for slot, status in wire.items():  # required keys always; events never; supplies if any
+        assert {"device", "driver", "state", "faults"} <= status.keys()
+        assert "events" not in status
+        assert ("supplies" in status) == bool(statuses[slot].supplies)
+    # what the controller decodes is the status, with info unset where it was left out
+    decoded = roundtrip("telemetry", message)
+    for slot, status in decoded.devices.items():
+        assert status.model_dump(exclude={"info"}) == statuses[slot].model_dump(exclude={"info"})
+        assert ("info" in status.model_fields_set) == (slot == "cash_acceptor")
+    # without what was sent before, every device carries its info
+    full = json.loads(encode(payloads.telemetry(STAMP, host={}, devices=statuses, counters={})))
+    assert all("info" in status for status in full["devices"].values())
+
+
+def test_the_agent_sends_a_device_info_again_only_when_it_changed(tmp_path: Path) -> None:
+    """Before any birth every device carries its info; once a device_status event carried a
+    device's info, telemetry leaves it out until it changes."""
+
+    async def scenario() -> None:
+        agent, sources = make_agent(tmp_path)
+        first = json.loads(agent.outbox.payload(agent.queue_telemetry()) or b"")  # type: ignore[arg-type]
+        assert all("info" in status for status in first["devices"].values())
+
+        sources[0].break_now(0)  # the printer's device_status event carries its info
+        agent.coordinator.poll_once()
+        assert agent.info_sent == {"printer": agent.coordinator.statuses["printer"].info}
+        entry = agent.queue_telemetry()
+        lean = published(agent, entry)
+        wire = json.loads(agent.outbox.payload(entry) or b"")  # type: ignore[arg-type]
+        assert "info" not in wire["devices"]["printer"]
+        assert "info" in wire["devices"]["cash_acceptor"]
+        assert lean.devices["printer"].faults == ["paper_out"]
+        assert len(encode(lean)) < len(json.dumps(first))
+
+    asyncio.run(scenario())
+
+
 def test_the_agent_does_not_queue_what_its_models_refuse(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

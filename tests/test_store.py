@@ -147,6 +147,73 @@ def test_the_devices_picture_follows_every_message_that_sets_it(tmp_path: Path) 
     engine.dispose()
 
 
+def _device(state: str, info: dict[str, object] | None = None) -> dict[str, object]:
+    status: dict[str, object] = {"device": "printer", "driver": "escpos", "state": state}
+    status["faults"] = []
+    if info is not None:
+        status["info"] = info
+    return {"printer": status}
+
+
+def test_lean_telemetry_keeps_the_info_of_the_birth_or_the_last_event_that_carried_it(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §3: in telemetry an absent ``info`` means unchanged; the picture keeps the
+    one the birth (or a later ``device_status`` event, or telemetry that carried one) gave."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    store = FleetStore(engine)
+    born = {"model": "SNBC BT-T080", "serial": "SN1", "firmware": "1.0"}
+
+    def stored() -> tuple[object, object]:
+        with engine.connect() as conn:
+            devices = conn.execute(select(Station.devices)).scalar_one()  # type: ignore[call-overload]
+        printer = devices["printer"]
+        return printer["state"], printer.get("info")
+
+    store.apply([_birth(devices=_device("online", born))], now=100.0)  # type: ignore[list-item]
+    store.apply([_message("telemetry", seq, devices=_device("online")) for seq in (1, 2)], 101.0)  # type: ignore[misc]
+    assert stored() == ("online", born)
+    assert store.stations[STATION].devices["printer"]["info"] == born
+    # the state moves, the info stays; the same lean text again in the next batch too
+    store.apply([_message("telemetry", 3, devices=_device("user_error"))], now=102.0)  # type: ignore[list-item]
+    store.apply([_message("telemetry", 4, devices=_device("user_error"))], now=103.0)  # type: ignore[list-item]
+    assert stored() == ("user_error", born)
+
+    # a device_status event with new firmware: the picture takes it, lean telemetry keeps it
+    flashed = {**born, "firmware": "1.1"}
+    event = {
+        "type": "device_status",
+        "device": "printer",
+        "status": _device("online", flashed)["printer"],
+    }
+    store.apply([_message("events", 5, events=[event])], now=104.0)  # type: ignore[list-item]
+    store.apply([_message("telemetry", 6, devices=_device("online"))], now=105.0)  # type: ignore[list-item]
+    assert stored() == ("online", flashed)
+    # an event without info changes the state only
+    bare_event = {
+        "type": "device_status",
+        "device": "printer",
+        "status": _device("busy")["printer"],
+    }
+    store.apply([_message("events", 7, events=[bare_event])], now=106.0)  # type: ignore[list-item]
+    assert stored() == ("busy", flashed)
+    # telemetry that carries info sets it
+    again = {**born, "serial": "SN2"}
+    store.apply([_message("telemetry", 8, devices=_device("online", again))], now=107.0)  # type: ignore[list-item]
+    store.apply([_message("telemetry", 9, devices=_device("online"))], now=108.0)  # type: ignore[list-item]
+    assert stored() == ("online", again)
+    # a restarted controller keeps the picture it stored
+    restarted = FleetStore(engine)
+    restarted.apply([_message("telemetry", 10, devices=_device("online"))], now=109.0)  # type: ignore[list-item]
+    assert restarted.stations[STATION].devices["printer"]["info"] == again
+    # the telemetry rows keep what was sent: lean
+    with engine.connect() as conn:
+        rows = conn.execute(select(Telemetry.devices).order_by(Telemetry.seq)).scalars().all()  # type: ignore[arg-type]
+    assert "info" not in rows[0]["printer"] and rows[-3]["printer"]["info"] == again
+    engine.dispose()
+
+
 # -- state is idempotent by (session, online); a backlog moves nothing but its rows -----------
 def _fresh(tmp_path: Path) -> FleetStore:
     engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")

@@ -215,3 +215,48 @@ def test_a_simulated_estation_serves_without_its_coin_acceptor(
             wait_until(lambda: station_status(api, agent.station) == "degraded")
         finally:
             loop_thread.run(fleet.stop())
+
+
+def test_the_api_shows_device_info_after_lean_telemetry(
+    mosquitto: Mosquitto, db_url: str, loop_thread: LoopThread
+) -> None:
+    """Telemetry leaves out each device's info once the birth carried it (CONTRACT §3); the
+    station's devices in the API still show it after many such messages."""
+    with served_controller(db_url, mosquitto.url) as (_, api):
+        seen: list[dict] = []
+        spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"spy-{time.monotonic_ns()}")
+        spy.on_message = lambda c, u, m: seen.append(json.loads(m.payload))
+        subscribed = threading.Event()
+        spy.on_subscribe = lambda *args: subscribed.set()
+        spy.connect("127.0.0.1", mosquitto.port)
+        spy.loop_start()
+        fleet = None
+        try:
+            spy.subscribe("fleet/v1/+/telemetry", qos=0)
+            assert subscribed.wait(10)
+            fleet = make_fleet(loop_thread, mosquitto.url, 2, interval=0.2)
+            agent = fleet.agents[0]
+            wait_until(
+                lambda: (
+                    len(ours := [m for m in seen if m["station"] == agent.station]) >= 6
+                    and ours[-1]["seq"] > 6
+                ),
+                timeout=20,
+            )
+            ours = [m for m in seen if m["station"] == agent.station]
+            lean = [m for m in ours if not any("info" in d for d in m["devices"].values())]
+            assert len(lean) >= 5  # after the birth, no device repeats its info
+            loop_thread.call(fleet.stop_producing)
+            assert loop_thread.run(fleet.wait_confirmed(15), timeout=20) == 0
+            detail = api.get(f"/api/stations/{agent.station}").json()
+            statuses = loop_thread.call(lambda: dict(agent.coordinator.statuses))
+            assert set(detail["devices"]) == set(statuses)
+            for slot, status in statuses.items():
+                shown = detail["devices"][slot]["info"]
+                assert shown == status.info.model_dump(), slot
+                assert shown["serial"] and shown["model"]
+        finally:
+            if fleet is not None:
+                loop_thread.run(fleet.stop())
+            spy.loop_stop()
+            spy.disconnect()

@@ -42,7 +42,7 @@ from kioskfleet.agent.sendwindow import SendCounts, SendWindow
 from kioskfleet.drivers.exceptions import DriverError
 from kioskfleet.mqttclient import TlsFiles
 from kioskfleet.protocol.broker_url import BrokerUrl
-from kioskfleet.protocol.devices import DeviceStatus, SlotName
+from kioskfleet.protocol.devices import DeviceInfo, DeviceStatus, SlotName
 from kioskfleet.protocol.errors import ProtocolError
 from kioskfleet.protocol.messages import (
     MAX_PAYLOAD_BYTES,
@@ -140,6 +140,9 @@ class StationAgent:
         #: distinct messages the broker took, per kind
         self.sent = self.window.counts
         self.counters: dict[str, int] = {"commands": 0, "reconnects": 0}
+        #: each device's ``info`` as the last birth or ``device_status`` event carried it:
+        #: telemetry leaves it out while it is unchanged (CONTRACT §3)
+        self.info_sent: dict[str, DeviceInfo] = {}
         self.producing = True
         self._topics = {kind: station_topic(self.station, kind) for kind in _SEQUENCED_KINDS}
         self._state_topic = station_topic(self.station, "state")
@@ -220,7 +223,11 @@ class StationAgent:
         return self._queue(
             "telemetry",
             lambda stamp: payloads.telemetry(
-                stamp, host=host, devices=self.coordinator.statuses, counters=self.counters
+                stamp,
+                host=host,
+                devices=self.coordinator.statuses,
+                counters=self.counters,
+                known_info=self.info_sent,
             ),
         )
 
@@ -344,7 +351,8 @@ class StationAgent:
             devices=self.coordinator.statuses,
             in_service=self._in_service,
         )
-        self.link.publish(self._state_topic, encode(message), retain=True)
+        if self.link.publish(self._state_topic, encode(message), retain=True) is not None:
+            self.info_sent = {slot: status.info for slot, status in message.devices.items()}
 
     @property
     def in_service(self) -> bool:
@@ -529,9 +537,11 @@ class StationAgent:
     # -- devices and telemetry -----------------------------------------------------------------
     def _device_changed(self, slot: str, status: DeviceStatus) -> None:
         if self.producing:  # built inside _queue, so a driver's malformed event is caught there
-            self._queue(
+            entry = self._queue(
                 "events", lambda stamp: payloads.events(stamp, payloads.device_change(slot, status))
             )
+            if entry is not None:
+                self.info_sent[slot] = status.info
 
     async def _telemetry_loop(self, first_delay: float) -> None:
         await asyncio.sleep(first_delay)

@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 
 from kioskfleet import __version__
 from kioskfleet.agent.outbox import DroppedRange
-from kioskfleet.protocol.devices import DeviceStatus
+from kioskfleet.protocol.devices import DeviceInfo, DeviceStatus
 from kioskfleet.protocol.messages import (
     PROTOCOL_VERSION,
     Event,
@@ -110,14 +110,42 @@ def telemetry(
     host: Mapping[str, float | int | None],
     devices: Mapping[str, DeviceStatus],
     counters: Mapping[str, int],
+    known_info: Mapping[str, DeviceInfo] | None = None,
 ) -> TelemetryMessage:
-    """Periodic host metrics, every device's status (its ``events`` empty) and counters."""
+    """Periodic host metrics, every device's status and counters, lean (:func:`lean_status`):
+    a device's ``info`` is left out when ``known_info`` (what the last birth or
+    ``device_status`` event carried, per slot) already says it."""
+    known = known_info or {}
     return TelemetryMessage(
         **_envelope(stamp),
         host=dict(host),
-        devices={slot: for_telemetry(status) for slot, status in devices.items()},
+        devices={
+            slot: lean_status(status, with_info=known.get(slot) != status.info)
+            for slot, status in devices.items()
+        },
         counters=dict(counters),
     )
+
+
+def lean_status(status: DeviceStatus, *, with_info: bool) -> DeviceStatus:
+    """A device's status as telemetry carries it: what the contract requires (``device``,
+    ``driver``, ``state``, ``faults``), ``supplies`` and ``media`` when the device has any,
+    ``info`` only ``with_info``, never ``events`` (they travel in ``events`` messages). What is
+    left out is left unset, so :func:`~kioskfleet.protocol.messages.encode` leaves it off the
+    wire: the controller reads an absent ``info`` as unchanged (CONTRACT §3)."""
+    fields: dict[str, Any] = {
+        "device": status.device,
+        "driver": status.driver,
+        "state": status.state,
+        "faults": status.faults,
+    }
+    if status.supplies:
+        fields["supplies"] = status.supplies
+    if status.media is not None:
+        fields["media"] = status.media
+    if with_info:
+        fields["info"] = status.info
+    return DeviceStatus.model_validate(fields)
 
 
 def device_change(slot: str, status: DeviceStatus) -> list[Event]:

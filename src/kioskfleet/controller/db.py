@@ -169,6 +169,22 @@ class BulkRows:
         if not rows:
             return
         columns = list(rows[0])
+        self.insert_tuples(conn, table, columns, _tuples(table, rows, columns), ignore=ignore)
+
+    def insert_tuples(
+        self,
+        conn: Connection,
+        table: Table,
+        columns: list[str],
+        rows: list[tuple[Any, ...]],
+        *,
+        ignore: bool,
+    ) -> None:
+        """Insert ``rows``, tuples in ``columns`` order with JSON columns already JSON text
+        (the ingest writer builds telemetry rows so: no dict per row, nothing encoded twice);
+        with ``ignore``, a row whose unique key is taken is skipped."""
+        if not rows:
+            return
         names = ", ".join(f'"{c}"' for c in columns)
         # no unique key on this dialect (partitioned telemetry on PostgreSQL): nothing to skip
         ignore = ignore and self._has_unique_key(table)
@@ -176,11 +192,10 @@ class BulkRows:
         if self.dialect == "sqlite":
             marks = ", ".join("?" * len(columns))
             conn.exec_driver_sql(
-                f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}){conflict}',
-                _tuples(table, rows, columns),
+                f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}){conflict}', rows
             )
         elif not ignore:
-            self._copy(conn, f'"{table.name}"', table, rows, columns)
+            self._copy(conn, f'"{table.name}"', rows, columns)
         else:
             stage = self._stage(conn, table, "ins", rows, columns)
             conn.exec_driver_sql(
@@ -212,7 +227,8 @@ class BulkRows:
                 _tuples(table, rows, [*values, *keys]),
             )
             return
-        stage = self._stage(conn, table, "upd", rows, list(rows[0]))
+        columns = list(rows[0])
+        stage = self._stage(conn, table, "upd", _tuples(table, rows, columns), columns)
         sets = ", ".join(f'"{c}" = s."{c}"' for c in values)
         match = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
         conn.exec_driver_sql(
@@ -224,7 +240,7 @@ class BulkRows:
         conn: Connection,
         table: Table,
         use: str,
-        rows: list[dict[str, Any]],
+        rows: list[tuple[Any, ...]],
         columns: list[str],
     ) -> str:
         """Copy ``rows`` into this transaction's staging table for ``table``; its name."""
@@ -233,22 +249,22 @@ class BulkRows:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
             f'SELECT * FROM "{table.name}" WITH NO DATA'
         )
-        self._copy(conn, stage, table, rows, columns)
+        self._copy(conn, stage, rows, columns)
         return stage
 
     @staticmethod
     def _copy(
-        conn: Connection, target: str, table: Table, rows: list[dict[str, Any]], columns: list[str]
+        conn: Connection, target: str, rows: list[tuple[Any, ...]], columns: list[str]
     ) -> None:
-        """``COPY`` ``rows`` (shaped as ``table``'s) into ``target``; the driver's errors come
-        out as SQLAlchemy's, as from any other statement."""
+        """``COPY`` ``rows`` (tuples in ``columns`` order, JSON as text) into ``target``; the
+        driver's errors come out as SQLAlchemy's, as from any other statement."""
         names = ", ".join(f'"{c}"' for c in columns)
         statement = f"COPY {target} ({names}) FROM STDIN"
         dbapi = conn.dialect.loaded_dbapi
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             with cursor.copy(statement) as copy:
-                for row in _tuples(table, rows, columns):
+                for row in rows:
                     copy.write_row(row)
         except dbapi.Error as err:
             raise exc.DBAPIError.instance(statement, None, err, dbapi.Error) from err

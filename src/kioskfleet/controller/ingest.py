@@ -20,9 +20,8 @@ import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,8 +29,20 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from kioskfleet.controller.metrics import Metrics
 from kioskfleet.controller.store import BatchOutcome
-from kioskfleet.controller.writer import BatchReport, SweepReport, WriterConfig, WriterHandle
-from kioskfleet.mqttclient import MqttClientFactory, ReconnectPolicy, SessionPolicy, TlsFiles
+from kioskfleet.controller.writer import (
+    BatchReport,
+    SweepReport,
+    WriterConfig,
+    WriterHandle,
+    tune_gc,
+)
+from kioskfleet.mqttclient import (
+    MqttClientFactory,
+    ReconnectPolicy,
+    SessionPolicy,
+    TlsFiles,
+    puback_all,
+)
 from kioskfleet.protocol.broker_url import BrokerUrl
 from kioskfleet.protocol.topics import (
     CONTROLLER_STATE_TOPIC,
@@ -47,17 +58,68 @@ _RESEND_EVERY = 15.0  # seconds between resend requests for the same station ses
 _RANGES_PER_REQUEST = 8
 #: batches handed to the writer and not yet committed; beyond this the forwarder waits, the
 #: queue fills, paho stops reading and the broker holds the rest (backpressure)
-_BATCHES_IN_FLIGHT = 3
+_BATCHES_IN_FLIGHT = 6
 
 
-@dataclass(frozen=True)
+#: messages received and not yet handed to the writer before paho's thread waits: the
+#: broker's flow control (Receive Maximum, or its max_inflight_messages for MQTT 3.1.1) keeps
+#: QoS 1 below this anyway; it bounds what QoS 0 deliveries could pile up
+_MAX_WAITING = 20_000
+
+
 class _Incoming:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    #: which connection delivered it: a PUBACK only makes sense on that connection
-    generation: int
+    """Received messages waiting to be handed to the writer, in arrival order.
+
+    paho's thread appends one tuple per message (no lock, no wake-up: ``deque.append`` is
+    atomic), the forwarder is woken once per batch at most: a ``queue.Queue`` cost a lock
+    and a condition per message on both sides, in the process that must keep pace with
+    the broker."""
+
+    def __init__(self) -> None:
+        #: (topic, payload, mid, qos, generation: which connection delivered it)
+        self.items: deque[tuple[str, bytes, int, int, int]] = deque()
+        self._wake = threading.Condition()
+        #: how many waiting items are worth waking the forwarder for (or holding paho back)
+        self.wanted = _MAX_WAITING
+
+    def put(self, item: tuple[str, bytes, int, int, int], stop: threading.Event) -> None:
+        items = self.items
+        items.append(item)
+        if len(items) >= self.wanted:
+            with self._wake:
+                self._wake.notify_all()
+                # the writer falls behind: paho stops reading, the broker holds the rest
+                while len(items) >= _MAX_WAITING and not stop.is_set():
+                    self._wake.wait(0.5)
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` items are waiting, or ``timeout``."""
+        if len(self.items) >= count:
+            return
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            # set before the length is read: an append after that reading sees it and
+            # notifies (once this wait released the lock)
+            self.wanted = count
+            try:
+                while len(self.items) < count:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self._wake.wait(left)
+            finally:
+                self.wanted = _MAX_WAITING
+
+    def take(self, count: int) -> list[tuple[str, bytes, int, int, int]]:
+        items, popleft = self.items, self.items.popleft
+        taken = [popleft() for _ in range(min(count, len(items)))]
+        if len(items) < _MAX_WAITING // 2:
+            self.wake()  # a paho thread held back may go on
+        return taken
 
 
 class Ingest:
@@ -103,7 +165,7 @@ class Ingest:
         #: seconds a batch waits for more messages after its first one
         self.batch_linger = batch_linger
         self._on_changes = on_changes
-        self._queue: queue.Queue[_Incoming | None] = queue.Queue(maxsize=20_000)
+        self._incoming = _Incoming()
         # a persistent session: the broker queues for the one consumer that must not miss
         # anything (docs/decisions.md 5); at most Receive Maximum unacked messages in flight to
         # us, the broker keeps the rest: the batches in the writer plus the one filling
@@ -147,6 +209,8 @@ class Ingest:
         self._inflight: OrderedDict[int, tuple[list[tuple[str, bytes]], list[tuple[int, int, int]]]]
         self._inflight = OrderedDict()
         self._inflight_lock = threading.Lock()
+        #: orders hand-overs to the writer (and a restarted writer's catching up)
+        self._send_lock = threading.Lock()
         self._slots = threading.Semaphore(_BATCHES_IN_FLIGHT)
         self._ids = itertools.count(1)
 
@@ -154,6 +218,11 @@ class Ingest:
     def start(self) -> None:
         """Start the writer; once it is ready, connect (retrying in the background)."""
         self._writer = WriterHandle(self.writer_config, self.writer_mode)
+        if self.writer_mode == "process" and self.writer_config.tune_gc:
+            # paho allocates a handful of objects per message here too: the controller's
+            # process (FastAPI, SQLAlchemy, the API's models) is as costly to walk as the
+            # writer's (a thread writer tunes this process itself)
+            tune_gc()
         # the MQTT session starts once the writer is ready (see _reports): nothing piles up
         for name, target in (
             ("ingest-forward", self._forward),
@@ -167,7 +236,7 @@ class Ingest:
     def stop(self) -> None:
         """Store what is queued, say offline, disconnect, stop the writer."""
         self._stop.set()
-        self._queue.put(None)
+        self._incoming.wake()
         for thread in self._threads:
             thread.join(timeout=15)
         self._flush_acks()
@@ -283,10 +352,8 @@ class Ingest:
             log.warning("cannot connect to the broker: %s", why)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # blocks when the writer falls behind: paho stops reading, the broker holds the rest
-        self._queue.put(
-            _Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation)
-        )
+        payload = bytes(msg.payload)  # paho's is bytes already: no copy
+        self._incoming.put((msg.topic, payload, msg.mid, msg.qos, self._generation), self._stop)
 
     # -- to and from the writer ----------------------------------------------------------------
     def _forward(self) -> None:
@@ -298,17 +365,22 @@ class Ingest:
             if not batch:
                 continue
             self._slots.acquire()
-            items = [(item.topic, item.payload) for item in batch]
-            acks = [(item.mid, item.qos, item.generation) for item in batch]
-            with self._inflight_lock:
-                batch_id = next(self._ids)
-                self._inflight[batch_id] = (items, acks)
+            items = [(topic, payload) for topic, payload, _, _, _ in batch]
+            acks = [(mid, qos, generation) for _, _, mid, qos, generation in batch]
+            # the send may wait for the writer to read (a batch is larger than a pipe's
+            # buffer): under the send lock only, so a commit's PUBACKs (which need the
+            # in-flight lock) never wait behind it; a restarted writer is handed every batch
+            # in flight under both, so none is handed to it twice
+            with self._send_lock:
+                with self._inflight_lock:
+                    batch_id = next(self._ids)
+                    self._inflight[batch_id] = (items, acks)
                 self._hand_over(batch_id, items)
         # stopping: let the writer finish what it has, then tell it to end
         deadline = time.monotonic() + 10.0
         while self._inflight and time.monotonic() < deadline and self._writer_alive():
             time.sleep(0.02)
-        with self._inflight_lock, contextlib.suppress(OSError):  # OSError: already gone
+        with self._send_lock, contextlib.suppress(OSError):  # OSError: already gone
             if self._writer is not None:
                 self._writer.inbox.put(None)
 
@@ -321,27 +393,16 @@ class Ingest:
     def _writer_alive(self) -> bool:
         return self._writer is not None and self._writer.alive()
 
-    def _take_batch(self) -> list[_Incoming] | None:
-        try:
-            first = self._queue.get(timeout=0.5)
-        except queue.Empty:
-            return None if self._stop.is_set() and self._queue.empty() else []
-        if first is None:
-            return None
-        batch = [first]
+    def _take_batch(self) -> list[tuple[str, bytes, int, int, int]] | None:
+        incoming = self._incoming
+        incoming.wait_for(1, 0.5)
+        if not incoming.items:
+            return None if self._stop.is_set() else []
         # a fleet's messages arrive one by one: wait a moment for more, so a commit (an
         # fsync) is shared by many messages; under load the batch fills at once
-        deadline = time.monotonic() + self.batch_linger
-        while len(batch) < self.batch_size:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)
-                break
-            batch.append(item)
-        return batch
+        if not self._stop.is_set():
+            incoming.wait_for(self.batch_size, self.batch_linger)
+        return incoming.take(self.batch_size)
 
     def _reports(self) -> None:
         """Act on what the writer reports: commits, sweeps, failures."""
@@ -391,7 +452,7 @@ class Ingest:
             self.writer_error = why
             log.error("%s; starting a new one", why)
         self.writer_ready.clear()
-        with self._inflight_lock:
+        with self._send_lock, self._inflight_lock:
             if self._writer is not None:
                 self._writer.join(1.0)  # reap the old one (terminated if it somehow lives on)
             self._writer = WriterHandle(self.writer_config, self.writer_mode)
@@ -404,11 +465,16 @@ class Ingest:
         if entry is None:
             return
         self._slots.release()
-        # only now, with the batch committed, may the broker forget these messages
+        # only now, with the batch committed, may the broker forget these messages; after a
+        # reconnect the broker redelivers what we did not ack, and an old mid could name
+        # another message on the new connection, so it is not acked there
+        current = self._generation
+        puback_all(
+            self._client,
+            [mid for mid, qos, generation in entry[1] if qos == 1 and generation == current],
+        )
         for mid, qos, generation in entry[1]:
-            # after a reconnect the broker redelivers what we did not ack; an old mid could
-            # name another message on the new connection, so it is not acked there
-            if qos > 0 and generation == self._generation:
+            if qos == 2 and generation == current:  # we subscribe at QoS 1: not expected
                 self._client.ack(mid, qos)
         if report.db_errors:
             self.metrics.db_errors.inc(report.db_errors)

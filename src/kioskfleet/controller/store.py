@@ -52,6 +52,16 @@ _COUNTER = Counter.__table__  # type: ignore[attr-defined]
 _DEVICES: TypeAdapter[dict[str, DeviceStatus]] = TypeAdapter(dict[str, DeviceStatus])
 _EVENTS: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 _DESCRIPTION = ("district", "site", "site_type", "profile", "agent_version", "catalogue_version")
+_TELEMETRY_COLUMNS = [
+    "station",
+    "session",
+    "seq",
+    "ts",
+    "received_at",
+    "host",
+    "devices",
+    "counters",
+]
 _TABLES = {
     "telemetry": Telemetry.__table__,  # type: ignore[attr-defined]
     "events": EventBatch.__table__,  # type: ignore[attr-defined]
@@ -79,16 +89,29 @@ class StationState:
     devices: dict[str, Any] = field(default_factory=dict)
     required_devices: list[str] | None = None
     description: dict[str, Any] = field(default_factory=dict)
-    #: (the devices dict, its JSON text): spares encoding an unchanged picture every batch
-    devices_json: tuple[dict[str, Any], RawJSON] | None = field(default=None, compare=False)
+    #: (the devices dict, its JSON text, the telemetry devices text it was made from): spares
+    #: decoding and encoding an unchanged picture every batch
+    devices_json: tuple[dict[str, Any], RawJSON, str] | None = field(default=None, compare=False)
 
     def set_devices_json(self, text: str) -> None:
-        """Take the devices picture from telemetry's JSON text (decoded only if it changed
-        since this text last set it: a birth or an event may have set another picture since)."""
+        """Take the devices picture from telemetry's devices (JSON text, as sent: lean); a
+        device whose ``info`` was left out keeps the one the picture has (CONTRACT §3: absent
+        means unchanged). Decoded only if it changed since this text last set it: a birth or
+        an event may have set another picture since."""
         cached = self.devices_json
-        if cached is None or cached[0] is not self.devices or cached[1] != text:
-            self.devices = json.loads(text)
-            self.devices_json = (self.devices, RawJSON(text))
+        if cached is not None and cached[0] is self.devices and cached[2] == text:
+            return
+        reported: dict[str, Any] = json.loads(text)
+        merged = False
+        for slot, status in reported.items():
+            if "info" not in status:
+                info = self.devices.get(slot, {}).get("info")
+                if info is not None:
+                    status["info"] = info
+                    merged = True
+        self.devices = reported
+        picture = to_json(reported).decode() if merged else text
+        self.devices_json = (reported, RawJSON(picture), text)
 
     def row(self) -> dict[str, Any]:
         """Column values for the station table (always every column, so rows of many stations
@@ -199,7 +222,8 @@ class FleetStore:
         touched: dict[str, StationState] = {}
         new_stations: set[str] = set()
         history: list[dict[str, Any]] = []
-        rows: dict[str, list[dict[str, Any]]] = {"telemetry": [], "events": [], "reply": []}
+        rows: dict[str, list[dict[str, Any]]] = {"events": [], "reply": []}
+        telemetry_rows: list[tuple[Any, ...]] = []
         ledgers_touched: set[tuple[str, int]] = set()
 
         def ledger_for(station: str, session: int) -> SeqLedger:
@@ -241,14 +265,10 @@ class FleetStore:
             if devices is not None:
                 touched[station_id].set_devices_json(devices)
 
-        self._load_ledgers(
-            {
-                (m.station, session)
-                for _, m in messages
-                if not isinstance(m, StateMessage)
-                for session in (m.session, *(d.session for d in m.dropped))
-            }
-        )
+        sequenced = [m for _, m in messages if not isinstance(m, StateMessage)]
+        needed = {(m.station, m.session) for m in sequenced}
+        needed.update((m.station, d.session) for m in sequenced if m.dropped for d in m.dropped)
+        self._load_ledgers(needed)
         for kind, message in messages:
             station = message.station
             if isinstance(message, StateMessage):
@@ -278,6 +298,30 @@ class FleetStore:
             if not ledger.add(message.seq):
                 out.duplicates += 1
                 continue
+            if isinstance(message, TelemetryMessage):
+                # as sent: a device's info travels only when it changed (lean telemetry)
+                devices = _DEVICES.dump_json(
+                    message.devices, exclude_none=True, exclude_unset=True
+                ).decode()
+                # a tuple in _TELEMETRY_COLUMNS order, JSON as text: no dict per row
+                telemetry_rows.append(
+                    (
+                        station,
+                        message.session,
+                        message.seq,
+                        message.ts,
+                        now,
+                        to_json(message.host).decode(),
+                        devices,
+                        to_json(message.counters).decode(),
+                    )
+                )
+                if current:
+                    state.last_telemetry_at = now
+                    state.silent_deadline = silent_deadline(now, state.telemetry_interval)
+                    if message.devices:
+                        latest_devices[station] = devices
+                continue
             row: dict[str, Any] = {
                 "station": station,
                 "session": message.session,
@@ -285,19 +329,7 @@ class FleetStore:
                 "ts": message.ts,
                 "received_at": now,
             }
-            if isinstance(message, TelemetryMessage):
-                devices = RawJSON(_DEVICES.dump_json(message.devices, exclude_none=True).decode())
-                row.update(
-                    host=RawJSON(to_json(message.host).decode()),
-                    devices=devices,
-                    counters=RawJSON(to_json(message.counters).decode()),
-                )
-                if current:
-                    state.last_telemetry_at = now
-                    state.silent_deadline = silent_deadline(now, state.telemetry_interval)
-                    if message.devices:
-                        latest_devices[station] = devices
-            elif isinstance(message, EventsMessage):
+            if isinstance(message, EventsMessage):
                 row["events"] = RawJSON(
                     _EVENTS.dump_json(message.events, exclude_none=True).decode()
                 )
@@ -306,8 +338,8 @@ class FleetStore:
                     if event.type == "device_status" and event.device and event.status:
                         state.devices = {
                             **state.devices,
-                            event.device: event.status.model_dump(
-                                exclude_none=True, exclude={"events"}
+                            event.device: _status_entry(
+                                event.status, state.devices.get(event.device)
                             ),
                         }
             elif isinstance(message, Reply):
@@ -318,8 +350,9 @@ class FleetStore:
                     error=message.error,
                 )
             rows[kind].append(row)
-            out.stored[kind] = out.stored.get(kind, 0) + 1
 
+        counts = {"telemetry": len(telemetry_rows), **{k: len(r) for k, r in rows.items()}}
+        out.stored.update((kind, n) for kind, n in counts.items() if n)
         for station in list(latest_devices):
             settle_devices(station)
         for state in touched.values():
@@ -333,6 +366,9 @@ class FleetStore:
                 _STATION,
                 ("id",),
                 [state.row() for sid, state in touched.items() if sid not in new_stations],
+            )
+            self._bulk.insert_tuples(
+                conn, _TABLES["telemetry"], _TELEMETRY_COLUMNS, telemetry_rows, ignore=True
             )
             for kind, kind_rows in rows.items():
                 self._bulk.insert_ignore(conn, _TABLES[kind], kind_rows)
@@ -538,6 +574,15 @@ class _Undo:
             ledger = store._ledgers.get(key)
             if ledger is not None:
                 ledger.watermark, ledger.above = watermark, above
+
+
+def _status_entry(status: DeviceStatus, before: dict[str, Any] | None) -> dict[str, Any]:
+    """A device's entry in the picture from a ``device_status`` event; an ``info`` the event
+    left out is the one the picture had (CONTRACT §3)."""
+    entry = status.model_dump(exclude_none=True, exclude={"events"})
+    if "info" not in status.model_fields_set and before is not None and "info" in before:
+        entry["info"] = before["info"]
+    return entry
 
 
 def _hist(station: str, status: str, reason: str, session: int, now: float) -> dict[str, Any]:

@@ -289,8 +289,12 @@ def encode(message: BaseModel) -> bytes:
 
     Left out: fields that are None, an event's null keys too (on this wire null and absent mean
     the same), and top-level fields the message was built without — a will carries no
-    ``devices``, a message that declares nothing dropped no ``dropped``. Values inside ``host``,
-    ``counters`` and ``result`` keep their nulls.
+    ``devices``, a message that declares nothing dropped no ``dropped``. In telemetry, a
+    device's fields it was built without are left out too (lean telemetry: an absent ``info``
+    means unchanged, CONTRACT §3). Values inside ``host``, ``counters`` and ``result`` keep
+    their nulls.
     """
+    if isinstance(message, TelemetryMessage):
+        return message.model_dump_json(exclude_none=True, exclude_unset=True).encode()
     unset = type(message).model_fields.keys() - message.model_fields_set
     return message.model_dump_json(exclude_none=True, exclude=unset or None).encode()
