@@ -109,6 +109,31 @@ def throwaway_postgres() -> Iterator[str]:
 
 
 # -- realistic payloads ------------------------------------------------------------------------
+def bench_counters(n: int) -> dict[str, int]:
+    """The counters a busy kiosk reports in its ``n``-th telemetry message (benchmark data)."""
+    return {
+        "commands": 0,
+        "reconnects": 0,
+        "transactions_total": 40 + n,
+        "transactions_failed": n // 50,
+        "receipts_printed": 38 + n,
+        "paper_cm_used": 420 + 11 * n,
+        "notes_accepted": 17 + n // 2,
+        "notes_rejected": n // 40,
+        "notes_escrowed": 17 + n // 2,
+        "coins_accepted": 55 + 2 * n,
+        "id_cards_read": 31 + n,
+        "bank_cards_read": 12 + n // 3,
+        "bank_card_declined": n // 60,
+        "sessions_timed_out": n // 25,
+        "screen_touches": 900 + 37 * n,
+        "outbox_depth": 0,
+        "mqtt_bytes_sent": 2_000_000 + 1700 * n,
+        "mqtt_bytes_received": 150_000 + 90 * n,
+        "device_polls": 5 * 60 * n,
+    }
+
+
 class StationPayloads:
     """Births and telemetry of one station, built from the real agent's pieces (simulated
     devices, host sampler, the agent's envelope), so the controller validates them as it
@@ -165,27 +190,7 @@ class StationPayloads:
             "ts": time.time(),
             "host": host,
             "devices": self.devices,
-            "counters": {
-                "commands": 0,
-                "reconnects": 0,
-                "transactions_total": 40 + n,
-                "transactions_failed": n // 50,
-                "receipts_printed": 38 + n,
-                "paper_cm_used": 420 + 11 * n,
-                "notes_accepted": 17 + n // 2,
-                "notes_rejected": n // 40,
-                "notes_escrowed": 17 + n // 2,
-                "coins_accepted": 55 + 2 * n,
-                "id_cards_read": 31 + n,
-                "bank_cards_read": 12 + n // 3,
-                "bank_card_declined": n // 60,
-                "sessions_timed_out": n // 25,
-                "screen_touches": 900 + 37 * n,
-                "outbox_depth": 0,
-                "mqtt_bytes_sent": 2_000_000 + 1700 * n,
-                "mqtt_bytes_received": 150_000 + 90 * n,
-                "device_polls": 5 * 60 * n,
-            },
+            "counters": bench_counters(n),
         }
         return json.dumps(body, separators=(",", ":")).encode()
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from _support import (
     StationPayloads,
+    bench_counters,
     log,
     percentile,
     postgres_available,
@@ -78,31 +79,6 @@ def _host(p: StationPayloads, seq: int) -> dict[str, Any]:
         "cpu_percent": round(p.rng.uniform(2, 35), 1),
         "memory_percent": round(p.rng.uniform(30, 60), 1),
         "uptime_s": round(86_400 + seq * 10.0, 1),
-    }
-
-
-def _counters(n: int) -> dict[str, int]:
-    """The counters ``StationPayloads.telemetry`` sends."""
-    return {
-        "commands": 0,
-        "reconnects": 0,
-        "transactions_total": 40 + n,
-        "transactions_failed": n // 50,
-        "receipts_printed": 38 + n,
-        "paper_cm_used": 420 + 11 * n,
-        "notes_accepted": 17 + n // 2,
-        "notes_rejected": n // 40,
-        "notes_escrowed": 17 + n // 2,
-        "coins_accepted": 55 + 2 * n,
-        "id_cards_read": 31 + n,
-        "bank_cards_read": 12 + n // 3,
-        "bank_card_declined": n // 60,
-        "sessions_timed_out": n // 25,
-        "screen_touches": 900 + 37 * n,
-        "outbox_depth": 0,
-        "mqtt_bytes_sent": 2_000_000 + 1700 * n,
-        "mqtt_bytes_received": 150_000 + 90 * n,
-        "device_polls": 5 * 60 * n,
     }
 
 
@@ -152,7 +128,7 @@ def fill(url: str, stations: int, hours: float, end: float, lean: bool) -> dict[
                 lines.append(
                     f"{p.identity.station}\t{session}\t{seq}\t{received - 0.3!r}\t{received!r}\t"
                     f"{_copy_text(to_json(_host(p, seq)).decode())}\t{devices[i]}\t"
-                    f"{_copy_text(to_json(_counters(seq)).decode())}\n"
+                    f"{_copy_text(to_json(bench_counters(seq)).decode())}\n"
                 )
             with cursor.copy(f"COPY telemetry ({_COLUMNS}) FROM STDIN") as copy:  # type: ignore[attr-defined]
                 copy.write("".join(lines))
