@@ -8,12 +8,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import exc, func, select
+from sqlalchemy import Connection, Engine, event, exc, func, select
 from sqlmodel import create_engine
 
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.models import (
     Counter,
+    EventBatch,
     Station,
     StationHistory,
     StationSession,
@@ -110,6 +111,79 @@ def test_a_failed_first_batch_does_not_leave_a_station_registered(tmp_path: Path
     assert out.stored == {"telemetry": 1}
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Station)).scalar_one() == 1
+    engine.dispose()
+
+
+def _lose_the_next_commit(engine: Engine, *, committed: bool) -> None:
+    """Make the next COMMIT raise: after it went through (the answer was lost on the way back)
+    when ``committed``, else before (nothing stored). A SQLAlchemy event, not our code."""
+    fired: list[bool] = []
+
+    def on_commit(conn: Connection) -> None:
+        if fired:
+            return
+        fired.append(True)
+        if committed:
+            conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+        raise ConnectionResetError("the connection dropped around COMMIT")
+
+    event.listen(engine, "commit", on_commit)
+
+
+def _rows(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            table.__name__: conn.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in (Station, StationSession, StationHistory, Telemetry, EventBatch)
+        }
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["commit-went-through", "commit-failed"])
+def test_a_batch_retried_after_a_lost_commit_answer_is_stored_exactly_once(
+    db_url: str, committed: bool
+) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    store = FleetStore(engine)
+    event_ = {"type": "device_status", "device": "printer", "status": _printer("online")["printer"]}
+    first = [  # registers the station and opens its session
+        _birth(devices=_printer("online")),
+        _message("telemetry", 1, host={"cpu_percent": 3.0}),
+        _message("telemetry", 2, host={"cpu_percent": 3.0}),
+        _message("events", 3, events=[event_]),
+    ]
+    second = [  # a known station, a session with a row: the ledger is updated
+        _message("telemetry", 4, host={"cpu_percent": 4.0}),
+        _message("telemetry", 5, host={"cpu_percent": 4.0}),
+        _message("events", 6, events=[event_]),
+    ]
+    for batch, now in ((first, 100.0), (second, 110.0)):
+        _lose_the_next_commit(engine, committed=committed)
+        with pytest.raises(ConnectionResetError):
+            store.apply(batch, now=now)  # type: ignore[arg-type]
+        out = store.apply(batch, now=now + 1)  # type: ignore[arg-type]
+        if committed:
+            assert out.duplicates == 3 and not out.stored
+        else:
+            assert out.duplicates == 0 and out.stored == {"telemetry": 2, "events": 1}
+        assert out.acks == {(STATION, 5): int(now / 10 - 10) * 3 + 3}
+        assert store.apply(batch, now=now + 2).duplicates == 3  # type: ignore[arg-type]
+    assert _rows(engine) == {
+        "Station": 1,
+        "StationSession": 1,
+        "StationHistory": 1,
+        "Telemetry": 4,
+        "EventBatch": 2,
+    }
+    with engine.connect() as conn:
+        counted = dict(conn.execute(select(Counter.name, Counter.value)).all())  # type: ignore[call-overload]
+        assert (counted["ingested_telemetry"], counted["ingested_events"]) == (4, 2)
+        ledger = conn.execute(select(StationSession)).one()
+        assert (ledger.watermark, ledger.above) == (6, [])
+        station = conn.execute(select(Station)).one()
+        assert station.district == "Xinwu" and station.last_telemetry_at in (110.0, 111.0)
+    # a restarted controller agrees
+    assert FleetStore(engine).apply(second, now=200.0).duplicates == 3  # type: ignore[arg-type]
     engine.dispose()
 
 

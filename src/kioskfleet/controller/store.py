@@ -174,29 +174,50 @@ class FleetStore:
         self._touched_at: dict[tuple[str, int], float] = {}
         self._evicted_at = 0.0
         self._bulk = BulkRows(engine)
+        #: what a failed transaction touched: read back from the database before the next
+        #: batch (decision 15)
+        self._stale_stations: set[str] = set()
+        self._stale_ledgers: set[tuple[str, int]] = set()
         self._load()
 
     def _load(self) -> None:
         with self.engine.connect() as conn:
             for row in conn.execute(select(_STATION)).mappings():
-                state = StationState(
-                    id=row["id"],
-                    status=row["status"],
-                    online=row["online"],
-                    degraded=row["degraded"],
-                    session=row["session"],
-                    birth_session=row["birth_session"],
-                    telemetry_interval=row["telemetry_interval"],
-                    last_seen=row["last_seen"],
-                    last_telemetry_at=row["last_telemetry_at"],
-                    silent_deadline=row["silent_deadline"],
-                    status_since=row["status_since"],
-                    registered_at=row["registered_at"],
-                    devices=dict(row["devices"] or {}),
-                    required_devices=row["required_devices"],
-                    description={key: row[key] for key in _DESCRIPTION},
-                )
-                self.stations[state.id] = state
+                self.stations[row["id"]] = _state_of(row)
+
+    def _reload_stale(self) -> None:
+        """After a failed transaction the database is the truth, not memory: it may hold the
+        batch after all (the COMMIT went through, its answer was lost). Read back what that
+        batch touched — one query for stations, one per 500 ledgers — so its retry finds what
+        was stored (duplicates, acked) and stores what was not."""
+        if not self._stale_stations and not self._stale_ledgers:
+            return
+        stations = sorted(self._stale_stations)
+        keys = set(self._stale_ledgers)
+        found: dict[str, StationState] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(stations), 500):
+                chunk = stations[start : start + 500]
+                query = select(_STATION).where(_STATION.c.id.in_(chunk))
+                for row in conn.execute(query).mappings():
+                    found[row["id"]] = _state_of(row)
+        # only once the database answered: a retry while it is away reads back again
+        for station in stations:
+            if station in found:
+                self.stations[station] = found[station]
+            else:
+                self.stations.pop(station, None)
+        for key in keys:
+            self._ledgers.pop(key, None)
+            self._persisted.discard(key)
+        self._load_ledgers(keys)
+        for key in keys:
+            if self._ledgers[key].above:
+                self.gappy.setdefault(key, self._touched_at.get(key, 0.0))
+            else:
+                self.gappy.pop(key, None)
+        self._stale_stations.clear()
+        self._stale_ledgers.clear()
 
     # -- the batch -----------------------------------------------------------------------------
     def apply(
@@ -205,14 +226,19 @@ class FleetStore:
         """Store ``messages`` ((kind, message) in arrival order) in one transaction.
 
         Returns what to confirm and whom to ask for a birth once the commit is done. When the
-        transaction fails, the in-memory picture and ledgers are put back as they were, so the
-        caller can apply the same batch again once the database is back.
+        transaction fails, the in-memory picture and ledgers are put back as they were, and what
+        the batch touched is read back from the database before the next batch: the COMMIT may
+        have gone through (its answer lost), so the same batch applied again is found stored
+        (duplicates) if it was, and stored once if it was not.
         """
+        self._reload_stale()
         undo = _Undo()
         try:
             return self._apply(messages, now, rejected, undo)
         except BaseException:
             undo.restore(self)
+            self._stale_stations.update(undo.stations)
+            self._stale_ledgers.update(undo.ledgers)
             raise
 
     def _apply(
@@ -446,6 +472,7 @@ class FleetStore:
 
     def sweep(self, now: float) -> list[tuple[str, str, str]]:
         """Turn stations silent whose telemetry stopped; returns the status changes."""
+        self._reload_stale()
         if now - self._evicted_at > 60:
             self._evict_idle_ledgers(now)
         out = BatchOutcome()
@@ -574,6 +601,27 @@ class _Undo:
             ledger = store._ledgers.get(key)
             if ledger is not None:
                 ledger.watermark, ledger.above = watermark, above
+
+
+def _state_of(row: Any) -> StationState:
+    """The writer's copy of a station row (a mapping of its columns)."""
+    return StationState(
+        id=row["id"],
+        status=row["status"],
+        online=row["online"],
+        degraded=row["degraded"],
+        session=row["session"],
+        birth_session=row["birth_session"],
+        telemetry_interval=row["telemetry_interval"],
+        last_seen=row["last_seen"],
+        last_telemetry_at=row["last_telemetry_at"],
+        silent_deadline=row["silent_deadline"],
+        status_since=row["status_since"],
+        registered_at=row["registered_at"],
+        devices=dict(row["devices"] or {}),
+        required_devices=row["required_devices"],
+        description={key: row[key] for key in _DESCRIPTION},
+    )
 
 
 def _status_entry(status: DeviceStatus, before: dict[str, Any] | None) -> dict[str, Any]:
