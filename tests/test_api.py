@@ -71,7 +71,8 @@ def _birth(station: str, district: str, **body: Any) -> tuple[str, Any]:
 
 
 def fill(engine: Any) -> None:
-    """Three stations: one degraded by its printer, one gone offline, one plain online."""
+    """Three stations: one degraded by its printer, one gone offline, one plain online and out
+    of service (a technician's flag, not a status)."""
     store = FleetStore(engine)
     store.apply(
         [
@@ -83,7 +84,7 @@ def fill(engine: Any) -> None:
                 required_devices=["printer"],
             ),
             _birth("wx-binhu-gov-02", "Binhu", versions={"agent": "0.1.0"}),
-            _birth("wx-liangxi-gov-01", "Liangxi"),
+            _birth("wx-liangxi-gov-01", "Liangxi", in_service=False),
         ],
         now=T0,
     )
@@ -228,6 +229,7 @@ def test_the_json_on_the_wire(app: FastAPI) -> None:
         "last_seen": "2025-11-24T16:00:10.500000Z",
         "versions": {"agent": "0.1.0", "catalogue": "2026.11"},
         "telemetry_interval": 10.0,
+        "in_service": True,
     }
     page = get(app, "/api/stations", district="Binhu", limit=1).json()
     assert page == {"items": [item], "total": 2}
@@ -235,6 +237,14 @@ def test_the_json_on_the_wire(app: FastAPI) -> None:
     assert [(s["id"], s["versions"]) for s in offline] == [
         ("wx-binhu-gov-02", {"agent": "0.1.0", "catalogue": None})
     ]
+    out_of_service = get(app, "/api/stations", in_service="false").json()
+    assert [(s["id"], s["status"], s["in_service"]) for s in out_of_service["items"]] == [
+        ("wx-liangxi-gov-01", "online", False)
+    ]
+    assert out_of_service["total"] == 1
+    in_service = get(app, "/api/stations", in_service="true").json()
+    assert [s["id"] for s in in_service["items"]] == ["wx-binhu-gov-01", "wx-binhu-gov-02"]
+    assert get(app, "/api/stations/wx-liangxi-gov-01").json()["in_service"] is False
 
     detail = get(app, "/api/stations/wx-binhu-gov-01").json()
     assert list(detail) == [
@@ -282,6 +292,7 @@ def test_the_json_on_the_wire(app: FastAPI) -> None:
         {"offset": -1},
         {"offset": "x"},
         {"status": "sleeping"},
+        {"in_service": "maybe"},
     ],
 )
 def test_bad_paging_and_filters_are_refused_with_422(app: FastAPI, params: dict[str, Any]) -> None:

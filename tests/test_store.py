@@ -457,3 +457,74 @@ def test_a_backlog_does_not_bring_an_offline_station_back(tmp_path: Path) -> Non
     assert out.stored == {"telemetry": 1} and not out.rebirth
     assert store.stations[STATION].row() == before
     store.engine.dispose()
+
+
+# -- in service: a flag beside the status (decision 25) ---------------------------------------
+def _service(session: int, seq: int, in_service: bool) -> tuple[str, object]:
+    return _in(session, "events", seq, events=[{"type": "service_state", "in_service": in_service}])
+
+
+def _stored_in_service(store: FleetStore) -> bool:
+    """The flag as stored, checked against what a restarted controller reads back."""
+    with store.engine.connect() as conn:
+        stored = bool(conn.execute(select(Station.in_service)).scalar_one())  # type: ignore[call-overload]
+    assert FleetStore(store.engine).stations[STATION].in_service is stored
+    assert store.stations[STATION].in_service is stored
+    return stored
+
+
+def test_in_service_follows_births_and_current_session_events(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    store = FleetStore(engine)
+    store.apply([_birth_of(8, in_service=False)], now=100.0)  # type: ignore[list-item]
+    assert _stored_in_service(store) is False
+    assert store.stations[STATION].status == "online"  # status keeps its four values
+    store.apply([_service(8, 1, True)], now=101.0)  # type: ignore[list-item]
+    assert _stored_in_service(store) is True
+    # the retained birth (in_service false) delivered again at a re-subscription is no news
+    store.apply([_birth_of(8, in_service=False)], now=102.0)  # type: ignore[list-item]
+    assert _stored_in_service(store) is True
+    # a backlog of an older session moves nothing
+    store.apply([_service(7, 30, False)], now=103.0)  # type: ignore[list-item]
+    assert _stored_in_service(store) is True
+    # within one batch, in message order
+    store.apply([_service(8, 2, False), _service(8, 3, True), _service(8, 4, False)], now=104.0)  # type: ignore[list-item]
+    assert _stored_in_service(store) is False
+    # a new session's birth without the flag (an older agent) means in service
+    store.apply([_birth_of(9)], now=105.0)  # type: ignore[list-item]
+    assert _stored_in_service(store) is True
+    engine.dispose()
+
+
+def test_a_birth_overtaken_by_an_event_of_its_session_does_not_undo_it(tmp_path: Path) -> None:
+    store = _fresh(tmp_path)
+    store.apply([_birth_of(8)], now=100.0)  # type: ignore[list-item]
+    # the event of session 9 arrives before the birth of 9: the birth is older news
+    store.apply([_service(9, 1, False), _birth_of(9, in_service=True)], now=101.0)  # type: ignore[list-item]
+    assert store.stations[STATION].in_service is False
+    # a resent older event of the same session does not undo a newer one
+    store.apply([_service(9, 3, True), _service(9, 2, False)], now=102.0)  # type: ignore[list-item]
+    assert store.stations[STATION].in_service is True
+    store.engine.dispose()
+
+
+def test_a_failed_batch_puts_in_service_back(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    store = FleetStore(engine)
+    store.apply([_birth_of(8)], now=100.0)  # type: ignore[list-item]
+    batch = [_service(8, 1, False)]
+    _lose_the_next_commit(engine, committed=False)
+    with pytest.raises(ConnectionResetError):
+        store.apply(batch, now=101.0)  # type: ignore[arg-type]
+    assert store.stations[STATION].in_service is True
+    store.apply(batch, now=102.0)  # type: ignore[arg-type]
+    assert _stored_in_service(store) is False
+    # the commit went through, its answer was lost: the station is read back as stored
+    _lose_the_next_commit(engine, committed=True)
+    with pytest.raises(ConnectionResetError):
+        store.apply([_service(8, 2, True)], now=103.0)  # type: ignore[list-item]
+    assert store.apply([_in(8, "telemetry", 3)], now=104.0).stored == {"telemetry": 1}  # type: ignore[list-item]
+    assert _stored_in_service(store) is True
+    engine.dispose()

@@ -100,6 +100,7 @@ _LISTED = (
     _S.c.agent_version,
     _S.c.catalogue_version,
     _S.c.telemetry_interval,
+    _S.c.in_service,
 )
 
 
@@ -115,20 +116,21 @@ def _listed(row: Any) -> dict[str, Any]:
         "last_seen": utc_or_none(row.last_seen),
         "versions": {"agent": row.agent_version, "catalogue": row.catalogue_version},
         "telemetry_interval": row.telemetry_interval,
+        "in_service": row.in_service,
     }
 
 
 def list_stations(
     *,
     conn: Connection,
-    filters: Mapping[str, str | None],
+    filters: Mapping[str, str | bool | None],
     limit: int,
     offset: int,
 ) -> StationList:
     """CONTRACT §4 ``/api/stations``: filtered, paged, ordered by id.
 
-    ``filters`` maps a column (``district``, ``site``, ``site_type``, ``profile``, ``status``)
-    to the value it must have; None leaves that column free.
+    ``filters`` maps a column (``district``, ``site``, ``site_type``, ``profile``, ``status``,
+    ``in_service``) to the value it must have; None leaves that column free.
     """
     query = select(*_LISTED)
     counted = select(func.count()).select_from(_S)

@@ -9,7 +9,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    UniqueConstraint,
+    text,
+    true,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -23,6 +33,11 @@ class StationBase(SQLModel):
     agent_version: str | None = None
     catalogue_version: str | None = None
     telemetry_interval: float = 10.0
+    #: false while a technician has taken the station out of service (decision 25): a flag
+    #: beside the status, which keeps its four values; rows from before it are in service
+    in_service: bool = Field(
+        default=True, sa_column=Column(Boolean, nullable=False, server_default=true())
+    )
 
 
 class Station(StationBase, table=True):

@@ -73,6 +73,8 @@ class StationPublic(Public):
     last_seen: AwareDatetime | None
     versions: StationVersions
     telemetry_interval: float
+    #: false while a technician has taken the station out of service; not a status
+    in_service: bool
 
 
 class StationList(Public):

@@ -89,6 +89,12 @@ class StationState:
     devices: dict[str, Any] = field(default_factory=dict)
     required_devices: list[str] | None = None
     description: dict[str, Any] = field(default_factory=dict)
+    #: the technician's flag (decision 25), from the birth and ``service_state`` events
+    in_service: bool = True
+    #: (session, seq) of the ``service_state`` event that set ``in_service``: within a session
+    #: an older event (a resent gap) or the session's birth (it predates every event) moves
+    #: nothing after it. Memory only: after a restart the next event or birth counts.
+    service_mark: tuple[int, int] | None = field(default=None, compare=False)
     #: (the devices dict, its JSON text, the telemetry devices text it was made from): spares
     #: decoding and encoding an unchanged picture every batch
     devices_json: tuple[dict[str, Any], RawJSON, str] | None = field(default=None, compare=False)
@@ -137,6 +143,7 @@ class StationState:
                 else self.devices
             ),
             "required_devices": self.required_devices,
+            "in_service": self.in_service,
         }
 
 
@@ -361,7 +368,9 @@ class FleetStore:
                 )
                 settle_devices(station)
                 for event in message.events if current else ():
-                    if event.type == "device_status" and event.device and event.status:
+                    if event.type == "service_state":
+                        _apply_service_state(state, message.session, message.seq, event)
+                    elif event.type == "device_status" and event.device and event.status:
                         state.devices = {
                             **state.devices,
                             event.device: _status_entry(
@@ -445,6 +454,11 @@ class FleetStore:
             state.silent_deadline = silent_deadline(now, state.telemetry_interval)
             state.devices = {k: v.model_dump(exclude_none=True) for k, v in message.devices.items()}
             state.required_devices = message.required_devices
+            mark = state.service_mark
+            if mark is None or mark[0] != message.session:
+                # a birth states the flag as the session began: an event of the same session
+                # already applied (it overtook the birth) is newer
+                state.in_service = message.in_service
             state.description = {
                 "district": message.district,
                 "site": message.site,
@@ -621,7 +635,22 @@ def _state_of(row: Any) -> StationState:
         devices=dict(row["devices"] or {}),
         required_devices=row["required_devices"],
         description={key: row[key] for key in _DESCRIPTION},
+        in_service=row["in_service"],
     )
+
+
+def _apply_service_state(state: StationState, session: int, seq: int, event: Event) -> None:
+    """Take ``in_service`` from a ``service_state`` event of the station's current session,
+    unless a later event of that session already set it."""
+    value = (event.model_extra or {}).get("in_service")
+    if not isinstance(value, bool):
+        log.warning("station %s: service_state event without a boolean in_service", state.id)
+        return
+    mark = state.service_mark
+    if mark is not None and mark[0] == session and mark[1] > seq:
+        return
+    state.in_service = value
+    state.service_mark = (session, seq)
 
 
 def _status_entry(status: DeviceStatus, before: dict[str, Any] | None) -> dict[str, Any]:

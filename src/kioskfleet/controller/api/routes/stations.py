@@ -48,16 +48,18 @@ def list_stations(
     site_type: str | None = None,
     profile: str | None = None,
     status: StationStatus | None = None,
+    in_service: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> StationList:
-    """Stations, filtered by district, site, site type, profile or status; paged."""
-    filters = {
+    """Stations, filtered by district, site, site type, profile, status or in service; paged."""
+    filters: dict[str, str | bool | None] = {
         "district": district,
         "site": site,
         "site_type": site_type,
         "profile": profile,
         "status": status,
+        "in_service": in_service,
     }
     return crud.list_stations(conn=conn, filters=filters, limit=limit, offset=offset)
 
