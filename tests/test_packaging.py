@@ -3,6 +3,7 @@ and none of the controller's stack (pyproject's `controller` and `demo` extras).
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -76,3 +77,32 @@ def test_an_agent_config_error_needs_no_controller_stack(tmp_path: Path) -> None
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert "Traceback" not in out.stderr
+
+
+def test_an_agent_whose_local_service_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    """Not a traceback: the operator reads one line and exit code 1 (a runtime refusal)."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'station = "wx-binhu-sub-09"\ndistrict = "Binhu"\nsite = "Taihu Square Metro Station"\n'
+        'site_type = "subway_station"\nprofile = "estation-gen2"\n'
+        'broker = "mqtt://127.0.0.1:9"\nuse_profile_devices = false\n'  # nothing listens on 9
+        f'state_dir = "{tmp_path / "state"}"\nlocal_service = "127.0.0.1:{port}"\n',
+        encoding="utf-8",
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    line = [x for x in out.stderr.splitlines() if x.startswith("kioskfleet agent: ")]
+    assert len(line) == 1 and f"127.0.0.1:{port}" in line[0], out.stderr

@@ -246,11 +246,15 @@ def _agent(args: argparse.Namespace) -> int:
     except ConfigError as err:
         return _refuse("agent", err)
 
-    from kioskfleet.agent.service import run_agent
+    from kioskfleet.agent.service import AgentStartError, run_agent
 
     logging.getLogger("kioskfleet").setLevel(logging.INFO)
-    # 0, or RESTART_EXIT_CODE after cmd/restart_agent: the supervisor starts it again
-    return _run_until_signal(lambda stop: run_agent(config, stop))
+    try:
+        # 0, or RESTART_EXIT_CODE after cmd/restart_agent: the supervisor starts it again
+        return _run_until_signal(lambda stop: run_agent(config, stop))
+    except AgentStartError as err:  # a taken port, a token file it cannot make: one line
+        print(f"kioskfleet agent: {err}", file=sys.stderr)
+        return 1
 
 
 def _simulate(args: argparse.Namespace) -> int:

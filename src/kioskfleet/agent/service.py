@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class AgentStartError(RuntimeError):
+    """The agent cannot start as configured: its local service's address is not loopback, its
+    port is taken, or its token file cannot be made. One line for the operator; retrying as
+    is does not help."""
+
+
 def identity_of(config: AgentConfig) -> StationIdentity:
     """The birth description a configuration implies."""
     return StationIdentity(
@@ -90,14 +96,16 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
     # read every device once first, so the birth describes them all
     await agent.coordinator.refresh()
     agent.start()
-    if local is not None:
-        await local.start()  # LocalServiceError: not loopback, or the port is taken
-    logs.attach()
-    log.info("agent %s started, broker %s", config.station, config.broker)
+    serving = False
     try:
+        if local is not None:
+            await _start_local_service(local)
+            serving = True
+        logs.attach()
+        log.info("agent %s started, broker %s", config.station, config.broker)
         await stop.wait()
     finally:
-        if local is not None:
+        if serving and local is not None:
             await local.stop()
         await agent.stop()
         tracker.close()
@@ -106,6 +114,16 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
         logs.detach()
         log.info("agent %s stopped%s", config.station, " to restart" if restart_requested else "")
     return RESTART_EXIT_CODE if restart_requested else 0
+
+
+async def _start_local_service(local: LocalService) -> None:
+    """Listen, or say in one line why not (:class:`AgentStartError`)."""
+    from kioskfleet.agent.localservice import LocalServiceError
+
+    try:
+        await local.start()
+    except LocalServiceError as err:
+        raise AgentStartError(str(err)) from err
 
 
 def _local_service(
@@ -120,19 +138,22 @@ def _local_service(
     FastAPI and uvicorn are imported here, only when the service is switched on.
 
     Raises:
-        LocalServiceError: not a loopback address, or the token file cannot be made.
+        AgentStartError: not a loopback address, or the token file cannot be made.
     """
-    from kioskfleet.agent.localservice import LocalService, load_or_create_token
+    from kioskfleet.agent.localservice import LocalService, LocalServiceError, load_or_create_token
 
     assert config.local_service is not None
     host, _, port = config.local_service.rpartition(":")
     token_file = config.local_service_token_file or config.state_dir / "local-service.token"
-    return LocalService(
-        hub,
-        tracker,
-        token=load_or_create_token(token_file, group=config.local_service_group),
-        host=host,
-        port=int(port),
-        allowed_origins=config.local_allowed_origins,
-        in_service=in_service,
-    )
+    try:
+        return LocalService(
+            hub,
+            tracker,
+            token=load_or_create_token(token_file, group=config.local_service_group),
+            host=host,
+            port=int(port),
+            allowed_origins=config.local_allowed_origins,
+            in_service=in_service,
+        )
+    except LocalServiceError as err:
+        raise AgentStartError(str(err)) from err
