@@ -9,12 +9,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from kioskfleet.agent.config import AgentConfig, agent_config_from_dict
 from kioskfleet.controller.config import Settings
 from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import Fleet, FleetSpec, wuxi_fleet
@@ -160,3 +162,33 @@ class GarbagePublisher:
         self.client.disconnect()
         with self._lock:
             return self.confirmed
+
+
+def printer_only_agent(
+    *,
+    station: str,
+    broker: str,
+    state_dir: Path,
+    printer_port: str,
+    local_port: int,
+    telemetry_interval: float,
+) -> AgentConfig:
+    """A Binhu metro kiosk whose only device is a simulated receipt printer on ``printer_port``,
+    its local service on ``local_port``."""
+    return agent_config_from_dict(
+        {
+            "station": station,
+            "district": "Binhu",
+            "site": "Taihu Square Metro Station",
+            "site_type": "subway_station",
+            "profile": "estation-gen2",
+            "broker": broker,
+            "telemetry_interval": telemetry_interval,
+            "state_dir": str(state_dir),
+            "use_profile_devices": False,  # only the printer is plugged in here
+            "local_service": f"127.0.0.1:{local_port}",
+            "devices": {
+                "printer": {"driver": "escpos", "port": printer_port, "profile": "snbc-btt080"}
+            },
+        }
+    )

@@ -15,12 +15,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from kioskfleet.agent.config import agent_config_from_dict
 from kioskfleet.agent.service import run_agent
 from kioskfleet.drivers.registry import driver_module
 from kioskfleet.drivers.simulator import PtyServer
 from kioskfleet.protocol import decode_agent_message
 from tests.conftest import Mosquitto, free_port, wait_until
+from tests.integration.fleet_helpers import printer_only_agent
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -33,22 +33,13 @@ def test_agent_reports_birth_telemetry_device_changes_and_goodbye(
     local_port = free_port()
     printer = driver_module("escpos").make_simulator(None)
     server = PtyServer(printer).start()
-    config = agent_config_from_dict(
-        {
-            "station": STATION,
-            "district": "Binhu",
-            "site": "Taihu Square Metro Station",
-            "site_type": "subway_station",
-            "profile": "estation-gen2",
-            "broker": mosquitto.url,
-            "telemetry_interval": 0.5,
-            "state_dir": str(tmp_path),
-            "use_profile_devices": False,  # only the printer is plugged in here
-            "local_service": f"127.0.0.1:{local_port}",
-            "devices": {
-                "printer": {"driver": "escpos", "port": server.port, "profile": "snbc-btt080"}
-            },
-        }
+    config = printer_only_agent(
+        station=STATION,
+        broker=mosquitto.url,
+        state_dir=tmp_path,
+        printer_port=server.port,
+        local_port=local_port,
+        telemetry_interval=0.5,
     )
     seen: list[tuple[str, dict[str, Any]]] = []
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher")

@@ -16,12 +16,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from kioskfleet.agent.commands import RESTART_EXIT_CODE
-from kioskfleet.agent.config import agent_config_from_dict
 from kioskfleet.agent.service import run_agent
 from kioskfleet.drivers.registry import driver_module
 from kioskfleet.drivers.simulator import PtyServer
 from kioskfleet.protocol import decode_agent_message
 from tests.conftest import Mosquitto, free_port, wait_until
+from tests.integration.fleet_helpers import printer_only_agent
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -34,22 +34,13 @@ def test_a_redelivered_command_runs_once_and_restart_agent_exits_for_the_supervi
     local_port = free_port()
     printer = driver_module("escpos").make_simulator(None)
     server = PtyServer(printer).start()
-    config = agent_config_from_dict(
-        {
-            "station": STATION,
-            "district": "Binhu",
-            "site": "Taihu Square Metro Station",
-            "site_type": "subway_station",
-            "profile": "estation-gen2",
-            "broker": mosquitto.url,
-            "telemetry_interval": 5,
-            "state_dir": str(tmp_path),
-            "use_profile_devices": False,
-            "local_service": f"127.0.0.1:{local_port}",
-            "devices": {
-                "printer": {"driver": "escpos", "port": server.port, "profile": "snbc-btt080"}
-            },
-        }
+    config = printer_only_agent(
+        station=STATION,
+        broker=mosquitto.url,
+        state_dir=tmp_path,
+        printer_port=server.port,
+        local_port=local_port,
+        telemetry_interval=5,
     )
     seen: list[tuple[str, dict[str, Any]]] = []
     subscribed = threading.Event()
