@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     UniqueConstraint,
+    false,
     text,
     true,
 )
@@ -283,6 +284,134 @@ class Audit(SQLModel, table=True):
     target: str = Field(max_length=200)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     outcome: str = Field(max_length=64)
+
+
+#: an unresolved alert's state (for the partial indexes below)
+_UNRESOLVED = "state != 'resolved'"
+
+
+class AlertRow(SQLModel, table=True):
+    """One alert (``controller.alerts.model.Alert`` as stored; CONTRACT §4 ``/api/alerts``).
+
+    Written by the writer (opened, cleared, severity, flapping, joins: inserts and targeted
+    updates conditioned on the state it decided from) and by the API (people's ack and
+    resolve: conditional updates), never rewritten wholesale (decision 27). ``subject`` is
+    what "one unresolved alert per (station, device, condition)" means, as one string:
+    ``station`` US ``device`` US (``of`` or ``condition``) for a station's alert, ``site`` US
+    ``district`` US ``site`` for a site incident (US = the unit separator, ``\x1f``); a
+    partial unique index on it among unresolved alerts makes a second one impossible.
+    """
+
+    __tablename__ = "alert"
+    __table_args__ = (
+        Index(
+            "uq_alert_unresolved_subject",
+            "subject",
+            unique=True,
+            sqlite_where=text(_UNRESOLVED),
+            postgresql_where=text(_UNRESOLVED),
+        ),
+        Index("ix_alert_state_opened", "state", "opened_at"),
+        Index("ix_alert_station_state", "station", "state"),
+        Index("ix_alert_district_state", "district", "state"),
+        Index("ix_alert_opened", "opened_at"),
+    )
+
+    #: uuid4 hex
+    id: str = Field(primary_key=True, max_length=32)
+    subject: str = Field(max_length=300)
+    district: str | None = Field(default=None, max_length=64)
+    site: str | None = Field(default=None, max_length=128)
+    site_type: str | None = Field(default=None, max_length=64)
+    #: null for a site incident
+    station: str | None = Field(default=None, max_length=64)
+    #: the device slot; null for the station itself, its host, or a site
+    device: str | None = Field(default=None, max_length=64)
+    #: a fault code, ``offline``, ``silent``, ``site_offline``, ``flapping``, …
+    condition: str = Field(max_length=64)
+    #: the condition a ``flapping`` alert is about
+    of: str | None = Field(default=None, max_length=64)
+    #: critical, warning, info
+    severity: str = Field(max_length=16)
+    #: open, acknowledged, resolved
+    state: str = Field(max_length=16)
+    opened_at: float
+    #: what failed and since when (``summary``, ``since``, fault details, thresholds)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: a site incident's member stations
+    stations: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = Field(default=None, max_length=200)
+    resolved_at: float | None = None
+    #: cleared, by_person, grouped, flapping
+    resolution: str | None = Field(default=None, max_length=16)
+    resolved_by: str | None = Field(default=None, max_length=200)
+    #: ``maintenance:<station>`` or ``silence:<id>`` while no notification may leave for it
+    suppressed_by: str | None = Field(default=None, max_length=200)
+    #: resolved by a person while still failing: nothing opens for its subject until clear
+    awaiting_clear: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    #: escalation: the team it is routed to now and its level (0: the district's own)
+    team: str | None = Field(default=None, max_length=64)
+    level: int = 0
+    #: when it escalates next if still unacknowledged (the sweep looks for these)
+    next_escalation_at: float | None = None
+    #: when the row last changed (any transition)
+    updated_at: float
+
+
+class AlertHistory(SQLModel, table=True):
+    """Every transition of every alert (``controller.alerts.model.HistoryEntry``)."""
+
+    __tablename__ = "alert_history"
+    __table_args__ = (Index("ix_alert_history_alert_at", "alert_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: str = Field(max_length=32)
+    at: float
+    #: open, resolve, severity, flapping, join, rearm, acknowledge, suppression, escalate
+    action: str = Field(max_length=16)
+    #: a person, or null for the controller itself
+    by: str | None = Field(default=None, max_length=200)
+    note: str | None = Field(default=None, max_length=2000)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class SilenceRow(SQLModel, table=True):
+    """A silence (``controller.alerts.suppress.Silence``): alerts matching every matcher are
+    recorded but not notified from ``starts_at`` until ``expires_at``; ending one early sets
+    ``expires_at`` to then."""
+
+    __tablename__ = "silence"
+    __table_args__ = (Index("ix_silence_expires", "expires_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    #: [{"label", "op", "value"}, …]
+    matchers: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    author: str = Field(max_length=200)
+    reason: str = Field(max_length=500)
+    starts_at: float
+    expires_at: float
+    created_at: float
+
+
+class MaintenanceRow(SQLModel, table=True):
+    """A technician on site (``controller.alerts.suppress.Maintenance``): the station's alerts
+    are recorded but not notified until ``until``; ending it early sets ``until`` to then."""
+
+    __tablename__ = "maintenance"
+    __table_args__ = (Index("ix_maintenance_station_until", "station", "until"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    station: str = Field(max_length=64)
+    by: str = Field(max_length=200)
+    reason: str = Field(default="", max_length=500)
+    starts_at: float
+    until: float
+    created_at: float
 
 
 def comparison_filters(dialect: str) -> dict[str, Any]:
