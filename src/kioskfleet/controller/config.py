@@ -26,6 +26,8 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from kioskfleet.controller.alerts.config import AlertsSettings
+from kioskfleet.controller.notify.config import ReceiversSettings
 from kioskfleet.mqttclient import TlsSettings
 from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value, parse_broker_url
 from kioskfleet.protocol.explain import Loc, explain, one_line
@@ -39,6 +41,13 @@ class SettingsError(ValueError):
 
 
 _Seconds = Annotated[float, Field(gt=0, le=7 * 86400)]
+
+
+class AlertsSection(AlertsSettings):
+    """The ``[alerts]`` section: the rules (:class:`AlertsSettings`) and, under
+    ``[alerts.receivers]``, where notifications go."""
+
+    receivers: ReceiversSettings = ReceiversSettings()
 
 
 class Settings(BaseSettings):
@@ -68,9 +77,10 @@ class Settings(BaseSettings):
     tls: TlsSettings | None = None
     #: where the HTTP API listens: ``host:port``
     listen: Annotated[str, Field(json_schema_extra={"allowed": "'host:port'"})] = "127.0.0.1:8000"
-    #: seconds a station stays offline (or silent) before its alert opens (CONTRACT §2);
-    #: validated, not yet acted on: there are no alerts yet
+    #: seconds a station stays offline (or silent) before its alert opens (CONTRACT §2)
     offline_alert_after: Annotated[float, Field(ge=0, le=7 * 86400)] = 120.0
+    #: the ``[alerts]`` section: rules, thresholds, sites, flapping, routing, receivers
+    alerts: AlertsSection = AlertsSection()
     #: MQTT client id; stable, because the broker keeps this session's queue while we restart
     client_id: Annotated[str, Field(min_length=1, max_length=128)] = "kioskfleet-controller"
     #: seconds the broker keeps our session (and queues for us) while we are away
