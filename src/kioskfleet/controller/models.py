@@ -315,6 +315,8 @@ class AlertRow(SQLModel, table=True):
         Index("ix_alert_station_state", "station", "state"),
         Index("ix_alert_district_state", "district", "state"),
         Index("ix_alert_opened", "opened_at"),
+        # the writer re-reads what people changed since its last look
+        Index("ix_alert_updated", "updated_at"),
     )
 
     #: uuid4 hex

@@ -58,6 +58,7 @@ def upgrade() -> None:
     op.create_index("ix_alert_station_state", "alert", ["station", "state"])
     op.create_index("ix_alert_district_state", "alert", ["district", "state"])
     op.create_index("ix_alert_opened", "alert", ["opened_at"])
+    op.create_index("ix_alert_updated", "alert", ["updated_at"])
     op.create_table(
         "alert_history",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -104,6 +105,7 @@ def downgrade() -> None:
     op.drop_index("ix_alert_history_alert_at", table_name="alert_history")
     op.drop_table("alert_history")
     for name in (
+        "ix_alert_updated",
         "ix_alert_opened",
         "ix_alert_district_state",
         "ix_alert_station_state",
