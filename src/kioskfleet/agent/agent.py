@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -39,6 +40,7 @@ from kioskfleet.agent.mqtt import MqttLink
 from kioskfleet.agent.outbox import CommandRecord, DroppedRange, Entry, Kind, StationOutbox
 from kioskfleet.agent.payloads import ReplyStatus, Stamp, StationIdentity
 from kioskfleet.agent.sendwindow import SendCounts, SendWindow
+from kioskfleet.agent.updater.runner import StationUpdates
 from kioskfleet.drivers.exceptions import DriverError
 from kioskfleet.mqttclient import TlsFiles
 from kioskfleet.protocol.broker_url import BrokerUrl
@@ -154,6 +156,8 @@ class StationAgent:
             self.window.track(entry)
         #: the technician's switch (``out_of_service`` / ``in_service``), kept in the outbox's file
         self._in_service = outbox.setting("in_service") != "false"
+        #: the station's updater, where the process runs one (service.py; not the simulator yet)
+        self.updates: StationUpdates | None = None
         #: command ids whose handler is running now
         self._running: set[str] = set()
         self._commands: dict[str, CommandHandler] = {
@@ -370,6 +374,22 @@ class StationAgent:
         self._in_service = value
         log.warning("%s: %s", self.station, "back in service" if value else "out of service")
         self.queue_events([{"type": "service_state", "in_service": value}])
+        if self.link.connected:
+            self._publish_birth()
+        return True
+
+    def set_versions(self, *, agent: str | None = None, catalogue: str | None = None) -> bool:
+        """The station now runs other software or another catalogue (the updater swapped
+        one): the birth says so, and a new retained birth goes out now (what the controller
+        and a new subscriber see). Returns whether anything changed."""
+        identity = dataclasses.replace(
+            self.identity,
+            agent_version=agent or self.identity.agent_version,
+            catalogue_version=catalogue or self.identity.catalogue_version,
+        )
+        if identity == self.identity:
+            return False
+        self.identity = identity
         if self.link.connected:
             self._publish_birth()
         return True

@@ -28,7 +28,7 @@ from kioskfleet.agent.updater.target import VerifiedTarget, update_event
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[], Awaitable[VerifiedTarget]]
-Report = Callable[[list[dict[str, Any]]], None]
+Report = Callable[[list[dict[str, Any]]], object]
 Outcome = Literal["restarting", "current", "failed", "installed", "committed", "rolled_back"]
 
 
@@ -57,7 +57,7 @@ class StationUpdates:
         *,
         report: Report,
         restart: Callable[[], Awaitable[None]],
-        catalogue_changed: Callable[[str | None], None] | None = None,
+        catalogue_changed: Callable[[str | None], object] | None = None,
         clock: Callable[[], float] = time.time,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
