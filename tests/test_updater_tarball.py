@@ -159,7 +159,7 @@ def test_bad_tarballs_are_refused_and_nothing_is_installed(
 def test_not_a_tarball(tmp_path: Path, payload: bytes) -> None:
     path = tmp_path / "x.tar.gz"
     path.write_bytes(payload)
-    with pytest.raises(UpdateRejected, match="gzip tarball|damaged"):
+    with pytest.raises(UpdateRejected, match=r"gzip tarball|damaged"):
         verify_tarball(path, V)
 
 
