@@ -46,7 +46,7 @@ def test_the_maintenance_window_in_shanghai_time(
     )
     assert (gate.closed() is None) == open_
     # a catalogue swap only minds the citizen
-    assert gate.closed(need_window=False) is None
+    assert gate.closed(restart=False) is None
 
 
 def test_a_transaction_closes_the_gate_and_it_settles() -> None:

@@ -19,7 +19,7 @@ from kioskfleet.agent.host import HostSampler
 from kioskfleet.agent.hub import DeviceHub, HubSource, hub_from_config
 from kioskfleet.agent.outbox import OutboxStore
 from kioskfleet.agent.tracker import TransactionTracker
-from kioskfleet.agent.updater import SoftwareUpdater, UpdateError
+from kioskfleet.agent.updater import SoakPolicy, SoftwareUpdater, UpdateError
 from kioskfleet.agent.updater.catalogue import CatalogueStore
 from kioskfleet.agent.updater.gate import UpdateGate
 from kioskfleet.agent.updater.health import agent_health
@@ -56,8 +56,14 @@ def identity_of(config: AgentConfig) -> StationIdentity:
     )
 
 
-async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> int:
+async def run_agent(
+    config: AgentConfig, stop: asyncio.Event | None = None, *, soak: SoakPolicy | None = None
+) -> int:
     """Run the agent until ``stop`` is set (or SIGTERM/SIGINT), then shut down cleanly.
+
+    At start the updater finishes or undoes an interrupted update first (which may end in an
+    immediate restart); a release on trial is probed over its soak window (``soak``: the
+    defaults of :class:`~kioskfleet.agent.updater.SoakPolicy`) and committed or rolled back.
 
     Returns the process's exit code: 0, or :data:`RESTART_EXIT_CODE` after ``restart_agent``
     (its reply queued first), so that systemd (``Restart=on-failure``) starts it again.
@@ -75,7 +81,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     # before anything else: finish or undo an update a crash or restart interrupted
-    software = SoftwareUpdater(config.state_dir / "software", base_version=__version__)
+    software = SoftwareUpdater(config.state_dir / "software", base_version=__version__, policy=soak)
     try:
         plan = software.recover()
     except UpdateError as err:  # a damaged state file: run as is, updates refused meanwhile

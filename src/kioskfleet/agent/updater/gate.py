@@ -34,13 +34,18 @@ class UpdateGate:
     settle: float = 0.0
     idle_for: Callable[[], float] | None = None
 
-    def closed(self, *, need_window: bool = True) -> str | None:
-        """Why an update must wait now (None: it may go ahead). ``need_window`` False: only
-        the transaction matters (a catalogue swap, which restarts nothing)."""
-        if need_window and self.window is not None and not self.window.contains(self.now()):
+    def closed(self, *, restart: bool = True) -> str | None:
+        """Why an update must wait now (None: it may go ahead).
+
+        ``restart`` False is a catalogue swap, which restarts nothing and happens at the
+        release manager's ``effective_from``: only an open transaction holds it back (not
+        the window, not the settle time)."""
+        if restart and self.window is not None and not self.window.contains(self.now()):
             return f"outside the maintenance window {self.window} (Asia/Shanghai)"
         if self.busy():
             return "a citizen transaction is in progress"
+        if not restart:
+            return None
         if self.settle > 0 and self.idle_for is not None and self.idle_for() < self.settle:
             return f"the kiosk has been idle for less than {self.settle:g} s"
         return None

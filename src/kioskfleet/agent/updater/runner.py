@@ -111,11 +111,11 @@ class StationUpdates:
                 if not self.software.check(target):
                     self._say([update_event(release, rollout, "healthy")])
                     return "current"
-                if not await self._wait_gate(release, rollout, deadline, need_window=True):
+                if not await self._wait_gate(release, rollout, deadline, restart=True):
                     return "failed"
                 prepared = await asyncio.to_thread(self.software.prepare, target)
                 # unpacking took time: a citizen may have started meanwhile
-                if not await self._wait_gate(release, rollout, deadline, need_window=True):
+                if not await self._wait_gate(release, rollout, deadline, restart=True):
                     return "failed"
                 self.software.switch(target, prepared)
             except UpdateError as err:
@@ -128,12 +128,12 @@ class StationUpdates:
             return "restarting"
 
     async def _wait_gate(
-        self, release: str, rollout: str | None, deadline: datetime | None, *, need_window: bool
+        self, release: str, rollout: str | None, deadline: datetime | None, *, restart: bool
     ) -> bool:
         """Wait until the gate opens (one ``deferred`` report per reason); False, and
         ``failed`` with reason ``deadline`` reported, when the deadline passes first."""
         said: str | None = None
-        while (why := self.gate.closed(need_window=need_window)) is not None:
+        while (why := self.gate.closed(restart=restart)) is not None:
             if deadline is not None and self.now() >= deadline:
                 self._say([update_event(release, rollout, "failed", f"deadline ({why})")])
                 return False
@@ -189,7 +189,7 @@ class StationUpdates:
         catalogue = self.catalogue
         if catalogue is None or not catalogue.due(self.now()):
             return False
-        if self.gate.closed(need_window=False) is not None:
+        if self.gate.closed(restart=False) is not None:
             return False
         before = catalogue.active_version
         self._say(catalogue.swap())
