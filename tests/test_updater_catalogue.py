@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from kioskfleet.agent import payloads
 from kioskfleet.agent.hub import DeviceHub
 from kioskfleet.agent.localservice import LocalService
+from kioskfleet.agent.outbox import OutboxStore
 from kioskfleet.agent.tracker import TransactionTracker
 from kioskfleet.agent.updater import SoftwareUpdater, UpdateRejected, VerifiedTarget
 from kioskfleet.agent.updater.catalogue import CatalogueStore
@@ -21,6 +23,7 @@ from kioskfleet.agent.updater.gate import UpdateGate
 from kioskfleet.agent.updater.runner import StationUpdates
 from kioskfleet.fleetsim.catalogue import demo_catalogue
 from kioskfleet.protocol.catalogue import CatalogueBundle, for_site_type
+from tests.test_commands import make_agent
 from tests.test_localservice import TOKEN, Running
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -227,3 +230,16 @@ def test_get_v1_catalogue_serves_the_active_bundle(tmp_path: Path) -> None:
     assert served.version == "2026.12" and served.site_type == "bank_agent_branch"
     assert len(served.services) == 65
     assert json.loads(store.active_json() or b"") == body
+
+
+def test_the_birth_names_the_versions_the_updater_set() -> None:
+    agent = make_agent(OutboxStore(":memory:"))
+    assert agent.set_versions(catalogue="2026.12") is True
+    assert agent.set_versions(catalogue="2026.12") is False
+    assert agent.set_versions(agent="1.0.0") is True
+    birth = payloads.birth(agent.identity, session=1, ts=0.0, keepalive=30, devices={})
+    assert birth.versions is not None
+    assert birth.versions.model_dump() == {"agent": "1.0.0", "catalogue": "2026.12"}
+    assert agent.set_versions(catalogue=None) is True  # rolled back to none at all
+    assert agent.identity.catalogue_version is None
+    assert agent.identity.agent_version == "1.0.0"

@@ -20,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -378,14 +379,21 @@ class StationAgent:
             self._publish_birth()
         return True
 
-    def set_versions(self, *, agent: str | None = None, catalogue: str | None = None) -> bool:
+    def set_versions(
+        self, *, agent: str | None = None, catalogue: str | _Keep | None = ...
+    ) -> bool:
         """The station now runs other software or another catalogue (the updater swapped
-        one): the birth says so, and a new retained birth goes out now (what the controller
-        and a new subscriber see). Returns whether anything changed."""
+        one; ``catalogue=None``: none any more): the birth says so, and a new retained birth
+        goes out now (what the controller and a new subscriber see). Returns whether anything
+        changed."""
         identity = dataclasses.replace(
             self.identity,
             agent_version=agent or self.identity.agent_version,
-            catalogue_version=catalogue or self.identity.catalogue_version,
+            catalogue_version=(
+                self.identity.catalogue_version
+                if isinstance(catalogue, EllipsisType)
+                else catalogue
+            ),
         )
         if identity == self.identity:
             return False
@@ -576,6 +584,9 @@ class StationAgent:
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - asyncio.get_running_loop().time()))
 
+
+#: "leave it as it is" for :meth:`StationAgent.set_versions`
+_Keep = EllipsisType
 
 _SEQUENCED_KINDS: tuple[Kind, ...] = ("telemetry", "events", "reply")
 _SLOTS = TypeAdapter(list[SlotName])
