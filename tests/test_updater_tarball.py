@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import re
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kioskfleet.agent.updater import SoftwareUpdater, UpdateRejected, VerifiedTarget
-from kioskfleet.agent.updater.tarball import TarLimits, unpack, verify_folder, verify_tarball
+from kioskfleet.agent.updater.tarball import (
+    Manifest,
+    TarLimits,
+    unpack,
+    verify_folder,
+    verify_tarball,
+)
 from tests.updater_releases import build_tarball, manifest_of, release, release_files
 
 
@@ -110,6 +120,7 @@ BAD: list[tuple[str, dict[str, bytes], bytes | None, Edit, str]] = [
         _add("VERSION/x"),
         "which is a file",
     ),
+    ("file where a folder is", GOOD, _with_listed("lib", b"x"), _add("lib"), "appears twice"),
     ("backslash", GOOD, _with_listed("lib\\x", b"x"), _add("lib\\x"), "not a plain path"),
     ("manifest not JSON", GOOD, b"{nope", None, "not JSON"),
     ("manifest wrong shape", GOOD, b'{"version": "2.0.0", "files": []}', None, "must map"),
@@ -212,3 +223,51 @@ def test_a_tarball_swapped_between_verify_and_unpack_is_caught(tmp_path: Path) -
 def test_a_prefix_folder_with_dot_slash_is_fine(tmp_path: Path) -> None:
     path = build_tarball(tmp_path / "dot.tar.gz", GOOD, manifest=GOOD_MANIFEST, prefix="./")
     assert verify_tarball(path, V).version == V
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=2048))
+def test_garbage_is_refused_never_crashes(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "garbage.tar.gz"
+    path.write_bytes(gzip.compress(data) if data[:1] == b"g" else data)
+    with pytest.raises(UpdateRejected):
+        verify_tarball(path, V)
+
+
+_NAME = st.lists(
+    st.sampled_from(["..", ".", "lib", "a", "/", "\\", "etc", "x\x00", "", "b/c"]),
+    min_size=1,
+    max_size=5,
+).map("/".join)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=_NAME)
+def test_any_member_name_is_refused_or_lands_inside(tmp_path: Path, name: str) -> None:
+    """Whatever a member is called, it is refused with a reason, or unpacked inside the
+    release folder."""
+    data = b"payload"
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    listed = manifest_of(V, {**GOOD, name.lstrip("./"): data})
+    path = build_tarball(root / "r.tar.gz", GOOD, manifest=listed, extra=_add(name, data))
+    outcome = _verified_or_reason(path)
+    if isinstance(outcome, str):
+        assert outcome  # refused, with a reason
+        return
+    dest = root / "out"
+    dest.mkdir()
+    unpack(path, dest, outcome)
+    for found in dest.rglob("*"):
+        assert found.resolve().is_relative_to(dest.resolve())
+    assert not (root / "etc").exists() and not (tmp_path / "etc").exists()
+
+
+def _verified_or_reason(path: Path) -> Manifest | str:
+    try:
+        return verify_tarball(path, V)
+    except UpdateRejected as err:
+        return str(err)

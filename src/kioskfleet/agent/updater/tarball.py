@@ -103,11 +103,13 @@ def _check_member(
         if member.isdir() and seen[path]:
             return path  # a folder named twice is harmless
         raise UpdateRejected(f"member {path!r} appears twice")
-    parents = PurePosixPath(path).parents
-    for parent in parents:
+    for parent in PurePosixPath(path).parents:
         key = str(parent)
-        if key != "." and seen.get(key) is False:
+        if key == ".":
+            continue
+        if seen.get(key) is False:
             raise UpdateRejected(f"member {path!r}: inside {key!r}, which is a file")
+        seen.setdefault(key, True)  # a folder, even if the tarball never names it
     if member.isfile():
         if member.size > limits.max_file_bytes:
             raise UpdateRejected(
