@@ -343,7 +343,12 @@ class SoftwareUpdater:
         return release
 
     def switch(self, target: VerifiedTarget, release: Release) -> None:
-        """Steps ``trial`` and ``switch``; the caller restarts next."""
+        """Steps ``trial`` and ``switch``; the caller restarts next.
+
+        Raises:
+            UpdateInterrupted: the disk refused; nothing is switched (and a crash in the
+                middle of it leaves a trial that the next start completes).
+        """
         st = self.state()
         trial = Trial(
             to=release,
@@ -353,9 +358,17 @@ class SoftwareUpdater:
             began_at=self.clock(),
         )
         event = update_event(target.release, target.rollout, "installed")
-        self._save(replace(st, trial=trial, reports=(*st.reports, event)))
+        try:
+            self._save(replace(st, trial=trial, reports=(*st.reports, event)))
+        except OSError as err:
+            raise UpdateInterrupted(f"could not record the trial of {release.name}: {err}") from err
         self._step("trial")
-        self._point_at(release)
+        try:
+            self._point_at(release)
+        except OSError as err:
+            # nothing switched: the trial must not be switched to at the next start either
+            self._save(st)
+            raise UpdateInterrupted(f"could not switch to {release.name}: {err}") from err
         self._step("switch")
 
     def install(self, target: VerifiedTarget) -> bool:
