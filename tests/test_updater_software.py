@@ -259,3 +259,26 @@ def test_interrupted_at_every_step_the_next_start_is_consistent(
     never = "commit" if not healthy else "rollback"
     assert crashed == (not step.startswith(never))
     assert version == expected
+
+
+def test_a_rollback_restarts_only_once_the_citizen_is_done(tmp_path: Path) -> None:
+    clock = Clock()
+    station = Station(tmp_path / "software", clock)
+    station.apply(release(tmp_path, "1.0.0", 1))
+    plan = station.updater.recover()
+    assert plan.trial is not None
+    station.busy = True  # a citizen is paying on the bad release
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.t += seconds
+        if len(slept) == 10:
+            assert station.restarts == 1  # only the install's so far
+            assert station.updater.running_version() == "0.1.0"  # switched back already
+            station.busy = False
+
+    station.updates.sleep = sleep
+    outcome = asyncio.run(station.updates.soak(plan.trial, lambda: HealthReport(("x",))))
+    assert outcome == "rolled_back" and station.restarts == 2
+    assert len(slept) == 10

@@ -147,21 +147,29 @@ class StationUpdates:
         self, trial: Trial, check: HealthCheck, *, interval: float | None = None
     ) -> Outcome:
         """Probe the release on trial until it is healthy for the soak window (commit) or it
-        fails or times out (roll back, then restart)."""
+        fails or times out (roll back, then restart once no citizen is mid-transaction: the
+        maintenance window is not waited for — the bad release must go)."""
         policy = self.software.policy
         judge = SoakJudge(policy, began_at=trial.began_at)
+        pause = policy.interval if interval is None else interval
         while True:
             verdict = judge.observe(self.clock(), check())
-            if verdict == "healthy":
-                self.software.commit()
-                self.flush_reports()
-                return "committed"
-            if verdict == "failed":
-                self.software.rollback(judge.reason or "unhealthy")
-                self.flush_reports()
-                await self.restart()
-                return "rolled_back"
-            await self.sleep(policy.interval if interval is None else interval)
+            try:
+                if verdict == "healthy":
+                    self.software.commit()
+                    self.flush_reports()
+                    return "committed"
+                if verdict == "failed":
+                    self.software.rollback(judge.reason or "unhealthy")
+                    self.flush_reports()
+                    while self.gate.closed(restart=False) is not None:
+                        await self.sleep(self.gate_poll)
+                    await self.restart()
+                    return "rolled_back"
+            except (UpdateError, OSError) as err:
+                # the disk refused the state write: the trial stands; try again next probe
+                log.error("software trial of %s: %s", trial.to.name, err)
+            await self.sleep(pause)
 
     # -- catalogue ---------------------------------------------------------------------------
     async def apply_catalogue(
