@@ -109,23 +109,63 @@ def test_the_swap_waits_for_the_citizen(tmp_path: Path) -> None:
     assert kiosk.updates.catalogue_step() is True
 
 
-def test_the_scheduled_swap_runs_in_the_agents_loop(tmp_path: Path) -> None:
+class _Enough(Exception):
+    """Ends the scheduler's loop in a test."""
+
+
+def test_the_scheduled_swap_sleeps_until_effective_from(tmp_path: Path) -> None:
     kiosk = Kiosk(tmp_path)
     kiosk.install(_target(tmp_path, "2026.12", 1))
-    ticks = 0
+    kiosk.now = T0 - timedelta(seconds=150)
+    naps: list[float] = []
 
-    async def tick(seconds: float) -> None:
-        nonlocal ticks
-        ticks += 1
-        kiosk.now += timedelta(minutes=10)
-        if ticks > 20:
-            raise asyncio.CancelledError
+    async def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        kiosk.now += timedelta(seconds=seconds)
+        if len(naps) > 3:
+            raise _Enough
 
-    kiosk.updates.sleep = tick
-    with pytest.raises(asyncio.CancelledError):
+    kiosk.updates.sleep = sleep
+    with pytest.raises(_Enough):
         asyncio.run(kiosk.updates.catalogue_loop())
-    assert kiosk.births == ["2026.12"]  # swapped once, at the first tick past T0
-    assert kiosk.progress("c-2026.12")[-1] == "healthy"
+    # a minute at a time (a clock that jumps is noticed), the rest to the second, then idle
+    assert naps == [60.0, 60.0, 30.0, 60.0]
+    assert kiosk.births == ["2026.12"] and kiosk.store.active_version == "2026.12"
+
+
+def test_the_scheduler_wakes_for_a_new_bundle_and_swaps_on_time(tmp_path: Path) -> None:
+    kiosk = Kiosk(tmp_path)
+    kiosk.now = T0 - timedelta(seconds=90)
+    naps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 1:
+            await asyncio.Event().wait()  # the idle nap: only the install ends it
+        kiosk.now += timedelta(seconds=seconds)
+        if len(naps) > 4:
+            raise _Enough
+
+    kiosk.updates.sleep = sleep
+
+    async def scenario() -> None:
+        loop = asyncio.create_task(kiosk.updates.catalogue_loop())
+        await asyncio.sleep(0.001)
+        assert naps == [60.0]  # nothing pending: an idle nap
+        target = _target(tmp_path, "2026.12", 1)
+
+        async def fetch() -> VerifiedTarget:
+            return target
+
+        await kiosk.updates.apply_catalogue(fetch, release=target.release)
+        with pytest.raises(_Enough):
+            await loop
+
+    asyncio.run(scenario())
+    # woken by the install: 90 s to go → 60, then 30, then due and swapped, then idle
+    assert naps == [60.0, 60.0, 30.0, 60.0, 60.0]
+    assert kiosk.births == ["2026.12"]
+    assert kiosk.progress("c-2026.12") == ["downloading", "installed", "healthy"]
 
 
 @pytest.mark.parametrize(

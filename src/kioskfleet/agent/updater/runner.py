@@ -46,7 +46,8 @@ class StationUpdates:
         now: aware wall-clock datetime (gate and ``effective_from``).
         sleep: the loop's sleep (tests pass a fake clock's).
         gate_poll: seconds between looks at a closed gate.
-        catalogue_tick: seconds between looks for a due catalogue.
+        catalogue_tick: seconds between looks while a due catalogue waits for a citizen.
+        catalogue_idle: the longest the catalogue scheduler sleeps.
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class StationUpdates:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         gate_poll: float = 5.0,
         catalogue_tick: float = 1.0,
+        catalogue_idle: float = 60.0,
     ) -> None:
         self.software = software
         self.catalogue = catalogue
@@ -75,6 +77,8 @@ class StationUpdates:
         self.sleep = sleep
         self.gate_poll = gate_poll
         self.catalogue_tick = catalogue_tick
+        self.catalogue_idle = catalogue_idle
+        self._catalogue_wake = asyncio.Event()
         self._software_lock = asyncio.Lock()
 
     # -- reports -----------------------------------------------------------------------------
@@ -188,6 +192,7 @@ class StationUpdates:
             self._say([update_event(release, rollout, "failed", str(err))])
             return "failed"
         self._say(events)
+        self._catalogue_wake.set()  # the scheduler sleeps until the new effective_from
         if self.catalogue_step():  # effective already, and the kiosk idle: at once
             return "committed"
         return "installed"
@@ -206,10 +211,31 @@ class StationUpdates:
         return True
 
     async def catalogue_loop(self) -> None:
-        """The agent's scheduled swap: look every ``catalogue_tick`` seconds."""
+        """The agent's scheduled swap. It sleeps until the pending bundle's
+        ``effective_from`` (at most :attr:`catalogue_idle` seconds, so a clock that jumps is
+        noticed), every ``catalogue_tick`` seconds while a due swap waits for a citizen, and
+        wakes at once when a bundle is installed: an idle kiosk does not tick."""
         while True:
             try:
                 self.catalogue_step()
             except (UpdateError, OSError) as err:
                 log.error("catalogue swap failed: %s", err)
-            await self.sleep(self.catalogue_tick)
+            self._catalogue_wake.clear()
+            sleeper = asyncio.ensure_future(self.sleep(self._catalogue_delay()))
+            waker = asyncio.ensure_future(self._catalogue_wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sleeper, waker):
+                    task.cancel()
+            if sleeper.done() and not sleeper.cancelled():
+                error = sleeper.exception()  # an injected sleep's own failure
+                if error is not None:
+                    raise error
+
+    def _catalogue_delay(self) -> float:
+        pending = None if self.catalogue is None else self.catalogue.pending()
+        if pending is None:
+            return self.catalogue_idle
+        left = (pending.effective_from - self.now()).total_seconds()
+        return min(max(left, self.catalogue_tick), self.catalogue_idle)
