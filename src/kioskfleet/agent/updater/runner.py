@@ -27,6 +27,9 @@ from kioskfleet.agent.updater.target import VerifiedTarget, update_event
 
 log = logging.getLogger(__name__)
 
+#: the TUF client's download of one target (in a thread: the loop never blocks); it raises
+#: :class:`UpdateRejected` for metadata or a target it refuses (tampered, expired, rolled
+#: back, wrong key) and :class:`~.errors.UpdateInterrupted` for a download that may work later
 Fetch = Callable[[], Awaitable[VerifiedTarget]]
 Report = Callable[[list[dict[str, Any]]], object]
 Outcome = Literal["restarting", "current", "failed", "installed", "committed", "rolled_back"]
@@ -122,7 +125,7 @@ class StationUpdates:
                 if not await self._wait_gate(release, rollout, deadline, restart=True):
                     return "failed"
                 self.software.switch(target, prepared)
-            except UpdateError as err:
+            except (UpdateError, OSError) as err:
                 never = isinstance(err, UpdateRejected)
                 log.error("software %s %s: %s", release, "refused" if never else "failed", err)
                 self._say([update_event(release, rollout, "failed", str(err))])
