@@ -104,7 +104,21 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     dsim.add_argument("--kind", choices=["bill", "coin"])
     dsim.add_argument("--link", help="make PATH a symlink to the pty")
     dsim.add_argument("--fault", action="append", default=[], help="switch a fault on (repeatable)")
+
+    tuf_client = sub.add_parser(
+        "tuf-client",
+        help="the agent's update client behind the tuf-conformance command line",
+        description="init / refresh / download as tuf-conformance's CLIENT-CLI.md says; "
+        "exit 0 success, 1 failure",
+    )
+    _add_tuf_client_arguments(tuf_client)
     return parser
+
+
+def _add_tuf_client_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.updates.tufcli import add_arguments
+
+    add_arguments(parser)
 
 
 def _fault_table() -> str:
@@ -141,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": _agent,
         "simulate": _simulate,
         "device": _device,
+        "tuf-client": _tuf_client,
     }
     try:
         return handlers[args.command](args)
@@ -335,6 +350,12 @@ def _device(args: argparse.Namespace) -> int:
             return _refuse("device simulate", err)
     serve_until_sigterm(simulator, args.link, lambda port: print(port, flush=True))
     return 0
+
+
+def _tuf_client(args: argparse.Namespace) -> int:
+    from kioskfleet.updates.tufcli import run
+
+    return run(args)
 
 
 if __name__ == "__main__":
