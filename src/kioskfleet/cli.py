@@ -112,11 +112,25 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
         "exit 0 success, 1 failure",
     )
     _add_tuf_client_arguments(tuf_client)
+
+    keys = sub.add_parser(
+        "keys",
+        help="update-signing keys: create, create the repository, delegate, rotate",
+        description="Offline keys stay in files you keep; the controller's online keys in "
+        "--online-keys. Prints one JSON object; exit 1 when refused.",
+    )
+    _add_keys_arguments(keys)
     return parser
 
 
 def _add_tuf_client_arguments(parser: argparse.ArgumentParser) -> None:
     from kioskfleet.updates.tufcli import add_arguments
+
+    add_arguments(parser)
+
+
+def _add_keys_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.controller.tufrepo.keyscli import add_arguments
 
     add_arguments(parser)
 
@@ -156,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": _simulate,
         "device": _device,
         "tuf-client": _tuf_client,
+        "keys": _keys,
     }
     try:
         return handlers[args.command](args)
@@ -350,6 +365,12 @@ def _device(args: argparse.Namespace) -> int:
             return _refuse("device simulate", err)
     serve_until_sigterm(simulator, args.link, lambda port: print(port, flush=True))
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from kioskfleet.controller.tufrepo.keyscli import run
+
+    return run(args)
 
 
 def _tuf_client(args: argparse.Namespace) -> int:

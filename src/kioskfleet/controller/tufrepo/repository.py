@@ -137,6 +137,12 @@ class OnlineKeys:
         _fsync_dir(self.path)
         return key
 
+    def discard(self, role: str, key: Key) -> None:
+        """Remove a key file made by :meth:`create` that never got into the metadata."""
+        stem = f"{role}-{key.keyid[:16]}"
+        (self.path / f"{stem}.pem").unlink(missing_ok=True)
+        (self.path / f"{stem}.pub.json").unlink(missing_ok=True)
+
     def signer(self, role: str, keyids: Iterable[str]) -> Signer | None:
         """The signer for ``role`` among ``keyids``, or None when no file holds one."""
         for keyid in keyids:
@@ -488,44 +494,59 @@ class TufRepository:
         with self._locked():
             state = self._load()
             new_key = self.online_keys.create(role)
-            if role in ("snapshot", "timestamp"):
-                root = self._next_root(state, now)
-                for keyid in list(root.signed.roles[role].keyids):
-                    root.signed.revoke_key(keyid, role)
-                root.signed.add_key(new_key, role)
-                self._sign_root(root, previous=state.root, signers=root_signers)
-                self._write(f"{root.signed.version}.root.json", root)
-                state.root = root
-            elif role == "release":
-                if targets_signer is None:
-                    raise RepositoryRefused("rotating the release key needs the targets key")
-                old = self._online_release_keyids(state)
-                if not old:
-                    raise RepositoryRefused("this repository has no online release key")
-                targets = self._next_targets(state, now)
-                for kind in RELEASE_KINDS:
-                    keyids = targets.signed.get_delegated_role(kind).keyids
-                    if old & set(keyids):
-                        for keyid in old & set(keyids):
-                            targets.signed.revoke_key(keyid, kind)
-                        targets.signed.add_key(new_key, kind)
-                self._sign(targets, [targets_signer], "targets", state.root.signed)
-                self._write(f"{targets.signed.version}.targets.json", targets)
-                state.targets = targets
-                # what the old key signed stays valid only until re-signed with the new one
-                signer = self._online_signer(state, "release", [new_key.keyid])
-                if signer is None:
-                    raise RepositoryRefused("the new release key cannot be read back")
-                for name, md in sorted(state.delegated.items()):
-                    if new_key.keyid in targets.signed.get_delegated_role(name).keyids:
-                        md.signed.version += 1
-                        md.signed.expires = _expiry(now, self.lifetimes.delegated)
-                        self._sign(md, [signer], name, targets.signed)
-                        self._write(f"{md.signed.version}.{name}.json", md)
-            else:
-                raise RepositoryRefused(f"online roles are {', '.join(ONLINE_ROLES)}")
-            self._publish_snapshot(state, now)
+            try:
+                self._rotate_online(state, role, new_key, root_signers, targets_signer, now)
+            except BaseException:
+                self.online_keys.discard(role, new_key)  # never used: nothing names it
+                raise
             return new_key
+
+    def _rotate_online(
+        self,
+        state: _State,
+        role: str,
+        new_key: Key,
+        root_signers: Sequence[Signer],
+        targets_signer: Signer | None,
+        now: datetime,
+    ) -> None:
+        if role in ("snapshot", "timestamp"):
+            root = self._next_root(state, now)
+            for keyid in list(root.signed.roles[role].keyids):
+                root.signed.revoke_key(keyid, role)
+            root.signed.add_key(new_key, role)
+            self._sign_root(root, previous=state.root, signers=root_signers)
+            self._write(f"{root.signed.version}.root.json", root)
+            state.root = root
+        elif role == "release":
+            if targets_signer is None:
+                raise RepositoryRefused("rotating the release key needs the targets key")
+            old = self._online_release_keyids(state)
+            if not old:
+                raise RepositoryRefused("this repository has no online release key")
+            targets = self._next_targets(state, now)
+            for kind in RELEASE_KINDS:
+                keyids = targets.signed.get_delegated_role(kind).keyids
+                if old & set(keyids):
+                    for keyid in old & set(keyids):
+                        targets.signed.revoke_key(keyid, kind)
+                    targets.signed.add_key(new_key, kind)
+            self._sign(targets, [targets_signer], "targets", state.root.signed)
+            self._write(f"{targets.signed.version}.targets.json", targets)
+            state.targets = targets
+            # what the old key signed stays valid only until re-signed with the new one
+            signer = self._online_signer(state, "release", [new_key.keyid])
+            if signer is None:
+                raise RepositoryRefused("the new release key cannot be read back")
+            for name, md in sorted(state.delegated.items()):
+                if new_key.keyid in targets.signed.get_delegated_role(name).keyids:
+                    md.signed.version += 1
+                    md.signed.expires = _expiry(now, self.lifetimes.delegated)
+                    self._sign(md, [signer], name, targets.signed)
+                    self._write(f"{md.signed.version}.{name}.json", md)
+        else:
+            raise RepositoryRefused(f"online roles are {', '.join(ONLINE_ROLES)}")
+        self._publish_snapshot(state, now)
 
     def set_root_keys(
         self,
