@@ -77,7 +77,10 @@ def make_repository(
         threshold=threshold,
         targets_signer=keys.targets,
         online_keys=OnlineKeys(tmp / "online"),
-        role_keys={"software": [keys.software.public_key], "catalogue": [keys.catalogue.public_key]},
+        role_keys={
+            "software": [keys.software.public_key],
+            "catalogue": [keys.catalogue.public_key],
+        },
         online_release=online_release,
         now=now,
     )
