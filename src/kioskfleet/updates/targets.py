@@ -30,7 +30,7 @@ ROLE_PATTERNS: Final[dict[ReleaseKind, str]] = {
     "catalogue": "catalogue/*",
 }
 
-VERSION_PATTERN: Final = r"[0-9A-Za-z][0-9A-Za-z.+_~]{0,63}"
+VERSION_PATTERN: Final = r"[0-9A-Za-z][0-9A-Za-z.+_~-]{0,63}"
 _VERSION_RE: Final = re.compile(VERSION_PATTERN)
 _NAME_RE: Final = re.compile(
     r"^(?:software/kioskfleet-(?P<sversion>"
@@ -62,8 +62,8 @@ class ReleaseTarget:
             raise TargetError(f"kind must be one of {', '.join(RELEASE_KINDS)}, not {self.kind!r}")
         if not isinstance(self.version, str) or not _VERSION_RE.fullmatch(self.version):
             raise TargetError(
-                f"version {self.version!r} must be 1 to 64 letters, digits, '.', '+', '_' or '~'"
-                " (not starting with a sign)"
+                f"version {self.version!r} must be 1 to 64 letters, digits, '.', '+', '_', '~'"
+                " or '-', starting with a letter or digit"
             )
         counter = self.release_counter
         if isinstance(counter, bool) or not isinstance(counter, int) or not 0 < counter < 10**18:

@@ -454,10 +454,12 @@ class TufRepository:
             for role, md in sorted(state.delegated.items()):
                 if not self._due(md.signed, role, now):
                     continue
-                keyids = self._delegated_role(state, role).keyids
-                signer = self._online_signer(state, "release", keyids)
+                # only what the online key signed: a release manager's signature is never
+                # replaced by the controller's (theirs to renew, `kioskfleet keys list` shows when)
+                keyids = set(self._delegated_role(state, role).keyids) & set(md.signatures)
+                signer = self._online_signer(state, "release", sorted(keyids))
                 if signer is None:
-                    continue  # signed by a release manager: theirs to renew
+                    continue
                 md.signed.version += 1
                 md.signed.expires = _expiry(now, self.lifetimes.delegated)
                 self._sign(md, [signer], role, state.targets.signed)
