@@ -123,6 +123,14 @@ def serve(tmp: Path, repository: TufRepository) -> Iterator[Served]:
         db_url=f"sqlite:///{tmp / 'controller.db'}",
         tuf=TufSettings(dir=repository.path, online_keys=repository.online_keys.path),
     )
+    with serve_app(settings) as url:
+        yield Served(url, repository)
+
+
+@contextmanager
+def serve_app(settings: Settings) -> Iterator[str]:
+    """The controller's app (its controller never started: no broker, no database work) on
+    127.0.0.1 by uvicorn in a thread; its base URL."""
     app = create_app(settings, Controller(settings))
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
@@ -136,7 +144,7 @@ def serve(tmp: Path, repository: TufRepository) -> Iterator[Served]:
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Served(f"http://127.0.0.1:{port}", repository)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
