@@ -18,6 +18,8 @@ from tuf.api.metadata import Metadata, Root, Snapshot, TargetFile, Targets, Time
 
 from kioskfleet.controller.tufrepo import Lifetimes, OnlineKeys, RepositoryRefused, TufRepository
 from kioskfleet.controller.tufrepo.service import Resigner
+from kioskfleet.updates.publish import next_counter, sign_release
+from kioskfleet.updates.targets import TargetError
 from tests.tuf_helpers import NOW, Keys, catalogue, make_keys, make_repository, read, software
 
 
@@ -447,3 +449,37 @@ def test_describe_lists_roles_keys_and_expiry(repo_keys: tuple[TufRepository, Ke
     assert described["catalogue"]["version"] == 0
     assert described["catalogue"]["paths"] == ["catalogue/*"]
     assert isinstance(read(repo, "timestamp.json").signed, Timestamp)
+
+
+def test_a_release_manager_signs_the_next_role_version_locally(
+    repo_keys: tuple[TufRepository, Keys],
+) -> None:
+    """``updates.publish``: what ``kioskfleet release publish`` uploads is accepted as is, and
+    a second one builds on the first."""
+    repo, keys = repo_keys
+    assert keys.software and keys.catalogue
+    assert next_counter(None) == 1
+    first = software(1)
+    repo.submit_role(
+        "software",
+        sign_release(None, first, b"one", keys.software, now=NOW),
+        {first.name: b"one"},
+        now=NOW,
+    )
+    current = verify_chain(repo)["software"]
+    assert next_counter(current) == 2
+    second = software(2)
+    repo.submit_role(
+        "software",
+        sign_release(current, second, b"two", keys.software, now=NOW),
+        {second.name: b"two"},
+        now=NOW,
+    )
+    assert sorted(verify_chain(repo)["software"].signed.targets) == [first.name, second.name]
+    with pytest.raises(TargetError, match="not above"):
+        sign_release(current, software(1, "0.9"), b"old", keys.software, now=NOW)
+    # signed with the wrong role's key: the repository refuses it
+    third = software(3)
+    signed = sign_release(verify_chain(repo)["software"], third, b"3", keys.catalogue, now=NOW)
+    with pytest.raises(RepositoryRefused, match="not signed by enough"):
+        repo.submit_role("software", signed, {third.name: b"3"}, now=NOW)

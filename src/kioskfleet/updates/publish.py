@@ -1,0 +1,64 @@
+"""A release manager's side of publishing (``kioskfleet release publish`` builds on it): the
+next version of a delegated role's metadata, with one new release, signed locally with the
+release manager's own key. The controller checks it (``TufRepository.submit_role``) and only
+then publishes snapshot and timestamp; the private key never leaves the release manager.
+
+``current`` must be the role's metadata as a TUF client verified it (ngclient against the
+kiosks' root), so a controller cannot slip a target into what the release manager signs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from securesystemslib.signer import Signer
+from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.serialization.json import JSONSerializer
+
+from kioskfleet.updates.targets import ReleaseTarget, TargetError
+
+#: how long a release manager's signature on their role lasts by default
+ROLE_LIFETIME = timedelta(days=365)
+
+
+def next_counter(current: Metadata[Targets] | None) -> int:
+    """The release counter the next release in this role gets."""
+    counters = [
+        ReleaseTarget.from_target(name, info.custom).release_counter
+        for name, info in (current.signed.targets.items() if current else ())
+    ]
+    return max(counters, default=0) + 1
+
+
+def sign_release(
+    current: Metadata[Targets] | None,
+    release: ReleaseTarget,
+    data: bytes,
+    signer: Signer,
+    *,
+    now: datetime | None = None,
+    lifetime: timedelta = ROLE_LIFETIME,
+) -> bytes:
+    """The role's next metadata listing ``release`` (``data``'s length and SHA-256) besides
+    what ``current`` lists, signed by ``signer``; as bytes to upload."""
+    now = now or datetime.now(UTC)
+    listed: dict[str, Any] = dict(current.signed.targets) if current else {}
+    if release.name in listed:
+        raise TargetError(f"{release.name} is already listed")
+    if release.release_counter < next_counter(current):
+        raise TargetError(
+            f"release counter {release.release_counter} is not above the role's latest"
+        )
+    info = TargetFile.from_data(release.name, data, ["sha256"])
+    info.unrecognized_fields["custom"] = release.custom()
+    listed[release.name] = info
+    md = Metadata(
+        Targets(
+            version=current.signed.version + 1 if current else 1,
+            expires=(now + lifetime).astimezone(UTC).replace(microsecond=0),
+            targets=listed,
+        )
+    )
+    md.sign(signer)
+    return md.to_bytes(JSONSerializer(compact=False))
