@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,29 @@ def test_a_controller_whose_tuf_folder_holds_no_repository_does_not_start(tmp_pa
     resigner = Resigner(open_repository(settings.tuf), 300)
     with pytest.raises(RepositoryRefused, match="no repository in"):
         resigner.start()
+
+
+@pytest.mark.parametrize("make_metadata", [False, True])
+def test_kioskfleet_controller_refuses_a_tuf_folder_without_a_repository(
+    tmp_path: Path, make_metadata: bool
+) -> None:
+    if make_metadata:
+        (tmp_path / "empty" / "metadata").mkdir(parents=True)
+    config = tmp_path / "controller.toml"
+    config.write_text(f'[tuf]\ndir = "{tmp_path / "empty"}"\nonline_keys = "{tmp_path / "k"}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    run = subprocess.run(
+        [sys.executable, "-m", "kioskfleet.cli", "controller", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        f"kioskfleet controller: [tuf] no repository in {tmp_path / 'empty'}"
+        + ("" if make_metadata else ": No such file or directory")
+    ]

@@ -257,6 +257,14 @@ def _controller(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except SettingsError as err:
         return _refuse("controller", err)
+    if settings.tuf is not None:
+        from kioskfleet.controller.tufrepo import RepositoryRefused
+        from kioskfleet.controller.tufrepo.service import open_repository
+
+        try:  # a [tuf] folder without a repository: one line, before anything starts
+            open_repository(settings.tuf).describe()
+        except RepositoryRefused as err:
+            return _refuse("controller", RuntimeError(f"[tuf] {err}"))
 
     import uvicorn
 

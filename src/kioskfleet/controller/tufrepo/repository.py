@@ -749,11 +749,11 @@ class TufRepository:
         _atomic_write(path, data)
 
     def _root_version(self) -> int:
-        versions = [
-            int(match.group(1))
-            for name in os.listdir(self.metadata_dir)
-            if (match := _VERSIONED.match(name))
-        ]
+        try:
+            names = os.listdir(self.metadata_dir)
+        except OSError as err:
+            raise RepositoryRefused(f"no repository in {self.path}: {err.strerror}") from err
+        versions = [int(match.group(1)) for name in names if (match := _VERSIONED.match(name))]
         if not versions:
             raise RepositoryRefused(f"no repository in {self.path}")
         return max(versions)
