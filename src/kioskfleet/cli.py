@@ -207,7 +207,14 @@ def _refuse(command: str, err: Exception) -> int:
 
 #: what each optional part needs beyond a kiosk's install (pyproject's extras)
 _EXTRAS: dict[str, tuple[str, ...]] = {
-    "controller": ("pydantic_settings", "sqlmodel", "alembic", "prometheus_client", "psycopg"),
+    "controller": (
+        "pydantic_settings",
+        "sqlmodel",
+        "alembic",
+        "prometheus_client",
+        "psycopg",
+        "python_multipart",
+    ),
     "demo": ("pydantic_settings", "sqlmodel", "alembic", "prometheus_client", "amqtt"),
 }
 

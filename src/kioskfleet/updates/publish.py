@@ -40,19 +40,34 @@ def sign_release(
     now: datetime | None = None,
     lifetime: timedelta = ROLE_LIFETIME,
 ) -> bytes:
-    """The role's next metadata listing ``release`` (``data``'s length and SHA-256) besides
-    what ``current`` lists, signed by ``signer``; as bytes to upload."""
+    """The role's next metadata listing ``release`` besides what ``current`` lists."""
+    return sign_releases(current, [(release, data)], signer, now=now, lifetime=lifetime)
+
+
+def sign_releases(
+    current: Metadata[Targets] | None,
+    releases: list[tuple[ReleaseTarget, bytes]],
+    signer: Signer,
+    *,
+    now: datetime | None = None,
+    lifetime: timedelta = ROLE_LIFETIME,
+) -> bytes:
+    """The role's next metadata listing each ``(release, data)`` (length and SHA-256) besides
+    what ``current`` lists, signed by ``signer``; as bytes to upload. A catalogue's targets,
+    one per site type, share one counter."""
     now = now or datetime.now(UTC)
     listed: dict[str, Any] = dict(current.signed.targets) if current else {}
-    if release.name in listed:
-        raise TargetError(f"{release.name} is already listed")
-    if release.release_counter < next_counter(current):
-        raise TargetError(
-            f"release counter {release.release_counter} is not above the role's latest"
-        )
-    info = TargetFile.from_data(release.name, data, ["sha256"])
-    info.unrecognized_fields["custom"] = release.custom()
-    listed[release.name] = info
+    floor = next_counter(current)
+    for release, data in releases:
+        if release.name in listed:
+            raise TargetError(f"{release.name} is already listed")
+        if release.release_counter < floor:
+            raise TargetError(
+                f"release counter {release.release_counter} is not above the role's latest"
+            )
+        info = TargetFile.from_data(release.name, data, ["sha256"])
+        info.unrecognized_fields["custom"] = release.custom()
+        listed[release.name] = info
     md = Metadata(
         Targets(
             version=current.signed.version + 1 if current else 1,

@@ -328,16 +328,30 @@ class TufRepository:
         signer: Signer | None = None,
         now: datetime | None = None,
     ) -> TargetFile:
-        """List ``data`` as ``release`` in its role, signed by ``signer`` (the controller's
-        online release key by default), then publish snapshot and timestamp.
+        """List ``data`` as ``release`` in its role (see :meth:`add_releases`)."""
+        return self.add_releases([(release, data)], signer=signer, now=now)[0]
+
+    def add_releases(
+        self,
+        releases: Sequence[tuple[ReleaseTarget, bytes]],
+        *,
+        signer: Signer | None = None,
+        now: datetime | None = None,
+    ) -> list[TargetFile]:
+        """List each ``(release, data)`` in their role (one kind; a catalogue's targets, one
+        per site type, share a counter) in one new role version signed by ``signer`` (the
+        controller's online release key by default), then publish snapshot and timestamp.
 
         Refused when the signer is not one of the role's keys (a catalogue key signing
-        software), the counter is not above every listed one, or the name is taken.
+        software), a counter is not above every listed one, or a name is taken.
         """
         now = _utc(now)
+        kinds = {release.kind for release, _ in releases}
+        if len(kinds) != 1:
+            raise RepositoryRefused("one kind of release at a time")
+        (role,) = kinds
         with self._locked():
             state = self._load()
-            role = release.role
             delegated = self._delegated_role(state, role)
             if signer is None:
                 signer = self._online_signer(state, "release", delegated.keyids)
@@ -350,23 +364,30 @@ class TufRepository:
             md = (
                 Metadata(
                     Targets(
-                        version=current.signed.version + 1, targets=dict(current.signed.targets)
+                        version=current.signed.version + 1,
+                        targets=dict(current.signed.targets),
                     )
                 )
                 if current
                 else Metadata(Targets(version=1))
             )
-            self._check_new_release(current, release)
-            info = TargetFile.from_data(release.name, data, ["sha256"])
-            info.unrecognized_fields["custom"] = release.custom()
-            md.signed.targets[release.name] = info
+            infos = []
+            for release, data in releases:
+                self._check_new_release(current, release)
+                if release.name in md.signed.targets:
+                    raise RepositoryRefused(f"{release.name} is given twice")
+                info = TargetFile.from_data(release.name, data, ["sha256"])
+                info.unrecognized_fields["custom"] = release.custom()
+                md.signed.targets[release.name] = info
+                infos.append(info)
             md.signed.expires = _expiry(now, self.lifetimes.delegated)
             self._sign(md, [signer], role, state.targets.signed)
-            self._store_target(info, data)
+            for info, (_, data) in zip(infos, releases, strict=True):
+                self._store_target(info, data)
             self._write(f"{md.signed.version}.{role}.json", md)
             state.delegated[role] = md
             self._publish_snapshot(state, now)
-            return info
+            return infos
 
     def submit_role(
         self,
