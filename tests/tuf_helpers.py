@@ -19,6 +19,7 @@ from tuf.api.metadata import Metadata, MetaFile, Snapshot, Timestamp
 
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings, TufSettings
+from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.service import Controller
 from kioskfleet.controller.tufrepo import OnlineKeys, TufRepository
 from kioskfleet.updates.client import UpdateClient
@@ -129,8 +130,9 @@ def serve(tmp: Path, repository: TufRepository) -> Iterator[Served]:
 
 @contextmanager
 def serve_app(settings: Settings) -> Iterator[str]:
-    """The controller's app (its controller never started: no broker, no database work) on
-    127.0.0.1 by uvicorn in a thread; its base URL."""
+    """The controller's app (its controller never started: no broker; the database migrated)
+    on 127.0.0.1 by uvicorn in a thread; its base URL."""
+    migrate(make_engine(settings.db_url))  # what start() would do: the audit table
     app = create_app(settings, Controller(settings))
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")

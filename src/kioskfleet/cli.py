@@ -120,7 +120,19 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
         "--online-keys. Prints one JSON object; exit 1 when refused.",
     )
     _add_keys_arguments(keys)
+
+    release = sub.add_parser(
+        "release",
+        help="publish a release: sign it locally with your key, upload it",
+    )
+    _add_release_arguments(release)
     return parser
+
+
+def _add_release_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.updates.publishcli import add_arguments
+
+    add_arguments(parser)
 
 
 def _add_tuf_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device": _device,
         "tuf-client": _tuf_client,
         "keys": _keys,
+        "release": _release,
     }
     try:
         return handlers[args.command](args)
@@ -380,6 +393,12 @@ def _device(args: argparse.Namespace) -> int:
             return _refuse("device simulate", err)
     serve_until_sigterm(simulator, args.link, lambda port: print(port, flush=True))
     return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from kioskfleet.updates.publishcli import run
+
+    return run(args)
 
 
 def _keys(args: argparse.Namespace) -> int:

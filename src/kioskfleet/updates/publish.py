@@ -16,10 +16,34 @@ from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 
-from kioskfleet.updates.targets import ReleaseTarget, TargetError
+from kioskfleet.updates.catalogue import CatalogueError, parse_bundle, split
+from kioskfleet.updates.software import SoftwareError, check_software
+from kioskfleet.updates.targets import ReleaseKind, ReleaseTarget, TargetError
 
 #: how long a release manager's signature on their role lasts by default
 ROLE_LIFETIME = timedelta(days=365)
+
+
+class ReleaseFileError(ValueError):
+    """A file that is not a valid release of the version it is announced as."""
+
+
+def release_files(kind: ReleaseKind, version: str, data: bytes) -> list[tuple[str | None, bytes]]:
+    """The target files of a release: the software tarball as is (checked), or one catalogue
+    per site type from the bundle, as ``(site_type, bytes)``."""
+    if kind == "software":
+        try:
+            check_software(data, version)
+        except SoftwareError as err:
+            raise ReleaseFileError(f"file: {err}") from err
+        return [(None, data)]
+    try:
+        bundle = parse_bundle(data, source="file")
+    except CatalogueError as err:
+        raise ReleaseFileError(str(err)) from err
+    if bundle.version != version:
+        raise ReleaseFileError(f"file: the bundle's version is {bundle.version!r}, not {version!r}")
+    return list(split(bundle).items())
 
 
 def next_counter(current: Metadata[Targets] | None) -> int:

@@ -16,8 +16,7 @@ from tuf.api.metadata import Metadata, Targets
 from tuf.api.serialization import DeserializationError
 
 from kioskfleet.controller.tufrepo.repository import RepositoryRefused, TufRepository
-from kioskfleet.updates.catalogue import CatalogueError, parse_bundle, split
-from kioskfleet.updates.software import SoftwareError, check_software
+from kioskfleet.updates.publish import ReleaseFileError, release_files
 from kioskfleet.updates.targets import ReleaseKind, ReleaseTarget, TargetError
 
 
@@ -71,25 +70,6 @@ def release_id(kind: str, counter: int) -> str:
     return f"{kind}-r{counter}"
 
 
-def release_files(kind: ReleaseKind, version: str, data: bytes) -> list[tuple[str | None, bytes]]:
-    """The target files of an upload: the software file as is, or one catalogue per site type
-    from the bundle. :class:`ReleaseRefused` when the file is not a valid release of
-    ``version``."""
-    if kind == "software":
-        try:
-            check_software(data, version)
-        except SoftwareError as err:
-            raise ReleaseRefused(f"file: {err}") from err
-        return [(None, data)]
-    try:
-        bundle = parse_bundle(data, source="file")
-    except CatalogueError as err:
-        raise ReleaseRefused(str(err)) from err
-    if bundle.version != version:
-        raise ReleaseRefused(f"file: the bundle's version is {bundle.version!r}, not {version!r}")
-    return list(split(bundle).items())
-
-
 def publish(
     *,
     repository: TufRepository,
@@ -111,7 +91,10 @@ def publish(
         ReleaseTarget(kind, version, 1, "public_place" if kind == "catalogue" else None)
     except TargetError as err:
         raise ReleaseRefused(str(err)) from err
-    files = release_files(kind, version, data)
+    try:
+        files = release_files(kind, version, data)
+    except ReleaseFileError as err:
+        raise ReleaseRefused(str(err)) from err
     try:
         if metadata is None:
             if not online_allowed:
