@@ -483,3 +483,16 @@ def test_a_release_manager_signs_the_next_role_version_locally(
     signed = sign_release(verify_chain(repo)["software"], third, b"3", keys.catalogue, now=NOW)
     with pytest.raises(RepositoryRefused, match="not signed by enough"):
         repo.submit_role("software", signed, {third.name: b"3"}, now=NOW)
+
+
+def test_the_demo_repository_signs_uploads_itself(tmp_path: Path) -> None:
+    from kioskfleet.controller.tufrepo.service import create_demo_repository, open_repository
+
+    settings = create_demo_repository(tmp_path / "tuf")
+    assert settings.online_release
+    repo = open_repository(settings)
+    repo.add_release(software(1), b"a")
+    state = verify_chain(repo)
+    assert state["root"].signed.roles["root"].threshold == 2
+    assert list(state["software"].signed.targets) == [software(1).name]
+    assert not list((tmp_path / "tuf" / "repository").rglob("*.pem"))

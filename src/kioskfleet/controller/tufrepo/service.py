@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from kioskfleet.controller.config import TufSettings
 from kioskfleet.controller.tufrepo.repository import (
@@ -15,7 +16,7 @@ from kioskfleet.controller.tufrepo.repository import (
     RepositoryRefused,
     TufRepository,
 )
-from kioskfleet.updates.keys import KeyFileError
+from kioskfleet.updates.keys import KeyFileError, generate_key, load_signer
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +89,26 @@ class Resigner:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.tick()
+
+
+def create_demo_repository(folder: Path) -> TufSettings:
+    """A throw-away repository for ``kioskfleet demo``: fresh keys under ``folder`` (root 2 of
+    3, all on this machine — a demo, not a deployment), the online release key allowed to sign
+    uploads (CONTRACT §4: the demo enables it)."""
+    offline = folder / "offline-keys"
+    root_signers = []
+    for n in range(3):
+        generate_key(offline / f"root{n}.pem")
+        root_signers.append(load_signer(offline / f"root{n}.pem"))
+    generate_key(offline / "targets.pem")
+    online = OnlineKeys(folder / "online-keys")
+    TufRepository.create(
+        folder / "repository",
+        root_keys=[s.public_key for s in root_signers],
+        root_signers=root_signers[:2],
+        threshold=2,
+        targets_signer=load_signer(offline / "targets.pem"),
+        online_keys=online,
+        online_release=True,
+    )
+    return TufSettings(dir=folder / "repository", online_keys=online.path, online_release=True)
