@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from securesystemslib.signer import CryptoSigner
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
 
 from kioskfleet.controller.tufrepo import Lifetimes, OnlineKeys, RepositoryRefused, TufRepository
@@ -496,3 +497,63 @@ def test_the_demo_repository_signs_uploads_itself(tmp_path: Path) -> None:
     assert state["root"].signed.roles["root"].threshold == 2
     assert list(state["software"].signed.targets) == [software(1).name]
     assert not list((tmp_path / "tuf" / "repository").rglob("*.pem"))
+
+
+def test_removing_the_key_that_signed_a_role_leaves_it_unverified_until_resigned(
+    repo_keys: tuple[TufRepository, Keys], tmp_path: Path
+) -> None:
+    """A compromised release manager's key is dropped: what it signed stops counting. With the
+    online release key in the role the controller re-signs at once; without it the role is
+    refused by clients until a remaining key signs its next version."""
+    repo, keys = repo_keys
+    assert keys.software and keys.catalogue and keys.targets
+    rel = software(1)
+    repo.submit_role(
+        "software",
+        sign_release(None, rel, b"x", keys.software, now=NOW),
+        {rel.name: b"x"},
+        now=NOW,
+    )
+    cat = catalogue(1)
+    repo.submit_role(
+        "catalogue",
+        sign_release(None, cat, b"{}", keys.catalogue, now=NOW),
+        {cat.name: b"{}"},
+        now=NOW,
+    )
+    newcomer = Keys(tmp_path / "rm2").make("rm2")
+    # software keeps the online release key: re-signed by it
+    repo.set_role_keys("software", [newcomer.public_key], targets_signer=keys.targets, now=NOW)
+    described = repo.describe(NOW)
+    assert described["software"]["signed_by_its_keys"] is True
+    assert described["software"]["version"] == 2
+    verify_chain(repo)
+    # catalogue drops the online key too: nobody left can sign what is listed
+    repo.set_role_keys(
+        "catalogue",
+        [newcomer.public_key],
+        targets_signer=keys.targets,
+        keep_online_release=False,
+        now=NOW,
+    )
+    described = repo.describe(NOW)
+    assert described["catalogue"]["signed_by_its_keys"] is False
+    with pytest.raises(UnsignedMetadataError):
+        verify_chain(repo)
+    current = verify_chain_without(repo, "catalogue")
+    repo.submit_role(
+        "catalogue",
+        sign_release(current, catalogue(2), b"{}", newcomer, now=NOW),
+        {catalogue(2).name: b"{}"},
+        now=NOW,
+    )
+    assert repo.describe(NOW)["catalogue"]["signed_by_its_keys"] is True
+    verify_chain(repo)
+
+
+def verify_chain_without(repo: TufRepository, role: str) -> Metadata[Targets]:
+    """The role's current metadata, read without verifying it (its signer left)."""
+    ts = read(repo, "timestamp.json")
+    snap = read(repo, f"{ts.signed.snapshot_meta.version}.snapshot.json")
+    md: Metadata[Targets] = read(repo, f"{snap.signed.meta[role + '.json'].version}.{role}.json")
+    return md

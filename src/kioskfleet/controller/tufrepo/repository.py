@@ -292,6 +292,8 @@ class TufRepository:
                 entry |= {"keyids": sorted(role.keyids), "threshold": role.threshold}
             if isinstance(md.signed, Targets) and name != "targets":
                 entry["targets"] = sorted(md.signed.targets)
+                # false: signed by keys the role no longer has; clients refuse it until re-signed
+                entry["signed_by_its_keys"] = _verifies(state.targets.signed, name, md)
             out[name] = entry
         delegations = state.targets.signed.delegations
         for kind, role in (delegations.roles or {}).items() if delegations else ():
@@ -644,6 +646,16 @@ class TufRepository:
             self._sign(targets, [targets_signer], "targets", state.root.signed)
             self._write(f"{targets.signed.version}.targets.json", targets)
             state.targets = targets
+            current = state.delegated.get(role)
+            if current is not None and not _verifies(targets.signed, role, current):
+                # signed by a key that left: the online release key re-signs where it may;
+                # otherwise clients refuse the role until a remaining key signs its next version
+                signer = self._online_signer(state, "release", online)
+                if signer is not None:
+                    current.signed.version += 1
+                    current.signed.expires = _expiry(now, self.lifetimes.delegated)
+                    self._sign(current, [signer], role, targets.signed)
+                    self._write(f"{current.signed.version}.{role}.json", current)
             self._publish_snapshot(state, now)
             return targets.signed.version
 
@@ -817,6 +829,14 @@ class TufRepository:
                 yield
             finally:
                 os.close(fd)
+
+
+def _verifies(delegator: Targets, role: str, md: Metadata[Targets]) -> bool:
+    try:
+        delegator.verify_delegate(role, md.signed_bytes, md.signatures)
+    except UnsignedMetadataError:
+        return False
+    return True
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
