@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 
 from kioskfleet.updates.client import (
+    DatedFetcher,
     DownloadFailed,
     MetadataExpired,
     UpdateClient,
@@ -170,6 +172,36 @@ def test_expired_timestamp_is_reported_as_expired_and_fixed_by_resigning(
         assert downloads(tmp_path / "kiosk") == []
         assert repo.resign_online(real_now()) == ["timestamp"]
         assert client.fetch(software(1).name).path.read_bytes() == b"one"
+
+
+def test_the_client_tells_how_far_its_clock_is_from_the_repositorys(
+    served: Served, tmp_path: Path
+) -> None:
+    client = served.client(tmp_path / "kiosk")
+    assert client.clock_skew() is None  # nothing heard yet
+    client.refresh()
+    skew = client.clock_skew()
+    assert skew is not None and abs(skew) < 2.5  # Date has whole seconds
+
+
+def test_an_expiry_seen_by_a_clock_far_off_says_so(tmp_path: Path) -> None:
+    """TUF checks expiry against the local clock: a kiosk an hour ahead is told apart from a
+    repository that stopped re-signing."""
+    repo, _ = make_repository(tmp_path, now=real_now() - timedelta(days=2))
+    with serve(tmp_path, repo) as served:
+        ahead = UpdateClient(
+            metadata_dir=tmp_path / "kiosk" / "metadata",
+            repository_url=served.tuf_url,
+            trusted_root=repo.root_bytes(1),
+            target_dir=tmp_path / "kiosk" / "downloads",
+            fetcher=DatedFetcher(user_agent="test", clock=lambda: time.time() + 3600),
+        )
+        with pytest.raises(MetadataExpired, match=r"this clock is 3[56]\d\d s ahead of the"):
+            ahead.refresh()
+        on_time = served.client(tmp_path / "other")
+        with pytest.raises(MetadataExpired) as caught:
+            on_time.refresh()
+        assert "this clock" not in str(caught.value)
 
 
 def test_expired_snapshot_is_refused(tmp_path: Path) -> None:

@@ -11,17 +11,21 @@ report), :class:`DownloadFailed` (retry later).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Final, ParamSpec, TypeVar
 
+import urllib3
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
@@ -51,6 +55,68 @@ class DownloadFailed(UpdateError):
     """The repository could not be reached or sent too little, too slowly: retry later."""
 
 
+#: a kiosk clock further than this from the repository's is reported (issue 11: 5 minutes)
+CLOCK_SKEW_LIMIT: Final = 300.0
+
+
+class DatedFetcher(FetcherInterface):
+    """ngclient's HTTP fetcher (urllib3) that also notes the server's ``Date`` of each answer,
+    so an expiry can be told apart from a wrong kiosk clock (TUF checks expiry against the
+    local clock)."""
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._pool = urllib3.PoolManager(headers={"User-Agent": user_agent})
+        self._timeout = timeout
+        self._clock = clock
+        #: (server time, local time) of the last answer with a ``Date`` header
+        self.last_date: tuple[float, float] | None = None
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        try:
+            response = self._pool.request(
+                "GET", url, preload_content=False, timeout=urllib3.Timeout(self._timeout)
+            )
+        except urllib3.exceptions.MaxRetryError as err:
+            if isinstance(err.reason, urllib3.exceptions.TimeoutError):
+                raise tuf_errors.SlowRetrievalError(str(err)) from err
+            raise tuf_errors.DownloadError(f"{url}: {err.reason}") from err
+        date = response.headers.get("Date")
+        if date:
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                self.last_date = (parsedate_to_datetime(date).timestamp(), self._clock())
+        if response.status >= 400:
+            response.release_conn()
+            raise tuf_errors.DownloadHTTPError(
+                f"HTTP error occurred with status {response.status}", response.status
+            )
+        return self._chunks(response)
+
+    @staticmethod
+    def _chunks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        try:
+            yield from response.stream(64 * 1024)
+        except urllib3.exceptions.TimeoutError as err:
+            raise tuf_errors.SlowRetrievalError(str(err)) from err
+        except urllib3.exceptions.HTTPError as err:
+            raise tuf_errors.DownloadError(str(err)) from err
+        finally:
+            response.release_conn()
+
+    def clock_skew(self) -> float | None:
+        """Seconds this machine's clock is ahead of the server's (negative: behind), as of
+        the last answer; None before one. Whole seconds: ``Date`` has no fractions."""
+        if self.last_date is None:
+            return None
+        server, local = self.last_date
+        return local - server
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedTarget:
     """A downloaded file whose length and hashes matched signed metadata."""
@@ -71,7 +137,8 @@ class UpdateClient:
             (``metadata/`` and ``targets/`` below it).
         trusted_root: the root metadata the kiosk trusts (bytes of a ``root.json``).
         target_dir: where verified targets are stored.
-        fetcher: a python-tuf fetcher (tests, mTLS); ngclient's default otherwise.
+        fetcher: a python-tuf fetcher (mTLS, a local mirror); a :class:`DatedFetcher`
+            otherwise, which lets :meth:`clock_skew` say how far the kiosk's clock is off.
     """
 
     def __init__(
@@ -89,9 +156,16 @@ class UpdateClient:
         self.metadata_dir = Path(metadata_dir)
         self.target_dir = Path(target_dir)
         self._root = bytes(trusted_root)
-        self._fetcher = fetcher
+        self._fetcher = fetcher or DatedFetcher(user_agent=f"kioskfleet/{__version__}")
         self._lock = threading.Lock()
         self._config = UpdaterConfig(app_user_agent=f"kioskfleet/{__version__}")
+
+    def clock_skew(self) -> float | None:
+        """Seconds the local clock is ahead of the repository's at the last answer (None:
+        unknown). Beyond :data:`CLOCK_SKEW_LIMIT` either way it is to be reported."""
+        if isinstance(self._fetcher, DatedFetcher):
+            return self._fetcher.clock_skew()
+        return None
 
     def fetch(
         self,
@@ -162,13 +236,17 @@ class UpdateClient:
             self._call(updater.refresh)
             yield updater
 
-    @staticmethod
-    def _call(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    def _call(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one ngclient step, wrapping its errors once, at the boundary."""
         try:
             return func(*args, **kwargs)
         except tuf_errors.ExpiredMetadataError as err:
-            raise MetadataExpired(f"expired metadata: {err}") from err
+            skew = self.clock_skew()
+            why = ""
+            if skew is not None and abs(skew) > CLOCK_SKEW_LIMIT:
+                ahead = "ahead of" if skew > 0 else "behind"
+                why = f" (this clock is {abs(skew):.0f} s {ahead} the repository's)"
+            raise MetadataExpired(f"expired metadata: {err}{why}") from err
         except tuf_errors.RepositoryError as err:
             raise UpdateRejected(f"{type(err).__name__}: {err}") from err
         except tuf_errors.DownloadError as err:
