@@ -112,6 +112,8 @@ def test_creation_refuses_a_threshold_the_keys_cannot_meet(
     assert not (tmp_path / "repo" / "metadata").exists() or not any(
         (tmp_path / "repo" / "metadata").iterdir()
     )
+    online = tmp_path / "online"
+    assert not online.exists() or list(online.iterdir()) == []  # no stray online keys
 
 
 def test_creation_refuses_an_existing_repository(

@@ -214,12 +214,40 @@ class TufRepository:
             raise RepositoryRefused(
                 f"the root threshold must be between 1 and the {len(root_keys)} root keys"
             )
-        life = repo.lifetimes
         online_keys.path.mkdir(parents=True, exist_ok=True)
-        snapshot_key = online_keys.create("snapshot")
-        timestamp_key = online_keys.create("timestamp")
-        release_keys: list[Key] = [online_keys.create("release")] if online_release else []
+        made = [online_keys.create("snapshot"), online_keys.create("timestamp")]
+        if online_release:
+            made.append(online_keys.create("release"))
+        try:
+            repo._create(
+                root_keys=root_keys,
+                root_signers=root_signers,
+                threshold=threshold,
+                targets_signer=targets_signer,
+                online=made,
+                role_keys=role_keys or {},
+                now=now,
+            )
+        except BaseException:
+            # nothing names them: a refused creation leaves no stray online keys
+            for role, key in zip(ONLINE_ROLES, made, strict=False):
+                online_keys.discard(role, key)
+            raise
+        return repo
 
+    def _create(
+        self,
+        *,
+        root_keys: Sequence[Key],
+        root_signers: Sequence[Signer],
+        threshold: int,
+        targets_signer: Signer,
+        online: Sequence[Key],
+        role_keys: Mapping[ReleaseKind, Sequence[Key]],
+        now: datetime,
+    ) -> None:
+        life = self.lifetimes
+        snapshot_key, timestamp_key, *release_keys = online
         root = Metadata(Root(expires=_expiry(now, life.root), consistent_snapshot=True))
         for key in root_keys:
             root.signed.add_key(key, "root")
@@ -227,38 +255,34 @@ class TufRepository:
         root.signed.add_key(targets_signer.public_key, "targets")
         root.signed.add_key(snapshot_key, "snapshot")
         root.signed.add_key(timestamp_key, "timestamp")
-        repo._sign_root(root, previous=None, signers=root_signers)
+        self._sign_root(root, previous=None, signers=root_signers)
 
         targets = Metadata(Targets(expires=_expiry(now, life.targets)))
-        targets.signed.delegations = Delegations(keys={}, roles={})
+        targets.signed.delegations = Delegations(
+            keys={},
+            roles={
+                kind: DelegatedRole(
+                    name=kind, keyids=[], threshold=1, terminating=True, paths=[pattern]
+                )
+                for kind, pattern in ROLE_PATTERNS.items()
+            },
+        )
         for kind in RELEASE_KINDS:
-            role = DelegatedRole(
-                name=kind,
-                keyids=[],
-                threshold=1,
-                terminating=True,
-                paths=[ROLE_PATTERNS[kind]],
-            )
-            targets.signed.delegations.roles = {
-                **(targets.signed.delegations.roles or {}),
-                kind: role,
-            }
-            for key in [*(role_keys or {}).get(kind, ()), *release_keys]:
+            for key in [*role_keys.get(kind, ()), *release_keys]:
                 targets.signed.add_key(key, kind)
-        repo._sign(targets, [targets_signer], "targets", root.signed)
+        self._sign(targets, [targets_signer], "targets", root.signed)
 
-        with repo._locked():
-            repo.metadata_dir.mkdir(parents=True, exist_ok=True)
-            repo.targets_dir.mkdir(parents=True, exist_ok=True)
-            repo._write(f"{root.signed.version}.root.json", root)
-            repo._write(f"{targets.signed.version}.targets.json", targets)
+        with self._locked():
+            self.metadata_dir.mkdir(parents=True, exist_ok=True)
+            self.targets_dir.mkdir(parents=True, exist_ok=True)
+            self._write(f"{root.signed.version}.root.json", root)
+            self._write(f"{targets.signed.version}.targets.json", targets)
             snapshot = Metadata(Snapshot(expires=_expiry(now, life.snapshot)))
             snapshot.signed.meta = {"targets.json": MetaFile(targets.signed.version)}
             state = _State(
                 root=root, timestamp=Metadata(Timestamp()), snapshot=snapshot, targets=targets
             )
-            repo._publish_snapshot(state, now, bump=False)
-        return repo
+            self._publish_snapshot(state, now, bump=False)
 
     # ----------------------------------------------------------------- reading
 
