@@ -80,7 +80,7 @@ def _service(**changes: Any) -> dict[str, Any]:
     [
         (_bundle(schema="kioskfleet.catalogue/2"), "schema"),
         (_bundle(effective_from="2026-12-01T00:00:00"), "timezone"),
-        (_bundle(services=[]), "at least 1"),
+        (_bundle(services=[]), "at least 1 service"),
         (_bundle(version="not a version"), "version"),
         (_bundle(extra="field"), "extra"),
         (
@@ -110,9 +110,10 @@ def test_a_duplicate_service_id_is_refused() -> None:
         CatalogueBundle.model_validate(body)
 
 
-def test_a_site_type_with_nothing_to_offer_is_an_error() -> None:
+def test_a_site_type_with_nothing_to_offer_gets_an_empty_catalogue() -> None:
     body = _bundle()
     for service in body["services"]:
         service["site_types"] = ["government_service_center"]
-    with pytest.raises(ValueError, match="offers nothing at subway_station"):
-        for_site_type(CatalogueBundle.model_validate(body), "subway_station")
+    cut = for_site_type(CatalogueBundle.model_validate(body), "subway_station")
+    assert cut.site_type == "subway_station" and cut.services == []
+    assert CatalogueBundle.model_validate_json(cut.to_json()) == cut

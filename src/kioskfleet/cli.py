@@ -104,7 +104,47 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     dsim.add_argument("--kind", choices=["bill", "coin"])
     dsim.add_argument("--link", help="make PATH a symlink to the pty")
     dsim.add_argument("--fault", action="append", default=[], help="switch a fault on (repeatable)")
+
+    tuf_client = sub.add_parser(
+        "tuf-client",
+        help="the agent's update client behind the tuf-conformance command line",
+        description="init / refresh / download as tuf-conformance's CLIENT-CLI.md says; "
+        "exit 0 success, 1 failure",
+    )
+    _add_tuf_client_arguments(tuf_client)
+
+    keys = sub.add_parser(
+        "keys",
+        help="update-signing keys: create, create the repository, delegate, rotate",
+        description="Offline keys stay in files you keep; the controller's online keys in "
+        "--online-keys. Prints one JSON object; exit 1 when refused.",
+    )
+    _add_keys_arguments(keys)
+
+    release = sub.add_parser(
+        "release",
+        help="publish a release: sign it locally with your key, upload it",
+    )
+    _add_release_arguments(release)
     return parser
+
+
+def _add_release_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.updates.publishcli import add_arguments
+
+    add_arguments(parser)
+
+
+def _add_tuf_client_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.updates.tufcli import add_arguments
+
+    add_arguments(parser)
+
+
+def _add_keys_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.controller.tufrepo.keyscli import add_arguments
+
+    add_arguments(parser)
 
 
 def _fault_table() -> str:
@@ -141,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": _agent,
         "simulate": _simulate,
         "device": _device,
+        "tuf-client": _tuf_client,
+        "keys": _keys,
+        "release": _release,
     }
     try:
         return handlers[args.command](args)
@@ -177,7 +220,14 @@ def _refuse(command: str, err: Exception) -> int:
 
 #: what each optional part needs beyond a kiosk's install (pyproject's extras)
 _EXTRAS: dict[str, tuple[str, ...]] = {
-    "controller": ("pydantic_settings", "sqlmodel", "alembic", "prometheus_client", "psycopg"),
+    "controller": (
+        "pydantic_settings",
+        "sqlmodel",
+        "alembic",
+        "prometheus_client",
+        "psycopg",
+        "python_multipart",
+    ),
     "demo": ("pydantic_settings", "sqlmodel", "alembic", "prometheus_client", "amqtt"),
 }
 
@@ -227,6 +277,14 @@ def _controller(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except SettingsError as err:
         return _refuse("controller", err)
+    if settings.tuf is not None:
+        from kioskfleet.controller.tufrepo import RepositoryRefused
+        from kioskfleet.controller.tufrepo.service import open_repository
+
+        try:  # a [tuf] folder without a repository: one line, before anything starts
+            open_repository(settings.tuf).describe()
+        except RepositoryRefused as err:
+            return _refuse("controller", RuntimeError(f"[tuf] {err}"))
 
     import uvicorn
 
@@ -335,6 +393,24 @@ def _device(args: argparse.Namespace) -> int:
             return _refuse("device simulate", err)
     serve_until_sigterm(simulator, args.link, lambda port: print(port, flush=True))
     return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from kioskfleet.updates.publishcli import run
+
+    return run(args)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from kioskfleet.controller.tufrepo.keyscli import run
+
+    return run(args)
+
+
+def _tuf_client(args: argparse.Namespace) -> int:
+    from kioskfleet.updates.tufcli import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

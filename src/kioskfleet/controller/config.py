@@ -17,7 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -48,6 +56,29 @@ class AlertsSection(AlertsSettings):
     ``[alerts.receivers]``, where notifications go."""
 
     receivers: ReceiversSettings = ReceiversSettings()
+
+
+class TufSettings(BaseModel):
+    """The ``[tuf]`` section: the signed update repository the controller hosts under
+    ``/tuf/`` (created beforehand with ``kioskfleet keys init-repo``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the repository folder (``metadata/``, ``targets/``)
+    dir: Path
+    #: the folder of the online keys (snapshot, timestamp, release); never served
+    online_keys: Path
+    #: passphrase of the online key files, if they are encrypted
+    key_passphrase: SecretStr | None = None
+    #: sign releases uploaded without signed metadata with the online release key (the demo
+    #: does; a deployment may insist on release managers' own keys)
+    online_release: bool = False
+    #: seconds between checks whether timestamp and snapshot need re-signing
+    resign_interval: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    #: how long a timestamp signature is valid (seconds); renewed at half of it
+    timestamp_lifetime: Annotated[float, Field(ge=600, le=30 * 86400)] = 86400.0
+    #: how long a snapshot signature is valid (seconds); renewed at half of it
+    snapshot_lifetime: Annotated[float, Field(ge=600, le=365 * 86400)] = 7 * 86400.0
 
 
 class Settings(BaseSettings):
@@ -105,6 +136,8 @@ class Settings(BaseSettings):
     #: a string that is a valid admin API token (CONTRACT §6); validated, not yet acted on:
     #: the API has no accounts or tokens yet
     bootstrap_token: SecretStr | None = None
+    #: the ``[tuf]`` section: the update repository served under ``/tuf/`` (none: not served)
+    tuf: TufSettings | None = None
 
     @field_validator("mqtt_url")
     @classmethod

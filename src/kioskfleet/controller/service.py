@@ -15,6 +15,7 @@ from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
+from kioskfleet.controller.tufrepo.service import Resigner, open_repository
 from kioskfleet.controller.writer import WriterConfig
 from kioskfleet.mqttclient import TlsFiles
 
@@ -34,10 +35,16 @@ class Controller:
         self.engine: Engine = make_engine(settings.db_url)
         self.metrics = Metrics()
         self.ingest: Ingest | None = None
+        #: the signed update repository, when the settings have a ``[tuf]`` section
+        self.tuf: Resigner | None = None
+        if settings.tuf is not None:
+            self.tuf = Resigner(open_repository(settings.tuf), settings.tuf.resign_interval)
 
     def start(self) -> None:
         """Upgrade the schema, start the writer, connect to the broker."""
         migrate(self.engine)
+        if self.tuf is not None:
+            self.tuf.start()
         self.metrics.watch_fleet(self._counts)
         settings = self.settings
         self.ingest = Ingest(
@@ -65,6 +72,8 @@ class Controller:
         """Finish the batch in hand, disconnect, close the database."""
         if self.ingest is not None:
             self.ingest.stop()
+        if self.tuf is not None:
+            self.tuf.stop()
         self.engine.dispose()
 
     def health(self) -> tuple[bool, str]:

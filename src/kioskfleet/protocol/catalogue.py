@@ -81,12 +81,15 @@ class CatalogueBundle(_Strict):
     effective_from: AwareDatetime
     #: the site type this bundle was cut for (None: the whole catalogue, every site type)
     site_type: SiteType | None = None
-    services: Annotated[list[Service], Field(min_length=1, max_length=5000)]
+    #: at least one in a bundle as shipped; a site type's cut may be empty (nothing offered)
+    services: Annotated[list[Service], Field(max_length=5000)]
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.site_type is None and not self.services:
+            raise ValueError("a catalogue needs at least 1 service")
         seen: set[str] = set()
         for service in self.services:
             if service.id in seen:
@@ -109,10 +112,9 @@ class CatalogueBundle(_Strict):
 
 
 def for_site_type(bundle: CatalogueBundle, site_type: SiteType) -> CatalogueBundle:
-    """The catalogue a kiosk at ``site_type`` installs: the services offered there."""
+    """The catalogue a kiosk at ``site_type`` installs: the services offered there (none, if
+    the bundle offers nothing there)."""
     services = [s for s in bundle.services if site_type in s.site_types]
-    if not services:
-        raise ValueError(f"the catalogue offers nothing at {site_type}")
     return bundle.model_copy(update={"site_type": site_type, "services": services})
 
 
