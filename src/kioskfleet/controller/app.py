@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kioskfleet import __version__
-from kioskfleet.controller.api.routes import commands, fleet, health, pages, stations
+from kioskfleet.controller.api.routes import commands, enrolment, fleet, health, pages, stations
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.service import Controller
 
@@ -30,6 +30,6 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
 
     app = FastAPI(title="kioskfleet controller", version=__version__, lifespan=lifespan)
     app.state.controller = ctl
-    for module in (health, fleet, stations, commands, pages):
+    for module in (health, fleet, stations, commands, enrolment, pages):
         app.include_router(module.router)
     return app
