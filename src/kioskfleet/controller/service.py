@@ -179,7 +179,7 @@ class Controller:
         crl_path = self.settings.fleet_ca.crl if self.settings.fleet_ca is not None else None
         if self.fleet_ca is not None and crl_path is not None:
             moment = dt.datetime.fromtimestamp(now, dt.UTC)
-            write_private(crl_path, self.fleet_ca.crl(serials, now=moment), 0o644)
+            write_private(crl_path, self.fleet_ca.crl(serials, now=moment, days=90), 0o644)
         if self.broker_control is None:
             return None
         try:
