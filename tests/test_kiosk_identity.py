@@ -386,3 +386,95 @@ def test_a_controller_without_a_fleet_ca_says_so(tmp_path: Path) -> None:
     controller.engine.dispose()
     assert answer.status_code == 503
     assert json.loads(answer.text)["detail"].startswith("this controller has no fleet CA")
+
+
+# -- the command line --------------------------------------------------------------------------
+def test_fleet_ca_cli_makes_the_hierarchy_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kioskfleet.cli import main
+
+    assert main(["fleet-ca", "init-root", str(tmp_path / "root")]) == 0
+    root = json.loads(capsys.readouterr().out)
+    assert (
+        main(
+            [
+                "fleet-ca",
+                "init-intermediate",
+                str(tmp_path / "fleet"),
+                "--root-cert",
+                root["cert"],
+                "--root-key",
+                root["key"],
+            ]
+        )
+        == 0
+    )
+    fleet = json.loads(capsys.readouterr().out)
+    common = ["--ca-cert", fleet["cert"], "--ca-key", fleet["key"], "--root-cert", root["cert"]]
+    assert (
+        main(["fleet-ca", "issue", "broker", str(tmp_path / "b"), *common, "--host", "127.0.0.1"])
+        == 0
+    )
+    broker = json.loads(capsys.readouterr().out)
+    assert main(["fleet-ca", "issue", "controller", str(tmp_path / "c"), *common]) == 0
+    controller = json.loads(capsys.readouterr().out)
+
+    ca = FleetCA.load(CaFiles(Path(fleet["cert"]), Path(fleet["key"])), Path(root["cert"]))
+    for issued, usage in (
+        (broker, ExtendedKeyUsageOID.SERVER_AUTH),
+        (controller, ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        cert = x509.load_pem_x509_certificates(Path(issued["cert"]).read_bytes())[0]
+        cert.verify_directly_issued_by(ca.cert)
+        assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [usage]
+        assert stat.S_IMODE(Path(issued["key"]).stat().st_mode) == 0o600
+
+    assert main(["fleet-ca", "init-root", str(tmp_path / "root")]) == 2
+    assert "exists: a CA is never overwritten" in capsys.readouterr().err
+    # an intermediate signed with the wrong key is refused before anything is written
+    assert (
+        main(
+            [
+                "fleet-ca",
+                "init-intermediate",
+                str(tmp_path / "other"),
+                "--root-cert",
+                root["cert"],
+                "--root-key",
+                fleet["key"],
+            ]
+        )
+        == 2
+    )
+    assert "is not the key of" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("https://fleet.wuxi.example", True),
+        ("http://127.0.0.1:8000", True),
+        ("ftp://fleet.wuxi.example", False),
+        ("fleet.wuxi.example", False),
+        ("https:// spaced", False),
+    ],
+)
+def test_the_agents_controller_url_is_checked(value: str, ok: bool) -> None:
+    from kioskfleet.agent.config import ConfigError, agent_config_from_dict
+
+    data = {
+        "station": "wx-bh-0001",
+        "district": "Binhu",
+        "site": "Taihu Square Metro Station",
+        "site_type": "subway_station",
+        "profile": "estation-gen2",
+        "broker": "mqtt://127.0.0.1:1883",
+        "controller": value,
+    }
+    if ok:
+        assert agent_config_from_dict(data).controller == value
+    else:
+        with pytest.raises(ConfigError, match="controller"):
+            agent_config_from_dict(data)
