@@ -81,7 +81,7 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     fca = sub.add_parser(
         "fleet-ca",
         help="create the offline root, the fleet CA and the broker's and controller's certificates",
-        description="The fleet's certificate authority (docs/deployment.md). Keep the root's "
+        description="The fleet's certificate authority (docs/kiosk-identity.md). Keep the root's "
         "key offline; the controller keeps the fleet CA (an intermediate) online.",
     )
     fsub = fca.add_subparsers(dest="ca_command", required=True)

@@ -7,7 +7,7 @@ Enrolling a station therefore changes nothing on the broker. Revoking one adds a
 that denies it every topic (Mosquitto evaluates a user's denials before any pattern), the
 broker reloads the file on SIGHUP, and the controller takes over the station's MQTT session so
 the broker closes its connection at once (Mosquitto 2.0 reads certificate revocation lists only
-when it starts; docs/deployment.md says how a deployment applies them).
+when it starts; docs/kiosk-identity.md says how a deployment applies them).
 
 :func:`render_acl` is pure; ``deploy/mosquitto/fleet.acl`` is its output for a fleet with no
 revoked station (a test keeps it so).
@@ -42,7 +42,7 @@ _HEADER = """\
 # Mosquitto acl_file for kioskfleet (CONTRACT §6), written by the controller: do not edit by
 # hand, a revocation rewrites it. The broker's TLS listener sets use_identity_as_username, so
 # %u is the common name of the client's certificate: a station id, or `controller`.
-# Reloaded on SIGHUP (`systemctl reload mosquitto`). docs/deployment.md, decision 32.
+# Reloaded on SIGHUP (`systemctl reload mosquitto`). docs/kiosk-identity.md, decision 32.
 
 # -- the controller: everything under fleet/v1 ---------------------------------------------
 user {controller}

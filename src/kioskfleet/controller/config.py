@@ -55,7 +55,7 @@ class _Files(BaseModel):
 
 class FleetCaSettings(_Files):
     """The ``[fleet_ca]`` section: the online intermediate that signs kiosk certificates
-    (``kioskfleet fleet-ca``; docs/deployment.md). Without it the controller enrols nobody."""
+    (``kioskfleet fleet-ca``; docs/kiosk-identity.md). Without it the controller enrols nobody."""
 
     #: the fleet CA's certificate and key (PEM)
     cert: Path

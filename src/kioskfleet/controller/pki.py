@@ -1,6 +1,6 @@
 """The fleet's certificate authority: an offline root, an online intermediate ("fleet CA") in the
 controller that signs the kiosks' client certificates, and the certificates of the broker and
-the controller itself (docs/deployment.md, decision 32).
+the controller itself (docs/kiosk-identity.md, decision 32).
 
 Pure apart from the files :func:`create_root`, :func:`create_intermediate` and
 :func:`issue_to_files` write and :meth:`FleetCA.load` reads; every time comes in as ``now``.
