@@ -30,17 +30,17 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _support import ROOT, Mosquitto, free_port, log, wait_port  # noqa: E402
+from _support import ROOT, Mosquitto, free_port, log, wait_port
 
-from kioskfleet.controller.brokeracl import BrokerControl, kick  # noqa: E402
-from kioskfleet.controller.pki import (  # noqa: E402
+from kioskfleet.controller.brokeracl import BrokerControl, kick
+from kioskfleet.controller.pki import (
     CaFiles,
     FleetCA,
     create_intermediate,
     create_root,
     issue_to_files,
 )
-from kioskfleet.protocol.broker_url import parse_broker_url  # noqa: E402
+from kioskfleet.protocol.broker_url import parse_broker_url
 
 TLS_DIR = "/etc/mosquitto/kioskfleet/"
 
