@@ -512,7 +512,12 @@ def test_a_broker_restarted_with_the_crl_refuses_a_revoked_kiosk_at_the_handshak
         conf.write(f"crlfile {fleet.crl}\n")
     fleet.broker.start()
     wait_port(fleet.tls_port)
-    assert "certificate revoked" in _handshake_refusal(fleet, revoked_files)
+    # the broker's alert usually reaches the client ("sslv3 alert certificate revoked"); when
+    # it closes first the client sees an EOF instead. Either way no TLS session, whereas the
+    # same probe with the kept kiosk's certificate gets one
+    refusals = [_handshake_refusal(fleet, revoked_files) for _ in range(3)]
+    assert "accepted" not in refusals, refusals
+    assert _handshake_refusal(fleet, kept_files) == "accepted"
     kiosk = Kiosk(fleet, kept_files, kept)
     try:
         assert kiosk.connacks == [0]
