@@ -367,6 +367,26 @@ def test_a_kiosk_enrols_with_the_cli_reports_over_mtls_and_renews(
             )
         )
         assert mid is not None
+
+        # the renewer's own loop: with certificates that live 2.5 minutes (due 2/3 of the way,
+        # counting the 5 minutes they are backdated: about 2 s after issue) it renews by itself
+        ca = fleet.served.controller.fleet_ca
+        assert ca is not None
+        normal, ca.validity = ca.validity, dt.timedelta(seconds=153)
+        stop_renewing = asyncio.Event()
+        running: asyncio.Future[None] | None = None
+        try:
+            assert loop_thread.run(renewer.attempt())  # a short-lived certificate first
+            connects = link.connects
+            running = loop_thread.call(lambda: asyncio.ensure_future(renewer.run(stop_renewing)))
+            wait_until(lambda: renewer.renewed >= 3, timeout=30)
+            wait_until(lambda: link.connects > connects and link.connected, timeout=15)
+            assert renewer.last_error is None
+        finally:
+            ca.validity = normal
+            loop_thread.call(stop_renewing.set)
+            if running is not None:
+                loop_thread.run(asyncio.wait_for(asyncio.shield(running), 10))
     finally:
         loop_thread.run(link.stop())
 
