@@ -478,3 +478,35 @@ def test_the_agents_controller_url_is_checked(value: str, ok: bool) -> None:
     else:
         with pytest.raises(ConfigError, match="controller"):
             agent_config_from_dict(data)
+
+
+def test_a_revoked_station_leaves_the_acl_file_when_its_certificates_expired(
+    pki: Pki, tmp_path: Path
+) -> None:
+    from kioskfleet.controller import identity
+    from kioskfleet.controller.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    ca = pki.ca()
+    start = NOW.timestamp()
+    with engine.begin() as conn:
+        for station in ("wx-bh-0001", "wx-bh-0002"):
+            token = identity.issue_token(
+                conn=conn, station=station, ttl_s=60, actor="admin", now=start
+            )
+            identity.enrol(
+                conn=conn,
+                ca=ca,
+                token=token.token,
+                csr_pem=new_key_and_csr(station)[1].decode(),
+                now=start,
+            )
+            identity.revoke(conn=conn, station=station, actor="admin", reason="", now=start)
+        identity.revoke(conn=conn, station="wx-bh-0003", actor="admin", reason="", now=start)
+        assert identity.revoked_stations(conn=conn, now=start) == ["wx-bh-0001", "wx-bh-0002"]
+        # 90 days later every certificate they held has expired: the handshake refuses them
+        later = start + 91 * 86400
+        assert identity.revoked_stations(conn=conn, now=later) == []
+        assert len(identity.revoked_serials(conn=conn, now=start)) == 2
+    engine.dispose()

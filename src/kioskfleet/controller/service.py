@@ -174,7 +174,7 @@ class Controller:
         broker reload the ACL file. Whether it reloaded (None: no ``[broker_acl]``)."""
         now = time.time()
         with self.engine.connect() as conn:
-            revoked = identity.revoked_stations(conn=conn)
+            revoked = identity.revoked_stations(conn=conn, now=now)
             serials = identity.revoked_serials(conn=conn, now=now)
         crl_path = self.settings.fleet_ca.crl if self.settings.fleet_ca is not None else None
         if self.fleet_ca is not None and crl_path is not None:
