@@ -510,3 +510,20 @@ def test_a_revoked_station_leaves_the_acl_file_when_its_certificates_expired(
         assert identity.revoked_stations(conn=conn, now=later) == []
         assert len(identity.revoked_serials(conn=conn, now=start)) == 2
     engine.dispose()
+
+
+def test_a_controller_with_unusable_fleet_ca_files_stops_with_one_line(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kioskfleet.cli import main
+
+    config = tmp_path / "controller.toml"
+    config.write_text(
+        f'db_url = "sqlite:///{tmp_path / "c.db"}"\n[fleet_ca]\ncert = "{pki.fleet.cert}"\n'
+        f'key = "{pki.root.key}"\nroot = "{pki.root.cert}"\n',
+        encoding="utf-8",
+    )
+    assert main(["controller", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kioskfleet controller: {pki.root.key} is not the key of {pki.fleet.cert}"
+    )

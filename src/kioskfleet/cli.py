@@ -283,10 +283,15 @@ def _controller(args: argparse.Namespace) -> int:
     import uvicorn
 
     from kioskfleet.controller.app import create_app
+    from kioskfleet.controller.pki import PkiError
 
     logging.getLogger("kioskfleet").setLevel(logging.INFO)
     host, port = settings.host_port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    try:
+        app = create_app(settings)
+    except PkiError as err:  # the [fleet_ca] files: missing, unreadable, not belonging together
+        return _refuse("controller", err)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0
 
 

@@ -38,8 +38,6 @@ from kioskfleet.protocol.stations import is_valid_station_id
 
 #: a kiosk certificate's life (CONTRACT §6 / issue 12: 90 days)
 KIOSK_VALIDITY: Final = dt.timedelta(days=90)
-#: the part of its life after which a kiosk renews
-RENEW_AFTER: Final = 2 / 3
 #: the controller's own MQTT identity: a name no station may have (CONTRACT §3)
 CONTROLLER_CN: Final = "controller"
 #: certificates start a little in the past: a kiosk's clock may lag the controller's
@@ -455,12 +453,6 @@ def verify_proof(cert: x509.Certificate, message: bytes, signature: bytes) -> No
             raise RenewalRefused("the current certificate's key type is not supported")
     except InvalidSignature as err:
         raise RenewalRefused("the signature is not the current key's") from err
-
-
-def renew_at(cert: x509.Certificate) -> dt.datetime:
-    """When a certificate is due for renewal: after two thirds of its life."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return start + (end - start) * RENEW_AFTER
 
 
 def issue_to_files(
