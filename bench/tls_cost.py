@@ -67,15 +67,15 @@ def rss_mb(pid: int) -> float:
 
 def _connect_packet(client_id: str) -> bytes:
     cid = client_id.encode()
-    var = b"\x00\x04MQTT\x04\x02\x00\x3c"  # 3.1.1, clean session, keepalive 60 s
+    var = b"\x00\x04MQTT\x04\x02\x00\x00"  # 3.1.1, clean session, no keepalive (held idle)
     payload = struct.pack("!H", len(cid)) + cid
     body = var + payload
     return bytes([0x10, len(body)]) + body
 
 
-def _open(args: tuple[int, bool, list[tuple[str, str, str]], str, Any]) -> None:
+def _open(args: tuple[int, bool, list[tuple[str, str, str]], str, Any, Any]) -> None:
     """A worker: open the given connections, report, hold them until told."""
-    port, tls, idents, ca, queue = args
+    port, tls, idents, ca, queue, go = args
     held = []
     started = time.perf_counter()
     for name, cert, key in idents:
@@ -90,7 +90,7 @@ def _open(args: tuple[int, bool, list[tuple[str, str, str]], str, Any]) -> None:
             raise RuntimeError(f"{name}: no CONNACK ({answer!r})")
         held.append(sock)
     queue.put(time.perf_counter() - started)
-    queue.get()  # the parent says when to let go (via a second queue message)
+    go.wait(600)  # the parent says when to let go
     for sock in held:
         sock.close()
 
@@ -100,10 +100,11 @@ def connect_phase(
 ) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     queues = [ctx.Queue() for _ in range(workers)]
+    go = ctx.Event()
     parts = [idents[i::workers] for i in range(workers)]
     cpu0, rss0, t0 = cpu_s(broker_pid), rss_mb(broker_pid), time.perf_counter()
     procs = [
-        ctx.Process(target=_open, args=((port, tls, part, ca, q),))
+        ctx.Process(target=_open, args=((port, tls, part, ca, q, go),))
         for part, q in zip(parts, queues, strict=True)
     ]
     for p in procs:
@@ -112,8 +113,7 @@ def connect_phase(
         q.get(timeout=600)
     wall = time.perf_counter() - t0
     cpu1, rss1 = cpu_s(broker_pid), rss_mb(broker_pid)
-    for q in queues:
-        q.put("go")
+    go.set()
     for p in procs:
         p.join(60)
     time.sleep(1.0)  # let the broker close them
