@@ -169,6 +169,17 @@ class AgentConfig(BaseModel):
     ]
     #: the ``[tls]`` section: CA, client certificate and key for an ``mqtts://`` broker
     tls: TlsSettings | None = None
+    #: the controller's HTTP(S) base URL, where the kiosk renews its certificate
+    #: (``kioskfleet agent enroll`` gets the first one); None: no renewal
+    controller: (
+        Annotated[
+            str,
+            Field(pattern=r"^https?://[^\s/]+", json_schema_extra={"allowed": "an http(s):// URL"}),
+        ]
+        | None
+    ) = None
+    #: the CA that signed the controller's HTTPS certificate (the system's CAs when absent)
+    controller_ca: _Path | None = None
     telemetry_interval: Annotated[float, Field(ge=0.1, le=86400)] = 10.0
     state_dir: _Path = Path("/var/lib/kioskfleet")
     #: MQTT keepalive (s); the station is seen offline within 1.5 × keepalive after it dies

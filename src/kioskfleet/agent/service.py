@@ -17,6 +17,7 @@ from kioskfleet.agent.config import AgentConfig
 from kioskfleet.agent.devices import DeviceSource
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.agent.hub import DeviceHub, HubSource, hub_from_config
+from kioskfleet.agent.identity import IdentityFiles, Renewer
 from kioskfleet.agent.outbox import OutboxStore
 from kioskfleet.agent.tracker import TransactionTracker
 from kioskfleet.agent.updater import SoakPolicy, SoftwareUpdater, UpdateError
@@ -171,6 +172,8 @@ async def run_agent(
             catalogue=catalogue,
         )
         background.append(asyncio.create_task(updates.soak(plan.trial, health), name="soak"))
+    renewer = _renewer(config, agent)
+    renewing = asyncio.ensure_future(renewer.run(stop)) if renewer is not None else None
     serving = False
     try:
         if local is not None:
@@ -182,6 +185,8 @@ async def run_agent(
     finally:
         for task in background:
             task.cancel()
+        if renewing is not None:
+            await renewing
         if serving and local is not None:
             await local.stop()
         await agent.stop()
@@ -191,6 +196,22 @@ async def run_agent(
         logs.detach()
         log.info("agent %s stopped%s", config.station, " to restart" if restart_requested else "")
     return RESTART_EXIT_CODE if restart_requested else 0
+
+
+def _renewer(config: AgentConfig, agent: StationAgent) -> Renewer | None:
+    """The certificate renewer, for a kiosk with a controller URL and its own certificate."""
+    tls = config.tls
+    if config.controller is None or tls is None or tls.cert is None or tls.key is None:
+        return None
+    if tls.ca is None:
+        return None
+    return Renewer(
+        controller=config.controller,
+        station=config.station,
+        files=IdentityFiles(cert=tls.cert, key=tls.key, ca=tls.ca),
+        use=agent.link.use_identity,
+        controller_ca=config.controller_ca,
+    )
 
 
 async def _start_local_service(local: LocalService) -> None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from kioskfleet import __version__
 from kioskfleet.controller.api.routes import (
     commands,
+    enrolment,
     fleet,
     health,
     pages,
@@ -38,6 +39,6 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
 
     app = FastAPI(title="kioskfleet controller", version=__version__, lifespan=lifespan)
     app.state.controller = ctl
-    for module in (health, fleet, stations, commands, pages, tuf, releases):
+    for module in (health, fleet, stations, commands, enrolment, pages, tuf, releases):
         app.include_router(module.router)
     return app
