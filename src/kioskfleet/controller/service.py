@@ -10,9 +10,10 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from kioskfleet.controller import commands, crud
+from kioskfleet.controller import commands
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import make_engine, migrate
+from kioskfleet.controller.fleetmetrics import engine_reader
 from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
 from kioskfleet.controller.writer import WriterConfig
@@ -37,9 +38,9 @@ class Controller:
 
     def start(self) -> None:
         """Upgrade the schema, start the writer, connect to the broker."""
-        migrate(self.engine)
-        self.metrics.watch_fleet(self._counts)
         settings = self.settings
+        migrate(self.engine)
+        self.metrics.watch_fleet(engine_reader(self.engine, settings.districts))
         self.ingest = Ingest(
             WriterConfig(
                 db_url=settings.db_url,
@@ -155,7 +156,3 @@ class Controller:
             # this runs on ingest's report thread, which must go on; the commands stay
             # pending and go out at the stations' next birth
             log.error("could not send the stored commands of %d station(s): %s", len(back), err)
-
-    def _counts(self) -> dict[tuple[str, str], int]:
-        with self.engine.connect() as conn:
-            return crud.status_counts(conn=conn)
