@@ -188,9 +188,28 @@ def test_every_grafana_panel_query_returns_data_from_prometheus_scraping_a_fleet
                 if rule["type"] == "recording":
                     assert query(prom, rule["name"]), f"recording rule {rule['name']}: no data"
 
-            # a real district and one of its stations, as the variables' queries list them
-            station = fleet.agents[0].station
+            # a printer runs out of paper: the station, its district's devices, supplies and
+            # availability show it in Prometheus
+            agent = fleet.agents[0]
+            station = agent.station
             district = api.get(f"/api/stations/{station}").json()["district"]
+            printer = next(s for s in agent.coordinator.sources if s.slot == "printer")
+            loop_thread.call(printer.break_now)  # type: ignore[attr-defined]
+            wait_until(
+                lambda: bool(query(prom, f'kioskfleet_station_status{{station="{station}"}} == 1')),
+                timeout=20,
+            )
+            assert api.get(f"/api/stations/{station}").json()["status"] == "degraded"
+            d = f'job="kioskfleet",district="{district}"'
+            assert value(prom, f'kioskfleet_supplies{{{d},supply="paper",level="out"}}') == 1
+            assert (
+                value(prom, f'kioskfleet_devices{{{d},device="printer",state="user_error"}}') == 1
+            )
+            in_district = summary["districts"][district]["stations"]
+            assert value(prom, f"kioskfleet_availability_ratio{{{d}}}") == pytest.approx(
+                (in_district - 1) / in_district
+            )
+
             variables = {
                 "district": district,
                 "station": station,
