@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kioskfleet.controller.fleetmetrics import FleetSnapshot
@@ -34,7 +33,7 @@ def exported_names() -> set[str]:
     metrics = Metrics()
     metrics.watch_fleet(lambda: FleetSnapshot(districts=("Binhu",)))
     metrics.batch_seconds.observe(0.01)
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.exposition().decode()
     names = set()
     for family in text_string_to_metric_families(text):
         names.add(family.name)

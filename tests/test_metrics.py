@@ -9,14 +9,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from kioskfleet.controller.alerts.config import SEVERITIES
 from kioskfleet.controller.config import WUXI_DISTRICTS, Settings
 from kioskfleet.controller.db import make_engine, migrate
-from kioskfleet.controller.fleetmetrics import STATUS_NUMBER, engine_reader
+from kioskfleet.controller.fleetmetrics import (
+    STATUS_NUMBER,
+    StationPoint,
+    engine_reader,
+    station_exposition,
+)
 from kioskfleet.controller.metrics import REJECT_REASONS, Metrics
 from kioskfleet.controller.models import AlertRow, Notification, Station
 from kioskfleet.fleetsim.fleet import DISTRICTS
@@ -45,7 +49,7 @@ def scrape(engine: Engine, metrics: Metrics | None = None) -> dict[str, Samples]
     if metrics is None:
         metrics = Metrics()
         metrics.watch_fleet(engine_reader(engine, WUXI_DISTRICTS))
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.exposition().decode()
     out: dict[str, Samples] = {}
     for family in text_string_to_metric_families(text):
         out.setdefault(family.name, {})
@@ -299,9 +303,23 @@ def test_a_failed_read_exports_no_fleet_family_and_counts_the_error(tmp_path: An
     metrics.watch_fleet(engine_reader(engine, WUXI_DISTRICTS))
     got = scrape(engine, metrics)
     assert "kioskfleet_stations" not in got
-    # the counter is exported before the fleet is read: the next scrape shows the failure
-    assert got["kioskfleet_fleet_metrics_read_errors_total"] == {(): 0.0}
-    got = scrape(engine, metrics)
+    assert "kioskfleet_station_status" not in got
     assert got["kioskfleet_fleet_metrics_read_errors_total"] == {(): 1.0}
+    got = scrape(engine, metrics)
+    assert got["kioskfleet_fleet_metrics_read_errors_total"] == {(): 2.0}
     assert got["kioskfleet_ingested_messages_total"]  # the rest is still served
     engine.dispose()
+
+
+@pytest.mark.parametrize("district", ['Xi"an', "back\\slash", "two\nlines", "梁溪区", ""])
+def test_per_station_lines_parse_back_whatever_the_district_is_called(district: str) -> None:
+    text = (
+        station_exposition([StationPoint("wx-a-1", district, "silent", 1_800_000_000.25)])
+        + "# EOF\n"
+    )
+    parsed = {f.name: f.samples for f in text_string_to_metric_families(text)}
+    [status] = parsed["kioskfleet_station_status"]
+    assert status.labels == {"station": "wx-a-1", "district": district}
+    assert status.value == STATUS_NUMBER["silent"]
+    [seen] = parsed["kioskfleet_station_last_seen_timestamp_seconds"]
+    assert seen.labels == {"station": "wx-a-1"} and seen.value == 1_800_000_000.25

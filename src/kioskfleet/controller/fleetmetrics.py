@@ -7,24 +7,26 @@ in ``kioskfleet_station_status`` and one in ``kioskfleet_station_last_seen_times
 never multiplied by device or state. Every label combination of the known vocabularies is
 exported from the start, with zeros, so that dashboards and rules have data on a fresh fleet.
 
-:func:`read_snapshot` reads the database (three grouped queries and one narrow scan of the
-station table); :func:`families` turns a :class:`FleetSnapshot` into metric families and
-needs no database.
+:func:`read_snapshot` reads the database (one scan of the station table, one grouped query
+of active alerts, two counts of the outbox); :func:`fleet_exposition` turns a
+:class:`FleetSnapshot` into the text exposition (:func:`families` for the aggregates,
+:func:`station_exposition` for the per-station lines) and needs no database.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
-from prometheus_client import Counter as PromCounter
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Connection, Engine, func, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from pydantic_core import from_json
+from sqlalchemy import Connection, Engine, Text, cast, func, select
 
 from kioskfleet.controller.alerts.config import SEVERITIES
 from kioskfleet.controller.fleet import STATUSES
@@ -60,35 +62,6 @@ ACTIVE_ALERT_STATES: Final = ("open", "acknowledged")
 #: notification outbox states exported
 NOTIFICATION_STATES: Final = ("pending", "given_up")
 
-# One scan per dialect of every device status of every connected station, grouped in the
-# database (the JSON is never decoded in Python): (district, slot, state, paper, cashbox, n).
-# Offline stations are left out: what they said last about their devices is not the present.
-_DEVICES_SQL: Final[dict[str, str]] = {
-    "sqlite": """
-        SELECT coalesce(s.district, :unknown) AS district, d.key AS slot,
-               json_extract(d.value, '$.state') AS state,
-               json_extract(d.value, '$.supplies.paper') AS paper,
-               json_extract(d.value, '$.supplies.cashbox') AS cashbox,
-               count(*) AS n
-        FROM station AS s, json_each(s.devices) AS d
-        WHERE s.status != 'offline' AND d.type = 'object'
-        GROUP BY 1, 2, 3, 4, 5
-    """,
-    "postgresql": """
-        SELECT coalesce(s.district, :unknown) AS district, d.key AS slot,
-               d.value ->> 'state' AS state,
-               d.value -> 'supplies' ->> 'paper' AS paper,
-               d.value -> 'supplies' ->> 'cashbox' AS cashbox,
-               count(*) AS n
-        FROM station AS s
-        CROSS JOIN LATERAL json_each(
-            CASE WHEN json_typeof(s.devices) = 'object' THEN s.devices ELSE '{}'::json END
-        ) AS d
-        WHERE s.status != 'offline' AND json_typeof(d.value) = 'object'
-        GROUP BY 1, 2, 3, 4, 5
-    """,
-}
-
 
 @dataclass(frozen=True)
 class StationPoint:
@@ -121,9 +94,11 @@ class FleetSnapshot:
 
 
 def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSnapshot:
-    """Read the fleet's numbers: a scan of the station table's narrow columns, one grouped
-    query over the stations' device statuses, one over active alerts (index on state), two
-    counts of the notification outbox (the pending one on its partial index)."""
+    """Read the fleet's numbers: one scan of the station table (its narrow columns and its
+    devices' JSON text, decoded here by pydantic-core's parser: cheaper than SQL's
+    ``json_each`` on either database, docs/benchmarks.md), one grouped query over active
+    alerts (index on state), two counts of the notification outbox (the pending one on its
+    partial index)."""
     snap = FleetSnapshot(districts=districts)
     rows = conn.execute(
         select(
@@ -132,24 +107,45 @@ def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSn
             _S.c.site_type,
             _S.c.status,
             func.coalesce(_S.c.last_seen, _S.c.registered_at),
+            cast(_S.c.devices, Text),
         )
     )
-    for station, district, site_type, status, last_seen in rows:
+    # (district, slot, state, paper, cashbox) → devices; slots become kinds afterwards, once
+    # per distinct key
+    seen: Counter[tuple[str, str, Any, Any, Any]] = Counter()
+    for station, district, site_type, status, last_seen, devices in rows:
         district = district or UNKNOWN
         snap.stations.append(StationPoint(station, district, status, float(last_seen or 0.0)))
         snap.by_site_type[(district, site_type or UNKNOWN, status)] += 1
-
-    dialect = conn.dialect.name
-    sql = _DEVICES_SQL.get(dialect)
-    if sql is None:
-        raise NotImplementedError(f"device metrics are not written for {dialect}")
-    for district, slot, state, paper, cashbox, n in conn.execute(text(sql), {"unknown": UNKNOWN}):
-        kind = _kind(slot)
-        snap.devices[(district, kind, state or UNKNOWN)] += n
+        # an offline station's devices are left out: its last report is not the present
+        if status == "offline" or not devices:
+            continue
+        try:
+            parsed = from_json(devices)
+        except ValueError:
+            log.warning("fleet metrics: station %s: its devices are not JSON", station)
+            continue
+        if not isinstance(parsed, dict):
+            continue
+        for slot, device in parsed.items():
+            if isinstance(device, dict):
+                supplies = device.get("supplies")
+                if not isinstance(supplies, dict):
+                    supplies = {}
+                key = (
+                    district,
+                    slot,
+                    device.get("state"),
+                    supplies.get("paper"),
+                    supplies.get("cashbox"),
+                )
+                seen[key] += 1
+    for (district, slot, state, paper, cashbox), n in seen.items():
+        snap.devices[(district, _kind(slot), _label(state))] += n
         if paper is not None:
-            snap.supplies[(district, "paper", paper)] += n
+            snap.supplies[(district, "paper", _label(paper))] += n
         if cashbox is not None:
-            snap.supplies[(district, "cashbox", cashbox)] += n
+            snap.supplies[(district, "cashbox", _label(cashbox))] += n
 
     alert_district = func.coalesce(_A.c.district, UNKNOWN)
     for district, severity, state, n in conn.execute(
@@ -164,6 +160,13 @@ def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSn
     snap.notifications["pending"] = int(conn.execute(pending.select_from(_N)).scalar_one())
     snap.notifications["given_up"] = int(conn.execute(given_up.select_from(_N)).scalar_one())
     return snap
+
+
+def _label(value: Any) -> str:
+    """A JSON value as a label value (a string as it is; null as ``unknown``)."""
+    if value is None:
+        return UNKNOWN
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _kind(slot: str) -> str:
@@ -188,7 +191,8 @@ def _with_extra(known: Iterable[str], seen: Iterable[str]) -> list[str]:
 
 
 def families(snap: FleetSnapshot) -> list[GaugeMetricFamily]:
-    """The fleet's metric families, every known label combination present (zeros included)."""
+    """The fleet's aggregate families, every known label combination present (zeros
+    included); the per-station ones are :func:`station_exposition`'s."""
     districts = _all_districts(snap)
 
     stations = GaugeMetricFamily(
@@ -272,72 +276,68 @@ def families(snap: FleetSnapshot) -> list[GaugeMetricFamily]:
     for state in NOTIFICATION_STATES:
         notifications.add_metric([state], snap.notifications.get(state, 0))
 
-    station_status = GaugeMetricFamily(
-        "kioskfleet_station_status",
-        "A station's status as a number: 0 online, 1 degraded, 2 silent, 3 offline",
-        labels=["station", "district"],
-    )
-    last_seen = GaugeMetricFamily(
-        "kioskfleet_station_last_seen_timestamp_seconds",
-        "When the controller last heard from a station (UTC Unix seconds)",
-        labels=["station"],
-    )
-    for station in snap.stations:
-        number = STATUS_NUMBER.get(station.status)
-        if number is not None:
-            station_status.add_metric([station.id, station.district], number)
-        last_seen.add_metric([station.id], station.last_seen)
-
-    return [
-        stations,
-        availability,
-        devices,
-        supplies,
-        alerts,
-        notifications,
-        station_status,
-        last_seen,
-    ]
+    return [stations, availability, devices, supplies, alerts, notifications]
 
 
-#: the families :func:`families` yields, for ``describe`` (no database read at registration)
-FAMILY_NAMES: Final = (
-    "kioskfleet_stations",
-    "kioskfleet_availability_ratio",
-    "kioskfleet_devices",
-    "kioskfleet_supplies",
-    "kioskfleet_alerts",
-    "kioskfleet_notifications",
-    "kioskfleet_station_status",
-    "kioskfleet_station_last_seen_timestamp_seconds",
+STATION_STATUS_HELP: Final = (
+    "A station's status as a number: 0 online, 1 degraded, 2 silent, 3 offline"
 )
+LAST_SEEN_HELP: Final = "When the controller last heard from a station (UTC Unix seconds)"
 
 
-class FleetCollector(Collector):
-    """Reads a :class:`FleetSnapshot` at each scrape. A failed read exports no fleet family
-    for that scrape (rather than zeros that would look like an empty fleet) and counts it in
-    ``read_errors``."""
+def _escape(value: str) -> str:
+    """A label value in the text exposition format (prometheus_client's escaping)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
-    def __init__(self, read: Callable[[], FleetSnapshot], read_errors: PromCounter) -> None:
-        self._read = read
-        self._errors = read_errors
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        for name in FAMILY_NAMES:
-            yield GaugeMetricFamily(name, "")
+def station_exposition(stations: Iterable[StationPoint]) -> str:
+    """The two per-station families in the text exposition format, written directly: through
+    prometheus_client's families they cost ~10 µs a series, a fifth of a second at 10,000
+    stations (docs/benchmarks.md). The same format its parser reads (tests/test_metrics.py)."""
+    status = [
+        f"# HELP kioskfleet_station_status {STATION_STATUS_HELP}",
+        "# TYPE kioskfleet_station_status gauge",
+    ]
+    seen = [
+        f"# HELP kioskfleet_station_last_seen_timestamp_seconds {LAST_SEEN_HELP}",
+        "# TYPE kioskfleet_station_last_seen_timestamp_seconds gauge",
+    ]
+    districts: dict[str, str] = {}
+    for point in stations:
+        station = _escape(point.id)
+        district = districts.get(point.district)
+        if district is None:
+            district = districts[point.district] = _escape(point.district)
+        number = STATUS_NUMBER.get(point.status)
+        if number is not None:
+            status.append(
+                f'kioskfleet_station_status{{station="{station}",district="{district}"}} {number}'
+            )
+        seen.append(
+            f'kioskfleet_station_last_seen_timestamp_seconds{{station="{station}"}} '
+            f"{point.last_seen!r}"
+        )
+    return "\n".join(status + seen) + "\n"
+
+
+class _Families(Collector):
+    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+        self._families = families
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            snap = self._read()
-        except SQLAlchemyError as err:
-            self._errors.inc()
-            log.error("fleet metrics: cannot read the database: %s", err)
-            return
-        yield from families(snap)
+        yield from self._families
+
+
+def fleet_exposition(snap: FleetSnapshot) -> bytes:
+    """Every fleet family of ``snap`` in the text exposition format: the aggregates through
+    prometheus_client, the per-station families by :func:`station_exposition`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families(snap)))
+    return generate_latest(registry) + station_exposition(snap.stations).encode()
 
 
 def engine_reader(engine: Engine, districts: Sequence[str]) -> Callable[[], FleetSnapshot]:
-    """A reader of ``engine``'s fleet for :class:`FleetCollector`."""
+    """A reader of ``engine``'s fleet (``Metrics.watch_fleet``)."""
 
     def read() -> FleetSnapshot:
         with engine.connect() as conn:

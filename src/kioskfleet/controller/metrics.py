@@ -7,14 +7,18 @@ from the database at each scrape by ``controller.fleetmetrics``. docs/metrics.md
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Final, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
-from kioskfleet.controller.fleetmetrics import FleetCollector, FleetSnapshot
+from kioskfleet.controller.fleetmetrics import FleetSnapshot, fleet_exposition
 from kioskfleet.protocol.errors import RejectReason
 from kioskfleet.protocol.topics import AGENT_KINDS
+
+log = logging.getLogger(__name__)
 
 #: every reason a message can be rejected for (``kioskfleet_rejected_messages_total``)
 REJECT_REASONS: Final[tuple[str, ...]] = get_args(RejectReason)
@@ -69,6 +73,22 @@ class Metrics:
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 
+        self._read_fleet: Callable[[], FleetSnapshot] | None = None
+
     def watch_fleet(self, read: Callable[[], FleetSnapshot]) -> None:
-        """Export the fleet's families (``controller.fleetmetrics``), read when scraped."""
-        self.registry.register(FleetCollector(read, self.fleet_read_errors))
+        """Export the fleet's families (``controller.fleetmetrics``), read by ``read`` at each
+        scrape."""
+        self._read_fleet = read
+
+    def exposition(self) -> bytes:
+        """``GET /metrics``: the registry's instruments and the fleet's families. A failed
+        read of the fleet exports no fleet family for that scrape (not zeros, which would
+        look like an empty fleet) and counts in ``kioskfleet_fleet_metrics_read_errors``."""
+        fleet = b""
+        if self._read_fleet is not None:
+            try:
+                fleet = fleet_exposition(self._read_fleet())
+            except SQLAlchemyError as err:
+                self.fleet_read_errors.inc()
+                log.error("fleet metrics: cannot read the database: %s", err)
+        return generate_latest(self.registry) + fleet
