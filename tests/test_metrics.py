@@ -3,6 +3,7 @@ station, label values; the fleet read from a real database (SQLite and PostgreSQ
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -323,3 +324,13 @@ def test_per_station_lines_parse_back_whatever_the_district_is_called(district: 
     assert status.value == STATUS_NUMBER["silent"]
     [seen] = parsed["kioskfleet_station_last_seen_timestamp_seconds"]
     assert seen.labels == {"station": "wx-a-1"} and seen.value == 1_800_000_000.25
+
+
+def test_each_family_is_declared_once(engine: Engine) -> None:
+    """The fleet families are written beside the registry's: a family of the same name added
+    to the registry (an alert gauge, say) would be exported twice."""
+    metrics = Metrics()
+    metrics.watch_fleet(engine_reader(engine, WUXI_DISTRICTS))
+    types = re.findall(r"^# TYPE (\S+) ", metrics.exposition().decode(), re.M)
+    assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
+    assert "kioskfleet_alerts" in types
