@@ -80,9 +80,13 @@ def panel(
     custom: dict[str, Any] | None = None,
     thresholds: list[dict[str, Any]] | None = None,
     links: list[dict[str, Any]] | None = None,
+    limits: tuple[float, float] | None = None,
+    transformations: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     x, y, w, h = grid
     defaults: dict[str, Any] = {"unit": unit} if unit else {}
+    if limits:
+        defaults["min"], defaults["max"] = limits
     if mappings:
         defaults["mappings"] = mappings
     if custom:
@@ -101,6 +105,8 @@ def panel(
         "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
         "options": options or {},
     }
+    if transformations:
+        out["transformations"] = transformations
     if description:
         out["description"] = description
     return out
@@ -177,9 +183,9 @@ AVAILABILITY_STEPS = [
 ]
 STATION_LINK = [
     {
-        "title": "Station ${__field.labels.station}",
-        "url": "/d/kioskfleet-station?var-district=${__field.labels.district}"
-        "&var-station=${__field.labels.station}&${__url_time_range}",
+        "title": "Station ${__data.fields.station}",
+        "url": "/d/kioskfleet-station?var-district=${__data.fields.district}"
+        "&var-station=${__data.fields.station}&${__url_time_range}",
     }
 ]
 
@@ -242,7 +248,7 @@ def overview() -> dict[str, Any]:
             unit="percentunit",
             thresholds=AVAILABILITY_STEPS,
             options=BARS,
-            custom={"min": 0, "max": 1},
+            limits=(0, 1),
         ),
         panel(
             "timeseries",
@@ -382,7 +388,7 @@ def district() -> dict[str, Any]:
             (12, 0, 4, 5),
             unit="percentunit",
             thresholds=AVAILABILITY_STEPS,
-            custom={"min": 0, "max": 1},
+            limits=(0, 1),
         ),
         panel(
             "stat",
@@ -412,7 +418,7 @@ def district() -> dict[str, Any]:
             [target(fleet("kioskfleet_availability_ratio", d), "$district")],
             (12, 5, 12, 8),
             unit="percentunit",
-            custom={"min": 0, "max": 1},
+            limits=(0, 1),
         ),
         panel(
             "bargauge",
@@ -473,9 +479,32 @@ def district() -> dict[str, Any]:
             (0, 23, 24, 12),
             description="Each station's status and the seconds since the controller last "
             "heard from it; a station's name opens its drill-down.",
-            options={"showHeader": True, "sortBy": [{"displayName": "Value #A", "desc": True}]},
-            mappings=STATUS_MAPPING,
+            options={"showHeader": True, "sortBy": [{"displayName": "status", "desc": True}]},
+            overrides=[
+                {
+                    "matcher": {"id": "byName", "options": "status"},
+                    "properties": [
+                        {"id": "mappings", "value": STATUS_MAPPING},
+                        {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+                    ],
+                },
+                {
+                    "matcher": {"id": "byName", "options": "seconds since heard"},
+                    "properties": [{"id": "unit", "value": "s"}],
+                },
+            ],
             links=STATION_LINK,
+            # one row per station: its status (A) and seconds since last heard (B)
+            transformations=[
+                {"id": "merge", "options": {}},
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "job": True},
+                        "renameByName": {"Value #A": "status", "Value #B": "seconds since heard"},
+                    },
+                },
+            ],
         ),
     ]
     variables = [variable("district", "District", "label_values(kioskfleet_stations, district)")]
