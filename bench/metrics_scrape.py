@@ -30,12 +30,20 @@ from typing import Any
 
 import httpx
 from _support import postgres_available, throwaway_postgres
-from sqlalchemy import Engine, update
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select, text, update
 
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import migrate
-from kioskfleet.controller.fleetmetrics import fleet_exposition, read_snapshot
+from kioskfleet.controller.fleetmetrics import (
+    STATUS_NUMBER,
+    families,
+    fleet_exposition,
+    read_snapshot,
+)
 from kioskfleet.controller.models import AlertRow, Notification, Station
 from kioskfleet.controller.service import Controller
 from kioskfleet.controller.store import FleetStore
@@ -164,6 +172,74 @@ def ms(fn: Callable[[], Any], number: int) -> tuple[float, float]:
     return statistics.median(runs), min(runs)
 
 
+# The alternatives measured beside the controller's code (decision 32): the device statuses
+# grouped in the database by ``json_each`` (the first version), and every family rendered by
+# prometheus_client (the per-station ones too).
+_JSON_EACH: dict[str, str] = {
+    "sqlite": """
+        SELECT coalesce(s.district, 'unknown'), d.key, json_extract(d.value, '$.state'),
+               json_extract(d.value, '$.supplies.paper'),
+               json_extract(d.value, '$.supplies.cashbox'), count(*)
+        FROM station AS s, json_each(s.devices) AS d
+        WHERE s.status != 'offline' AND d.type = 'object'
+        GROUP BY 1, 2, 3, 4, 5""",
+    "postgresql": """
+        SELECT coalesce(s.district, 'unknown'), d.key, d.value ->> 'state',
+               d.value -> 'supplies' ->> 'paper', d.value -> 'supplies' ->> 'cashbox', count(*)
+        FROM station AS s CROSS JOIN LATERAL json_each(s.devices) AS d
+        WHERE s.status != 'offline' AND json_typeof(d.value) = 'object'
+        GROUP BY 1, 2, 3, 4, 5""",
+}
+
+
+def read_json_each(engine: Engine) -> None:
+    """``read_snapshot`` as first written: the station scan without the devices' JSON, the
+    devices grouped by json_each, then the same alert and outbox queries."""
+    table = Station.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        conn.execute(
+            select(
+                table.c.id,
+                table.c.district,
+                table.c.site_type,
+                table.c.status,
+                func.coalesce(table.c.last_seen, table.c.registered_at),
+            )
+        ).all()
+        conn.execute(text(_JSON_EACH[engine.dialect.name])).all()
+        # the rest of read_snapshot, the same in both
+        conn.execute(
+            text(
+                "SELECT coalesce(district, 'unknown'), severity, state, count(*) FROM alert"
+                " WHERE state IN ('open', 'acknowledged') GROUP BY 1, 2, 3"
+            )
+        ).all()
+        conn.execute(
+            text("SELECT count(*) FROM notification WHERE sent_at IS NULL AND given_up_at IS NULL")
+        ).all()
+        conn.execute(text("SELECT count(*) FROM notification WHERE given_up_at IS NOT NULL")).all()
+
+
+def render_all_by_client(snap: Any) -> bytes:
+    """Every family, the per-station ones too, through prometheus_client."""
+    status = GaugeMetricFamily("kioskfleet_station_status", "", labels=["station", "district"])
+    seen = GaugeMetricFamily(
+        "kioskfleet_station_last_seen_timestamp_seconds", "", labels=["station"]
+    )
+    for point in snap.stations:
+        status.add_metric([point.id, point.district], STATUS_NUMBER[point.status])
+        seen.add_metric([point.id], point.last_seen)
+    all_families = [*families(snap), status, seen]
+
+    class Fixed(Collector):
+        def collect(self) -> Iterator[Any]:
+            yield from all_families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed())
+    return generate_latest(registry)
+
+
 def measure(db_url: str, count: int, number: int, alerts: int) -> dict[str, Any]:
     settings = Settings(db_url=db_url)
     controller = Controller(settings)
@@ -196,7 +272,9 @@ def measure(db_url: str, count: int, number: int, alerts: int) -> dict[str, Any]
         "series_aggregates_and_counters": len(series) - len(per_station),
         "bytes": len(body.encode()),
         "read_ms": ms(read, number),
+        "read_json_each_ms": ms(lambda: read_json_each(engine), number),
         "families_render_ms": ms(lambda: fleet_exposition(snap), number),
+        "render_all_by_client_ms": ms(lambda: render_all_by_client(snap), number),
         "get_metrics_ms": ms(scrape, number),
     }
     loop.run_until_complete(client.aclose())
@@ -235,10 +313,19 @@ def main() -> None:
                 f"{result['series_aggregates_and_counters']} aggregate), "
                 f"{result['bytes']:>9,} bytes; GET /metrics median "
                 f"{result['get_metrics_ms'][0]:7.1f} ms (min {result['get_metrics_ms'][1]:.1f}); "
-                f"read {result['read_ms'][0]:6.1f} ms, families+render "
-                f"{result['families_render_ms'][0]:6.1f} ms",
+                f"read {result['read_ms'][0]:6.1f} ms (json_each: "
+                f"{result['read_json_each_ms'][0]:.1f}), render "
+                f"{result['families_render_ms'][0]:6.1f} ms (all by prometheus_client: "
+                f"{result['render_all_by_client_ms'][0]:.1f})",
                 flush=True,
             )
+    for r in results:
+        read_ratio = r["read_ms"][0] / r["read_json_each_ms"][0]
+        render_ratio = r["families_render_ms"][0] / r["render_all_by_client_ms"][0]
+        print(
+            f"{r['db']} {r['stations']}: read ÷ json_each read = {read_ratio:.2f}; "
+            f"render ÷ all by prometheus_client = {render_ratio:.2f}"
+        )
     by = {(r["db"], r["stations"]): r for r in results}
     small, large = min(args.stations), max(args.stations)
     for kind in ("sqlite", "postgresql"):
