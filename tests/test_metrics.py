@@ -334,3 +334,19 @@ def test_each_family_is_declared_once(engine: Engine) -> None:
     types = re.findall(r"^# TYPE (\S+) ", metrics.exposition().decode(), re.M)
     assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
     assert "kioskfleet_alerts" in types
+
+
+def test_odd_device_json_in_a_row_does_not_break_the_scrape(engine: Engine) -> None:
+    """The writer validates device statuses; a hand-edited row still leaves /metrics whole."""
+    odd = {
+        "printer": {"state": ["not", "a", "state"], "supplies": "none"},
+        "junk": 5,
+        "card_reader": {"state": None},
+    }
+    with engine.begin() as conn:
+        conn.execute(_S.insert(), [station("wx-odd-1", "Binhu", "online", devices=odd)])
+    got = scrape(engine)
+    devices = got["kioskfleet_devices"]
+    assert devices[labels(district="Binhu", device="printer", state='["not", "a", "state"]')] == 1
+    assert devices[labels(district="Binhu", device="card_reader", state="unknown")] == 1
+    assert got["kioskfleet_station_status"] == {labels(station="wx-odd-1", district="Binhu"): 0}

@@ -112,7 +112,7 @@ def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSn
     )
     # (district, slot, state, paper, cashbox) → devices; slots become kinds afterwards, once
     # per distinct key
-    seen: Counter[tuple[str, str, Any, Any, Any]] = Counter()
+    seen: Counter[tuple[str, str, str | None, str | None, str | None]] = Counter()
     for station, district, site_type, status, last_seen, devices in rows:
         district = district or UNKNOWN
         snap.stations.append(StationPoint(station, district, status, float(last_seen or 0.0)))
@@ -135,17 +135,17 @@ def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSn
                 key = (
                     district,
                     slot,
-                    device.get("state"),
-                    supplies.get("paper"),
-                    supplies.get("cashbox"),
+                    _label(device.get("state")),
+                    _label(supplies.get("paper")),
+                    _label(supplies.get("cashbox")),
                 )
                 seen[key] += 1
     for (district, slot, state, paper, cashbox), n in seen.items():
-        snap.devices[(district, _kind(slot), _label(state))] += n
+        snap.devices[(district, _kind(slot), state or UNKNOWN)] += n
         if paper is not None:
-            snap.supplies[(district, "paper", _label(paper))] += n
+            snap.supplies[(district, "paper", paper)] += n
         if cashbox is not None:
-            snap.supplies[(district, "cashbox", _label(cashbox))] += n
+            snap.supplies[(district, "cashbox", cashbox)] += n
 
     alert_district = func.coalesce(_A.c.district, UNKNOWN)
     for district, severity, state, n in conn.execute(
@@ -162,11 +162,12 @@ def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSn
     return snap
 
 
-def _label(value: Any) -> str:
-    """A JSON value as a label value (a string as it is; null as ``unknown``)."""
-    if value is None:
-        return UNKNOWN
-    return value if isinstance(value, str) else json.dumps(value)
+def _label(value: Any) -> str | None:
+    """A JSON value as a label value: a string as it is, null as None, anything else (the
+    writer validates statuses: only a hand-edited row has it) as its JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 def _kind(slot: str) -> str:
