@@ -34,10 +34,10 @@ typecheck: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev system-deps lint typecheck
 	$(BIN)/pytest -q -ra
 
-# everything that needs no broker, no database server, no browser and no Alertmanager: well
-# under a minute
+# everything that needs no broker, no database server, no browser, no Alertmanager and no
+# Prometheus: well under a minute
 unit: $(VENV)/.installed-dev
-	$(BIN)/pytest -q -ra -n 4 -m "not mosquitto and not postgres and not chromium and not alertmanager and not slow"
+	$(BIN)/pytest -q -ra -n 4 -m "not mosquitto and not postgres and not chromium and not alertmanager and not prometheus and not slow"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

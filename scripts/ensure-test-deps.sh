@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure what the test suites need is installed: Mosquitto (the tests start private brokers
-# with deploy/mosquitto/mosquitto.conf), Chromium (dashboard tests) and Prometheus Alertmanager
-# (the notification tests start a private one). Installs through the
+# with deploy/mosquitto/mosquitto.conf), Chromium (dashboard tests), Prometheus Alertmanager
+# (the notification tests start a private one) and Prometheus with promtool (the metrics,
+# rules and Grafana dashboards are checked against a private one). Installs through the
 # system's package manager when missing; changes nothing when everything is there.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
 [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
+{ [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2

@@ -44,6 +44,19 @@ ENV_PREFIX: Final = "KIOSKFLEET_"
 NESTED_DELIMITER: Final = "__"
 
 
+#: the districts of Wuxi's fleet, as its stations name them (PRODUCT.md)
+WUXI_DISTRICTS: Final[tuple[str, ...]] = (
+    "Liangxi",
+    "Xishan",
+    "Huishan",
+    "Binhu",
+    "Xinwu",
+    "Jiangyin",
+    "Yixing",
+    "Economic Development Zone",
+)
+
+
 class SettingsError(ValueError):
     """Unusable settings; one line naming the file or variable, the key and what it allows."""
 
@@ -143,6 +156,9 @@ class Settings(BaseSettings):
     tls: TlsSettings | None = None
     #: where the HTTP API listens: ``host:port``
     listen: Annotated[str, Field(json_schema_extra={"allowed": "'host:port'"})] = "127.0.0.1:8000"
+    #: districts the metrics export (with zeros) before any of their stations reports; a
+    #: district a station names is exported too, listed here or not
+    districts: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = WUXI_DISTRICTS
     #: seconds a station stays offline (or silent) before its alert opens (CONTRACT §2)
     offline_alert_after: Annotated[float, Field(ge=0, le=7 * 86400)] = 120.0
     #: the ``[alerts]`` section: rules, thresholds, sites, flapping, routing, receivers

@@ -1,14 +1,27 @@
-"""Prometheus instruments of one controller (its own registry: tests run several)."""
+"""Prometheus instruments of one controller (its own registry: tests run several).
+
+The counters and the histogram are fed by ingest; the fleet's families (stations, devices,
+supplies, alerts, availability, one status and one last-seen series per station) are read
+from the database at each scrape by ``controller.fleetmetrics``. docs/metrics.md lists them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable
+from typing import Final, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
-from kioskfleet.controller.fleet import STATUSES
+from kioskfleet.controller.fleetmetrics import FleetSnapshot, fleet_exposition
+from kioskfleet.protocol.errors import RejectReason
+from kioskfleet.protocol.topics import AGENT_KINDS
+
+log = logging.getLogger(__name__)
+
+#: every reason a message can be rejected for (``kioskfleet_rejected_messages_total``)
+REJECT_REASONS: Final[tuple[str, ...]] = get_args(RejectReason)
 
 
 class Metrics:
@@ -48,22 +61,34 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch_fleet(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
-        """Export station counts by district and status, read when scraped."""
-        self.registry.register(_FleetCollector(counts))
-
-
-class _FleetCollector(Collector):
-    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
-        self._counts = counts
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "kioskfleet_stations", "Stations by district and status", labels=["district", "status"]
+        self.fleet_read_errors = Counter(
+            "kioskfleet_fleet_metrics_read_errors",
+            "Scrapes whose fleet families could not be read from the database",
+            registry=self.registry,
         )
-        counts = self._counts()
-        districts = sorted({d for d, _ in counts})
-        for district in districts:
-            for status in STATUSES:
-                family.add_metric([district, status], counts.get((district, status), 0))
-        yield family
+        # every label value we know of is exported from the start (zeros), so rate() and the
+        # dashboards have a series before the first message of that kind or reason
+        for kind in AGENT_KINDS:
+            self.ingested.labels(kind)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+
+        self._read_fleet: Callable[[], FleetSnapshot] | None = None
+
+    def watch_fleet(self, read: Callable[[], FleetSnapshot]) -> None:
+        """Export the fleet's families (``controller.fleetmetrics``), read by ``read`` at each
+        scrape."""
+        self._read_fleet = read
+
+    def exposition(self) -> bytes:
+        """``GET /metrics``: the registry's instruments and the fleet's families. A failed
+        read of the fleet exports no fleet family for that scrape (not zeros, which would
+        look like an empty fleet) and counts in ``kioskfleet_fleet_metrics_read_errors``."""
+        fleet = b""
+        if self._read_fleet is not None:
+            try:
+                fleet = fleet_exposition(self._read_fleet())
+            except SQLAlchemyError as err:
+                self.fleet_read_errors.inc()
+                log.error("fleet metrics: cannot read the database: %s", err)
+        return generate_latest(self.registry) + fleet

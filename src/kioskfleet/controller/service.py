@@ -12,10 +12,11 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from kioskfleet.controller import commands, crud, identity
+from kioskfleet.controller import commands, identity
 from kioskfleet.controller.brokeracl import BrokerControl, kick
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import make_engine, migrate
+from kioskfleet.controller.fleetmetrics import engine_reader
 from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
 from kioskfleet.controller.pki import CaFiles, FleetCA, write_private
@@ -76,12 +77,12 @@ class Controller:
 
     def start(self) -> None:
         """Upgrade the schema, start the writer, connect to the broker."""
+        settings = self.settings
         migrate(self.engine)
         if self.tuf is not None:
             self.tuf.start()
         self.apply_broker_rules()
-        self.metrics.watch_fleet(self._counts)
-        settings = self.settings
+        self.metrics.watch_fleet(engine_reader(self.engine, settings.districts))
         self.ingest = Ingest(
             WriterConfig(
                 db_url=settings.db_url,
@@ -246,7 +247,3 @@ class Controller:
             # this runs on ingest's report thread, which must go on; the commands stay
             # pending and go out at the stations' next birth
             log.error("could not send the stored commands of %d station(s): %s", len(back), err)
-
-    def _counts(self) -> dict[tuple[str, str], int]:
-        with self.engine.connect() as conn:
-            return crud.status_counts(conn=conn)

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from kioskfleet.controller.api.deps import ControllerDep
 from kioskfleet.controller.public import Health, Unhealthy
@@ -27,4 +27,4 @@ def healthz(controller: ControllerDep) -> Health | JSONResponse:
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(controller: ControllerDep) -> Response:
     """Prometheus text exposition."""
-    return Response(generate_latest(controller.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(controller.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
