@@ -8,7 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kioskfleet import __version__
-from kioskfleet.controller.api.routes import commands, fleet, health, pages, stations
+from kioskfleet.controller import alertviews
+from kioskfleet.controller.api.routes import (
+    alerts,
+    audit,
+    commands,
+    figures,
+    fleet,
+    health,
+    maintenance,
+    pages,
+    silences,
+    stations,
+)
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.service import Controller
 
@@ -30,6 +42,26 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
 
     app = FastAPI(title="kioskfleet controller", version=__version__, lifespan=lifespan)
     app.state.controller = ctl
-    for module in (health, fleet, stations, commands, pages):
+    # figures first: `/api/alerts/stats` before `/api/alerts/{alert_id}`
+    for module in (
+        health,
+        fleet,
+        stations,
+        commands,
+        figures,
+        alerts,
+        silences,
+        maintenance,
+        audit,
+        pages,
+    ):
         app.include_router(module.router)
+
+    def alert_counts() -> tuple[dict[tuple[str, str, str], int], set[str]]:
+        with ctl.engine.connect() as conn:
+            return alertviews.unresolved_counts(conn=conn), alertviews.districts(conn=conn)
+
+    # read at scrape, like the station counts (registered here, beside the routes that
+    # change alerts, once per controller)
+    ctl.metrics.watch_alerts(alert_counts)
     return app

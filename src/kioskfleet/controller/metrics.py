@@ -8,7 +8,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kioskfleet.controller.alerts.config import SEVERITIES
 from kioskfleet.controller.fleet import STATUSES
+
+#: the states an alert is counted in while unresolved
+UNRESOLVED_STATES = ("open", "acknowledged")
 
 
 class Metrics:
@@ -47,6 +51,19 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,
         )
+        self._alerts_watched = False
+
+    def watch_alerts(
+        self, counts: Callable[[], tuple[dict[tuple[str, str, str], int], set[str]]]
+    ) -> None:
+        """Export unresolved alerts by district, severity and state, read when scraped:
+        ``counts`` gives {(district, severity, state): n} and the districts known (each gets
+        a zero for every severity and unresolved state). Once per registry: a second call
+        keeps the first source."""
+        if self._alerts_watched:
+            return
+        self._alerts_watched = True
+        self.registry.register(_AlertCollector(counts))
 
     def watch_fleet(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
         """Export station counts by district and status, read when scraped."""
@@ -66,4 +83,26 @@ class _FleetCollector(Collector):
         for district in districts:
             for status in STATUSES:
                 family.add_metric([district, status], counts.get((district, status), 0))
+        yield family
+
+
+class _AlertCollector(Collector):
+    def __init__(
+        self, counts: Callable[[], tuple[dict[tuple[str, str, str], int], set[str]]]
+    ) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "kioskfleet_alerts",
+            "Unresolved alerts by district, severity and state (open, acknowledged)",
+            labels=["district", "severity", "state"],
+        )
+        counts, known = self._counts()
+        for district in sorted(known | {d for d, _, _ in counts}):
+            for severity in SEVERITIES:
+                for state in UNRESOLVED_STATES:
+                    family.add_metric(
+                        [district, severity, state], counts.get((district, severity, state), 0)
+                    )
         yield family
