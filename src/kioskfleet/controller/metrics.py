@@ -9,10 +9,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kioskfleet.controller.alerts.config import SEVERITIES
+from kioskfleet.controller.alerts.model import ALERT_STATES
 from kioskfleet.controller.fleet import STATUSES
 
 #: the states an alert is counted in while unresolved
-UNRESOLVED_STATES = ("open", "acknowledged")
+UNRESOLVED_STATES = tuple(state for state in ALERT_STATES if state != "resolved")
 
 
 class Metrics:

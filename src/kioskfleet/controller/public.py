@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
@@ -368,6 +369,8 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]")
 def _iso_8601(value: Any) -> Any:
     # pydantic would take Unix seconds too; times here are what the API renders, ISO 8601
     # with a zone, and one way of writing them is enough
+    if isinstance(value, datetime):
+        return value
     if not isinstance(value, str) or not _ISO_DATE.match(value):
         raise ValueError("must be an ISO 8601 time with its zone, e.g. 2026-11-30T08:00:00Z")
     return value
