@@ -752,3 +752,57 @@ def test_the_audit_log_with_its_filters(app: FastAPI, controller: Controller) ->
         {"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
     ):
         assert call(app, "GET", "/api/audit", params=bad).status_code == 422
+
+
+# -- the API description -----------------------------------------------------------------------
+
+ROUTES: dict[tuple[str, str], tuple[str, set[str]]] = {
+    # (method, path) → (the 2xx response's model, the error statuses documented)
+    ("get", "/api/alerts"): ("AlertList", {"422"}),
+    ("get", "/api/alerts/{alert_id}"): ("AlertDetail", {"404", "422"}),
+    ("post", "/api/alerts/{alert_id}/ack"): ("AlertDetail", {"404", "409", "422"}),
+    ("post", "/api/alerts/{alert_id}/resolve"): ("AlertDetail", {"404", "409", "422"}),
+    ("get", "/api/alerts/stats"): ("AlertStats", {"422"}),
+    ("get", "/api/availability"): ("Availability", {"422"}),
+    ("post", "/api/silences"): ("SilencePublic", {"422"}),
+    ("get", "/api/silences"): ("SilenceList", {"422"}),
+    ("delete", "/api/silences/{silence_id}"): ("SilencePublic", {"404", "409", "422"}),
+    ("post", "/api/stations/{station_id}/maintenance"): ("MaintenancePublic", {"404", "422"}),
+    ("get", "/api/stations/{station_id}/maintenance"): ("MaintenanceList", {"404", "422"}),
+    ("delete", "/api/stations/{station_id}/maintenance"): (
+        "MaintenanceList",
+        {"404", "409", "422"},
+    ),
+    ("get", "/api/maintenance"): ("MaintenanceList", {"422"}),
+    ("get", "/api/audit"): ("AuditList", {"422"}),
+}
+
+
+def test_every_alert_route_is_documented_with_its_errors(app: FastAPI) -> None:
+    openapi = call(app, "GET", "/openapi.json").json()
+    for (method, path), (model, errors) in ROUTES.items():
+        operation = openapi["paths"][path][method]
+        assert operation["summary"] and operation["description"], (method, path)
+        responses = operation["responses"]
+        (success,) = (code for code in responses if code.startswith("2"))
+        schema = responses[success]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{model}"}, (method, path)
+        assert set(responses) - {success} == errors, (method, path)
+        for code in errors - {"422"}:
+            error = responses[code]["content"]["application/json"]["schema"]
+            assert error["$ref"].endswith("/ErrorDetail"), (method, path, code)
+    components = openapi["components"]["schemas"]
+    # times are documented as date-times, the matchers by their model, the stats' period as
+    # from/to (what a client sends and reads back)
+    assert components["AlertPublic"]["properties"]["opened_at"]["format"] == "date-time"
+    assert set(components["AlertStats"]["properties"]) >= {"from", "to", "groups", "overall"}
+    matcher = components["Matcher"]["properties"]
+    assert matcher["op"]["enum"] == ["=", "!=", "=~", "!~"]
+    assert set(matcher["label"]["enum"]) == {
+        "district",
+        "site",
+        "station",
+        "device",
+        "condition",
+        "severity",
+    }
