@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import Engine, insert
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, delete, insert
 
 from kioskfleet.controller import figures
 from kioskfleet.controller.app import create_app
@@ -360,3 +362,74 @@ def test_alert_stats_per_district_and_severity(app: FastAPI, controller: Control
     ).json()
     assert nothing["groups"] == [] and nothing["overall"]["alerts"] == 0
     assert nothing["overall"]["mttr_s"] is None
+
+
+# -- the database's sums against the reference, for any history --------------------------------
+
+_STATUS = st.sampled_from(["online", "degraded", "silent", "offline"])
+#: times on a 0.25 s grid around the period, so that sums are exact in both computations
+_TIME = st.integers(-400, 4400).map(lambda q: P + q / 4)
+
+
+@st.composite
+def _histories(draw: st.DrawFn) -> dict[str, tuple[float, list[tuple[float, str]]]]:
+    stations: dict[str, tuple[float, list[tuple[float, str]]]] = {}
+    for n in range(draw(st.integers(1, 5))):
+        registered = draw(_TIME)
+        later = draw(st.lists(st.tuples(_TIME, _STATUS), max_size=8))
+        later_sorted = sorted((max(at, registered), status) for at, status in later)
+        changes = [(registered, draw(_STATUS)), *later_sorted]
+        stations[f"st-{n}"] = (registered, changes)
+    return stations
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(histories=_histories())
+def test_the_database_sums_what_the_reference_computes(
+    controller: Controller, histories: dict[str, tuple[float, list[tuple[float, str]]]]
+) -> None:
+    engine = controller.engine
+    with engine.begin() as conn:
+        conn.execute(delete(HISTORY))
+        conn.execute(delete(STATION))
+        for station, (registered, changes) in histories.items():
+            conn.execute(
+                insert(STATION).values(
+                    id=station,
+                    district="Binhu",
+                    site="s1",
+                    status=changes[-1][1],
+                    online=True,
+                    degraded=False,
+                    session=1,
+                    status_since=changes[-1][0],
+                    registered_at=registered,
+                    devices={},
+                    telemetry_interval=10.0,
+                    in_service=True,
+                )
+            )
+            conn.execute(
+                insert(HISTORY),
+                [
+                    {"station": station, "status": s, "reason": "t", "session": 1, "at": at}
+                    for at, s in changes
+                ],
+            )
+    with engine.connect() as conn:
+        got = figures.availability(conn=conn, start=P, end=END, by="station")
+    expected = {}
+    for station, (registered, changes) in histories.items():
+        if registered >= END:
+            continue
+        before = [s for at, s in changes if at <= P]
+        expected[station] = figures.online_seconds(
+            start=P,
+            end=END,
+            registered_at=registered,
+            initial=before[-1] if before else None,
+            changes=[(at, s) for at, s in changes if at > P],
+        )
+    assert {i.station: (i.period_s, i.online_s) for i in got.items} == expected
