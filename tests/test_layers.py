@@ -12,6 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "kioskfleet"
 # package (or module) → kioskfleet packages and modules it must never import
 FORBIDDEN: dict[str, set[str]] = {
     "protocol": {
+        "updates",
         "drivers",
         "agent",
         "controller",
@@ -30,7 +31,7 @@ FORBIDDEN: dict[str, set[str]] = {
         "cli",
         "demo",
     },
-    "drivers": {"agent", "controller", "fleetsim", "mqttclient", "cli", "demo"},
+    "drivers": {"agent", "controller", "fleetsim", "mqttclient", "updates", "cli", "demo"},
     # builds the paho clients of both sides: above the protocol, below agent and controller
     "mqttclient": {
         "drivers",
@@ -38,6 +39,17 @@ FORBIDDEN: dict[str, set[str]] = {
         "agent",
         "controller",
         "fleetsim",
+        "cli",
+        "demo",
+    },
+    # signed updates, the part both sides share (target names, the TUF client)
+    "updates": {
+        "drivers",
+        "firmware_profiles",
+        "agent",
+        "controller",
+        "fleetsim",
+        "mqttclient",
         "cli",
         "demo",
     },
@@ -191,7 +203,7 @@ def test_agent_does_not_load_the_controller_stack() -> None:
 
     code = (
         "import sys, kioskfleet.cli, kioskfleet.agent.service, kioskfleet.fleetsim,"
-        " kioskfleet.agent.localservice;"
+        " kioskfleet.agent.localservice, kioskfleet.updates.client, kioskfleet.updates.tufcli;"
         "assert 'fastapi' in sys.modules and 'uvicorn' in sys.modules;"
         "heavy = [m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'psycopg',"
         " 'prometheus_client', 'amqtt', 'kioskfleet.controller') if m in sys.modules];"

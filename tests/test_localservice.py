@@ -802,7 +802,7 @@ def test_every_endpoint_needs_the_token_and_the_description_does_not(kiosk: Kios
             for path, operations in description["paths"].items()
             for method in operations
         ]
-        assert len(endpoints) == 11
+        assert len(endpoints) == 12
         for method, path in endpoints:
             for headers in wrong:
                 raw = b"{" if method == "POST" else None  # not even parsed

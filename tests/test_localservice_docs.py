@@ -46,6 +46,7 @@ def test_the_description_names_the_token_and_every_endpoint() -> None:
     assert schema["components"]["securitySchemes"]["localServiceToken"]["scheme"] == "bearer"
     assert set(schema["paths"]) == {
         "/v1/status",
+        "/v1/catalogue",
         "/v1/receipts",
         "/v1/id-card/read",
         "/v1/cash-in",

@@ -84,7 +84,11 @@ def test_settings_cross_a_process_boundary() -> None:
         ("retention_days = 'x'\n", {}, "controller.toml: retention_days: must be a number"),
         ("writer = 'fork'\n", {}, "controller.toml: writer: must be one of 'process', 'thread'"),
         ("listen = 'nowhere'\n", {}, "controller.toml: listen: must be 'host:port'"),
-        ("[alerts]\nafter = 1\n", {}, "controller.toml: alerts: unknown key"),
+        (
+            "[alerts]\nafter = 1\n",
+            {},
+            "controller.toml: alerts.after: unknown key (allowed: device_offline",
+        ),
         (
             "",
             {"KIOSKFLEET_OFFLINE_ALERT_AFTER": "soon"},

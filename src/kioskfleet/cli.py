@@ -63,7 +63,58 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     ctl.add_argument("--config", help="TOML settings (environment variables win)")
 
     agent = sub.add_parser("agent", help="the kiosk agent")
-    agent.add_argument("--config", required=True, help="the agent's TOML file")
+    agent.add_argument("--config", help="the agent's TOML file (required)")
+    asub = agent.add_subparsers(dest="agent_command")
+    enroll = asub.add_parser(
+        "enroll",
+        help="get this kiosk its client certificate (CONTRACT §6)",
+        description="Makes this kiosk's key (it never leaves the kiosk), sends a certificate "
+        "request with the one-time token an admin issued, and writes the key, certificate "
+        "and CA where the configuration's [tls] section names them (default: "
+        "STATE_DIR/identity/). Prints one JSON line; exit 1 when refused.",
+    )
+    enroll.add_argument("--controller", required=True, help="the controller's URL")
+    enroll.add_argument("--token", required=True, help="the one-time enrolment token")
+    enroll.add_argument("--config", required=True, dest="enroll_config", help="agent TOML")
+    enroll.add_argument("--ca", help="the CA of the controller's HTTPS certificate")
+
+    fca = sub.add_parser(
+        "fleet-ca",
+        help="create the offline root, the fleet CA and the broker's and controller's certificates",
+        description="The fleet's certificate authority (docs/kiosk-identity.md). Keep the root's "
+        "key offline; the controller keeps the fleet CA (an intermediate) online.",
+    )
+    fsub = fca.add_subparsers(dest="ca_command", required=True)
+    root = fsub.add_parser("init-root", help="a new offline root: DIR/root.pem, DIR/root.key")
+    root.add_argument("dir")
+    root.add_argument("--name", default="kioskfleet root CA")
+    root.add_argument("--years", type=_positive_int, default=20)
+    inter = fsub.add_parser(
+        "init-intermediate",
+        help="a new fleet CA signed by the root: DIR/fleet-ca.pem, DIR/fleet-ca.key",
+    )
+    inter.add_argument("dir")
+    inter.add_argument("--root-cert", required=True)
+    inter.add_argument("--root-key", required=True)
+    inter.add_argument("--name", default="kioskfleet fleet CA")
+    inter.add_argument("--years", type=_positive_int, default=5)
+    issue = fsub.add_parser(
+        "issue",
+        help="a key and certificate signed by the fleet CA: the broker's (--host) or the "
+        "controller's (NAME controller)",
+    )
+    issue.add_argument("name", help="common name: `controller`, or the broker's name")
+    issue.add_argument("dir")
+    issue.add_argument("--ca-cert", required=True, help="the fleet CA's certificate")
+    issue.add_argument("--ca-key", required=True, help="the fleet CA's key")
+    issue.add_argument("--root-cert", required=True, help="the root's certificate")
+    issue.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a server certificate for this host name or address (repeatable)",
+    )
+    issue.add_argument("--days", type=_positive_int, default=365)
 
     sim = sub.add_parser("simulate", help="N simulated stations running the real agent code")
     sim.add_argument("--stations", type=_positive_int, required=True)
@@ -104,7 +155,47 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     dsim.add_argument("--kind", choices=["bill", "coin"])
     dsim.add_argument("--link", help="make PATH a symlink to the pty")
     dsim.add_argument("--fault", action="append", default=[], help="switch a fault on (repeatable)")
+
+    tuf_client = sub.add_parser(
+        "tuf-client",
+        help="the agent's update client behind the tuf-conformance command line",
+        description="init / refresh / download as tuf-conformance's CLIENT-CLI.md says; "
+        "exit 0 success, 1 failure",
+    )
+    _add_tuf_client_arguments(tuf_client)
+
+    keys = sub.add_parser(
+        "keys",
+        help="update-signing keys: create, create the repository, delegate, rotate",
+        description="Offline keys stay in files you keep; the controller's online keys in "
+        "--online-keys. Prints one JSON object; exit 1 when refused.",
+    )
+    _add_keys_arguments(keys)
+
+    release = sub.add_parser(
+        "release",
+        help="publish a release: sign it locally with your key, upload it",
+    )
+    _add_release_arguments(release)
     return parser
+
+
+def _add_release_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.updates.publishcli import add_arguments
+
+    add_arguments(parser)
+
+
+def _add_tuf_client_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.updates.tufcli import add_arguments
+
+    add_arguments(parser)
+
+
+def _add_keys_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.controller.tufrepo.keyscli import add_arguments
+
+    add_arguments(parser)
 
 
 def _fault_table() -> str:
@@ -141,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": _agent,
         "simulate": _simulate,
         "device": _device,
+        "tuf-client": _tuf_client,
+        "keys": _keys,
+        "release": _release,
+        "fleet-ca": _fleet_ca,
     }
     try:
         return handlers[args.command](args)
@@ -177,7 +272,14 @@ def _refuse(command: str, err: Exception) -> int:
 
 #: what each optional part needs beyond a kiosk's install (pyproject's extras)
 _EXTRAS: dict[str, tuple[str, ...]] = {
-    "controller": ("pydantic_settings", "sqlmodel", "alembic", "prometheus_client", "psycopg"),
+    "controller": (
+        "pydantic_settings",
+        "sqlmodel",
+        "alembic",
+        "prometheus_client",
+        "psycopg",
+        "python_multipart",
+    ),
     "demo": ("pydantic_settings", "sqlmodel", "alembic", "prometheus_client", "amqtt"),
 }
 
@@ -227,18 +329,35 @@ def _controller(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except SettingsError as err:
         return _refuse("controller", err)
+    if settings.tuf is not None:
+        from kioskfleet.controller.tufrepo import RepositoryRefused
+        from kioskfleet.controller.tufrepo.service import open_repository
+
+        try:  # a [tuf] folder without a repository: one line, before anything starts
+            open_repository(settings.tuf).describe()
+        except RepositoryRefused as err:
+            return _refuse("controller", RuntimeError(f"[tuf] {err}"))
 
     import uvicorn
 
     from kioskfleet.controller.app import create_app
+    from kioskfleet.controller.pki import PkiError
 
     logging.getLogger("kioskfleet").setLevel(logging.INFO)
     host, port = settings.host_port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    try:
+        app = create_app(settings)
+    except PkiError as err:  # the [fleet_ca] files: missing, unreadable, not belonging together
+        return _refuse("controller", err)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0
 
 
 def _agent(args: argparse.Namespace) -> int:
+    if args.agent_command == "enroll":
+        return _enroll(args)
+    if args.config is None:
+        return _refuse("agent", ValueError("--config FILE is required"))
     from kioskfleet.agent.config import ConfigError, load_agent_config
 
     try:
@@ -255,6 +374,95 @@ def _agent(args: argparse.Namespace) -> int:
     except AgentStartError as err:  # a taken port, a token file it cannot make: one line
         print(f"kioskfleet agent: {err}", file=sys.stderr)
         return 1
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    """``kioskfleet agent enroll``: the configuration is read as TOML only (its [tls] files do
+    not exist yet, so the full validation would refuse it)."""
+    import tomllib
+    from pathlib import Path
+
+    from kioskfleet.agent.identity import EnrolmentError, IdentityFiles, enroll
+    from kioskfleet.protocol.stations import is_valid_station_id
+
+    path = Path(args.enroll_config)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        return _refuse("agent enroll", ValueError(f"{path}: {err}"))
+    station = data.get("station")
+    if not isinstance(station, str) or not is_valid_station_id(station):
+        return _refuse("agent enroll", ValueError(f"{path}: station: not a station id"))
+    folder = Path(data.get("state_dir", "/var/lib/kioskfleet")) / "identity"
+    tls = data.get("tls", {})
+    if not isinstance(tls, dict):
+        return _refuse("agent enroll", ValueError(f"{path}: tls: must be a table"))
+    files = IdentityFiles(
+        cert=Path(tls.get("cert", folder / "cert.pem")),
+        key=Path(tls.get("key", folder / "key.pem")),
+        ca=Path(tls.get("ca", folder / "ca.pem")),
+    )
+    try:
+        issued = enroll(
+            args.controller,
+            args.token,
+            station,
+            files,
+            controller_ca=Path(args.ca) if args.ca else None,
+        )
+    except EnrolmentError as err:
+        print(f"kioskfleet agent enroll: {err}", file=sys.stderr)
+        return 1
+    result: dict[str, Any] = {
+        "station": station,
+        "serial": issued.serial,
+        "not_after": issued.not_after,
+        "cert": str(files.cert),
+        "key": str(files.key),
+        "ca": str(files.ca),
+    }
+    if not tls:
+        result["add_to_config"] = (
+            f'[tls]\nca = "{files.ca}"\ncert = "{files.cert}"\nkey = "{files.key}"\n'
+        )
+    _print(result)
+    return 0
+
+
+def _fleet_ca(args: argparse.Namespace) -> int:
+    import datetime as dt
+    from pathlib import Path
+
+    from kioskfleet.controller.pki import (
+        CaFiles,
+        FleetCA,
+        PkiError,
+        create_intermediate,
+        create_root,
+        issue_to_files,
+    )
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        if args.ca_command == "init-root":
+            files = create_root(Path(args.dir), name=args.name, now=now, years=args.years)
+        elif args.ca_command == "init-intermediate":
+            files = create_intermediate(
+                CaFiles(Path(args.root_cert), Path(args.root_key)),
+                Path(args.dir),
+                name=args.name,
+                now=now,
+                years=args.years,
+            )
+        else:
+            ca = FleetCA.load(CaFiles(Path(args.ca_cert), Path(args.ca_key)), Path(args.root_cert))
+            files = issue_to_files(
+                ca, args.name, Path(args.dir), server_hosts=args.host, now=now, days=args.days
+            )
+    except (PkiError, OSError) as err:
+        return _refuse(f"fleet-ca {args.ca_command}", err)
+    _print({"cert": str(files.cert), "key": str(files.key)})
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -335,6 +543,24 @@ def _device(args: argparse.Namespace) -> int:
             return _refuse("device simulate", err)
     serve_until_sigterm(simulator, args.link, lambda port: print(port, flush=True))
     return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from kioskfleet.updates.publishcli import run
+
+    return run(args)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from kioskfleet.controller.tufrepo.keyscli import run
+
+    return run(args)
+
+
+def _tuf_client(args: argparse.Namespace) -> int:
+    from kioskfleet.updates.tufcli import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

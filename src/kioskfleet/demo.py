@@ -165,10 +165,14 @@ def run_demo(
             broker.start()
             # amqtt speaks only 3.1.1: say so rather than have everyone try 5 first
             broker_url = f"mqtt://127.0.0.1:{broker.port}?version=3.1.1"
+        from kioskfleet.controller.tufrepo.service import create_demo_repository
+
         settings = checked.model_copy(
             update={
                 "db_url": db_url or f"sqlite:///{work / 'kioskfleet.db'}",
                 "mqtt_url": broker_url,
+                # a signed update repository of its own, served under /tuf/
+                "tuf": checked.tuf or create_demo_repository(work / "tuf"),
             }
         )
         served = ServedController(settings)

@@ -289,6 +289,18 @@ class MqttClientFactory:
             self._context.sslsocket_class = _recording_socket(self._record)
         self._tls_error: ssl.SSLError | None = None
 
+    def use_tls(self, files: TlsFiles) -> None:
+        """Connect with these files from the next connection on (a renewed certificate).
+
+        Raises:
+            MqttConfigError: unusable files, or a plain ``mqtt://`` URL.
+        """
+        if not self.url.tls:
+            raise MqttConfigError(f"the broker URL {self.url} is not mqtts://")
+        context = tls_context(files)
+        context.sslsocket_class = _recording_socket(self._record)
+        self._context = context
+
     # -- building and connecting ---------------------------------------------------------------
     def build(self, will: tuple[str, bytes] | None = None) -> mqtt.Client:
         """A new paho client speaking :attr:`version`; ``will`` is (topic, payload), published

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -19,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -39,6 +41,7 @@ from kioskfleet.agent.mqtt import MqttLink
 from kioskfleet.agent.outbox import CommandRecord, DroppedRange, Entry, Kind, StationOutbox
 from kioskfleet.agent.payloads import ReplyStatus, Stamp, StationIdentity
 from kioskfleet.agent.sendwindow import SendCounts, SendWindow
+from kioskfleet.agent.updater.runner import StationUpdates
 from kioskfleet.drivers.exceptions import DriverError
 from kioskfleet.mqttclient import TlsFiles
 from kioskfleet.protocol.broker_url import BrokerUrl
@@ -154,6 +157,8 @@ class StationAgent:
             self.window.track(entry)
         #: the technician's switch (``out_of_service`` / ``in_service``), kept in the outbox's file
         self._in_service = outbox.setting("in_service") != "false"
+        #: the station's updater, where the process runs one (service.py; not the simulator yet)
+        self.updates: StationUpdates | None = None
         #: command ids whose handler is running now
         self._running: set[str] = set()
         self._commands: dict[str, CommandHandler] = {
@@ -374,6 +379,29 @@ class StationAgent:
             self._publish_birth()
         return True
 
+    def set_versions(
+        self, *, agent: str | None = None, catalogue: str | _Keep | None = ...
+    ) -> bool:
+        """The station now runs other software or another catalogue (the updater swapped
+        one; ``catalogue=None``: none any more): the birth says so, and a new retained birth
+        goes out now (what the controller and a new subscriber see). Returns whether anything
+        changed."""
+        identity = dataclasses.replace(
+            self.identity,
+            agent_version=agent or self.identity.agent_version,
+            catalogue_version=(
+                self.identity.catalogue_version
+                if isinstance(catalogue, EllipsisType)
+                else catalogue
+            ),
+        )
+        if identity == self.identity:
+            return False
+        self.identity = identity
+        if self.link.connected:
+            self._publish_birth()
+        return True
+
     def _disconnected(self) -> None:
         # the link starts every connection with a fresh paho client: whatever was in flight
         # goes out again, in order, from the outbox
@@ -556,6 +584,9 @@ class StationAgent:
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - asyncio.get_running_loop().time()))
 
+
+#: "leave it as it is" for :meth:`StationAgent.set_versions`
+_Keep = EllipsisType
 
 _SEQUENCED_KINDS: tuple[Kind, ...] = ("telemetry", "events", "reply")
 _SLOTS = TypeAdapter(list[SlotName])

@@ -56,8 +56,8 @@ _Path = Annotated[Path, Field(strict=False, json_schema_extra={"allowed": "a pat
 
 
 class MaintenanceWindow(BaseModel):
-    """A daily time span in Asia/Shanghai: CONTRACT §2's ``maintenance_window``, when updates
-    may be installed (accepted and validated; nothing installs updates yet).
+    """A daily time span in Asia/Shanghai: CONTRACT §2's ``maintenance_window``, when a
+    software update may restart the agent (:class:`~kioskfleet.agent.updater.gate.UpdateGate`).
 
     ``end`` before ``start`` wraps midnight (``23:00-02:00``); ``start`` is inside the window,
     ``end`` is not.
@@ -169,11 +169,22 @@ class AgentConfig(BaseModel):
     ]
     #: the ``[tls]`` section: CA, client certificate and key for an ``mqtts://`` broker
     tls: TlsSettings | None = None
+    #: the controller's HTTP(S) base URL, where the kiosk renews its certificate
+    #: (``kioskfleet agent enroll`` gets the first one); None: no renewal
+    controller: (
+        Annotated[
+            str,
+            Field(pattern=r"^https?://[^\s/]+", json_schema_extra={"allowed": "an http(s):// URL"}),
+        ]
+        | None
+    ) = None
+    #: the CA that signed the controller's HTTPS certificate (the system's CAs when absent)
+    controller_ca: _Path | None = None
     telemetry_interval: Annotated[float, Field(ge=0.1, le=86400)] = 10.0
     state_dir: _Path = Path("/var/lib/kioskfleet")
     #: MQTT keepalive (s); the station is seen offline within 1.5 × keepalive after it dies
     keepalive: Annotated[int, Field(ge=1, le=65535)] = 30
-    #: when updates may be installed; validated, not yet acted on (no update client yet)
+    #: when a software update may restart the agent (the updater's gate); none: any time
     maintenance_window: Annotated[
         MaintenanceWindow | None,
         BeforeValidator(_window),

@@ -167,6 +167,18 @@ class MqttLink:
             self._misc.cancel()
         self._connected = False
 
+    def use_identity(self, tls: TlsFiles) -> None:
+        """Connect with these certificate files from now on (a renewed certificate): the
+        connection is closed cleanly — a DISCONNECT, so no will and the station is not seen
+        offline — and made again after the usual short back-off, with the new certificate.
+
+        Raises:
+            MqttConfigError: unusable files (the current connection stays as it is).
+        """
+        self._factory.use_tls(tls)
+        if self._connected and self._client is not None:
+            self._client.disconnect()
+
     def abort(self, reconnect: bool = False) -> None:
         """Drop the connection without DISCONNECT, as a network failure does (the broker
         publishes the will). Without ``reconnect`` the link stays down (a kiosk that died);

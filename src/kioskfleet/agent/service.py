@@ -4,24 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kioskfleet import __version__
 from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
 from kioskfleet.agent.commands import RESTART_EXIT_CODE, HubOps, LogRing
 from kioskfleet.agent.config import AgentConfig
 from kioskfleet.agent.devices import DeviceSource
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.agent.hub import DeviceHub, HubSource, hub_from_config
+from kioskfleet.agent.identity import IdentityFiles, Renewer
 from kioskfleet.agent.outbox import OutboxStore
 from kioskfleet.agent.tracker import TransactionTracker
+from kioskfleet.agent.updater import SoakPolicy, SoftwareUpdater, UpdateError
+from kioskfleet.agent.updater.catalogue import CatalogueStore
+from kioskfleet.agent.updater.gate import UpdateGate
+from kioskfleet.agent.updater.health import agent_health
+from kioskfleet.agent.updater.runner import StationUpdates
 
 if TYPE_CHECKING:
     from kioskfleet.agent.localservice import LocalService
 
 log = logging.getLogger(__name__)
+
+
+#: seconds a kiosk must have been idle before an update restarts the agent (a citizen between
+#: paying and taking the receipt is still there)
+UPDATE_SETTLE_S = 30.0
 
 
 class AgentStartError(RuntimeError):
@@ -44,8 +57,14 @@ def identity_of(config: AgentConfig) -> StationIdentity:
     )
 
 
-async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> int:
+async def run_agent(
+    config: AgentConfig, stop: asyncio.Event | None = None, *, soak: SoakPolicy | None = None
+) -> int:
     """Run the agent until ``stop`` is set (or SIGTERM/SIGINT), then shut down cleanly.
+
+    At start the updater finishes or undoes an interrupted update first (which may end in an
+    immediate restart); a release on trial is probed over its soak window (``soak``: the
+    defaults of :class:`~kioskfleet.agent.updater.SoakPolicy`) and committed or rolled back.
 
     Returns the process's exit code: 0, or :data:`RESTART_EXIT_CODE` after ``restart_agent``
     (its reply queued first), so that systemd (``Restart=on-failure``) starts it again.
@@ -62,6 +81,22 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    # before anything else: finish or undo an update a crash or restart interrupted
+    software = SoftwareUpdater(config.state_dir / "software", base_version=__version__, policy=soak)
+    try:
+        plan = software.recover()
+    except UpdateError as err:  # a damaged state file: run as is, updates refused meanwhile
+        log.error("software updates disabled: %s", err)
+        plan = None
+    if plan is not None and plan.kind == "restart":
+        log.warning("agent restarts into the release 'current' names now")
+        return RESTART_EXIT_CODE
+    catalogue = CatalogueStore(config.state_dir / "catalogue", config.site_type)
+    try:
+        catalogue_events = catalogue.open()
+    except UpdateError as err:
+        log.error("catalogue updates disabled: %s", err)
+        catalogue_events = []
     store = OutboxStore(config.state_dir / "outbox.db", synchronous="FULL")
     # a day of telemetry at the configured interval, plus room for events
     bound = max(20_000, int(1.5 * 86400 / config.telemetry_interval))
@@ -71,8 +106,13 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
     ops = HubOps(hub)  # told the tracker below: the tracker publishes through the agent
     # the newest log lines, for collect_logs (the product never logs a citizen's data)
     logs = LogRing()
+    identity = identity_of(config)
     agent = StationAgent(
-        identity_of(config),
+        dataclasses.replace(
+            identity,
+            agent_version=software.running_version(),
+            catalogue_version=catalogue.active_version or identity.catalogue_version,
+        ),
         broker=config.broker,
         outbox=store.outbox(config.station, max_messages=bound),
         sources=sources,
@@ -90,12 +130,50 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
     # the transaction state exists with the local service off too: the update gate asks it
     tracker = TransactionTracker(hub, on_event=publish_transactions, loop=loop)
     ops.tracker = tracker
+    updates = StationUpdates(
+        software,
+        catalogue,
+        UpdateGate(
+            busy=lambda: tracker.busy,
+            window=config.maintenance_window,
+            settle=UPDATE_SETTLE_S,
+            idle_for=tracker.idle_for,
+        ),
+        report=agent.queue_events,
+        restart=restart,
+        catalogue_changed=lambda version: agent.set_versions(catalogue=version),
+    )
+    # the install command (rollouts) calls updates.apply_software / apply_catalogue
+    agent.updates = updates
     local: LocalService | None = None
     if config.local_service:
-        local = _local_service(config, hub, tracker, in_service=lambda: agent.in_service)
+        local = _local_service(
+            config,
+            hub,
+            tracker,
+            in_service=lambda: agent.in_service,
+            catalogue=catalogue.active_json,
+        )
     # read every device once first, so the birth describes them all
     await agent.coordinator.refresh()
     agent.start()
+    if plan is not None:
+        updates.flush_reports()  # what the last run recorded and could not send
+    if catalogue_events:  # the active catalogue no longer loaded: rolled back at start
+        agent.queue_events(catalogue_events)
+    background: list[asyncio.Task[Any]] = [
+        asyncio.create_task(updates.catalogue_loop(), name="catalogue")
+    ]
+    if plan is not None and plan.kind == "trial" and plan.trial is not None:
+        health = agent_health(
+            connected=lambda: agent.link.connected,
+            statuses=lambda: agent.coordinator.statuses,
+            required=config.required_devices,
+            catalogue=catalogue,
+        )
+        background.append(asyncio.create_task(updates.soak(plan.trial, health), name="soak"))
+    renewer = _renewer(config, agent)
+    renewing = asyncio.ensure_future(renewer.run(stop)) if renewer is not None else None
     serving = False
     try:
         if local is not None:
@@ -105,6 +183,10 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
         log.info("agent %s started, broker %s", config.station, config.broker)
         await stop.wait()
     finally:
+        for task in background:
+            task.cancel()
+        if renewing is not None:
+            await renewing
         if serving and local is not None:
             await local.stop()
         await agent.stop()
@@ -114,6 +196,22 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> i
         logs.detach()
         log.info("agent %s stopped%s", config.station, " to restart" if restart_requested else "")
     return RESTART_EXIT_CODE if restart_requested else 0
+
+
+def _renewer(config: AgentConfig, agent: StationAgent) -> Renewer | None:
+    """The certificate renewer, for a kiosk with a controller URL and its own certificate."""
+    tls = config.tls
+    if config.controller is None or tls is None or tls.cert is None or tls.key is None:
+        return None
+    if tls.ca is None:
+        return None
+    return Renewer(
+        controller=config.controller,
+        station=config.station,
+        files=IdentityFiles(cert=tls.cert, key=tls.key, ca=tls.ca),
+        use=agent.link.use_identity,
+        controller_ca=config.controller_ca,
+    )
 
 
 async def _start_local_service(local: LocalService) -> None:
@@ -132,6 +230,7 @@ def _local_service(
     tracker: TransactionTracker,
     *,
     in_service: Callable[[], bool],
+    catalogue: Callable[[], bytes | None] | None = None,
 ) -> LocalService:
     """The local device service as configured, its token file created if missing.
 
@@ -154,6 +253,7 @@ def _local_service(
             port=int(port),
             allowed_origins=config.local_allowed_origins,
             in_service=in_service,
+            catalogue=catalogue,
         )
     except LocalServiceError as err:
         raise AgentStartError(str(err)) from err

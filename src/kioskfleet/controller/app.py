@@ -13,13 +13,16 @@ from kioskfleet.controller.api.routes import (
     alerts,
     audit,
     commands,
+    enrolment,
     figures,
     fleet,
     health,
     maintenance,
     pages,
+    releases,
     silences,
     stations,
+    tuf,
 )
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.service import Controller
@@ -48,12 +51,15 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
         fleet,
         stations,
         commands,
+        enrolment,
         figures,
         alerts,
         silences,
         maintenance,
         audit,
         pages,
+        tuf,
+        releases,
     ):
         app.include_router(module.router)
 

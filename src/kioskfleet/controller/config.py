@@ -17,7 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -48,6 +56,64 @@ class AlertsSection(AlertsSettings):
     ``[alerts.receivers]``, where notifications go."""
 
     receivers: ReceiversSettings = ReceiversSettings()
+
+
+class TufSettings(BaseModel):
+    """The ``[tuf]`` section: the signed update repository the controller hosts under
+    ``/tuf/`` (created beforehand with ``kioskfleet keys init-repo``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the repository folder (``metadata/``, ``targets/``)
+    dir: Path
+    #: the folder of the online keys (snapshot, timestamp, release); never served
+    online_keys: Path
+    #: passphrase of the online key files, if they are encrypted
+    key_passphrase: SecretStr | None = None
+    #: sign releases uploaded without signed metadata with the online release key (the demo
+    #: does; a deployment may insist on release managers' own keys)
+    online_release: bool = False
+    #: seconds between checks whether timestamp and snapshot need re-signing
+    resign_interval: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    #: how long a timestamp signature is valid (seconds); renewed at half of it
+    timestamp_lifetime: Annotated[float, Field(ge=600, le=30 * 86400)] = 86400.0
+    #: how long a snapshot signature is valid (seconds); renewed at half of it
+    snapshot_lifetime: Annotated[float, Field(ge=600, le=365 * 86400)] = 7 * 86400.0
+
+
+class _Files(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FleetCaSettings(_Files):
+    """The ``[fleet_ca]`` section: the online intermediate that signs kiosk certificates
+    (``kioskfleet fleet-ca``; docs/kiosk-identity.md). Without it the controller enrols nobody."""
+
+    #: the fleet CA's certificate and key (PEM)
+    cert: Path
+    key: Path
+    #: the offline root's certificate: what kiosks are told to trust for the broker
+    root: Path
+    #: a kiosk certificate's life in days (renewed after two thirds of it)
+    validity_days: Annotated[float, Field(gt=0, le=825)] = 90.0
+    #: where the controller writes the revocation list for the broker's ``crlfile``
+    crl: Path | None = None
+
+
+class BrokerAclSettings(_Files):
+    """The ``[broker_acl]`` section: the Mosquitto ``acl_file`` the controller writes, and how
+    the broker is told to reload it (SIGHUP to the pid in ``pid_file``, or ``reload_command``,
+    e.g. ``["sudo", "systemctl", "reload", "mosquitto"]``)."""
+
+    file: Path
+    pid_file: Path | None = None
+    reload_command: Annotated[list[str], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_reload(self) -> Self:
+        if self.pid_file is not None and self.reload_command is not None:
+            raise ValueError("give pid_file or reload_command, not both")
+        return self
 
 
 class Settings(BaseSettings):
@@ -102,9 +168,15 @@ class Settings(BaseSettings):
     #: where the ingest writer (decode, validate, store) runs: ``process`` (its own process,
     #: so ingest uses a second core) or ``thread`` (inside the controller's process)
     writer: Literal["process", "thread"] = "process"
-    #: a string that is a valid admin API token (CONTRACT §6); validated, not yet acted on:
-    #: the API has no accounts or tokens yet
+    #: a string that is a valid admin API token (CONTRACT §6); for now it guards the admin
+    #: endpoints of kiosk identity (enrolment tokens, revocation)
     bootstrap_token: SecretStr | None = None
+    #: the ``[tuf]`` section: the update repository served under ``/tuf/`` (none: not served)
+    tuf: TufSettings | None = None
+    #: the ``[fleet_ca]`` section: the CA that enrols kiosks
+    fleet_ca: FleetCaSettings | None = None
+    #: the ``[broker_acl]`` section: the broker's ACL file, rewritten when a station is revoked
+    broker_acl: BrokerAclSettings | None = None
 
     @field_validator("mqtt_url")
     @classmethod

@@ -433,3 +433,46 @@ def comparison_filters(dialect: str) -> dict[str, Any]:
         return only is None or only == dialect
 
     return {"include_name": include_name, "include_object": include_object}
+
+
+class EnrolmentToken(SQLModel, table=True):
+    """A one-time, short-lived token an admin issued so that one station can enrol (CONTRACT
+    §6). Only its SHA-256 is kept; ``used_at`` is set by the enrolment that spends it."""
+
+    __tablename__ = "enrolment_token"
+
+    id: str = Field(primary_key=True, max_length=32)
+    token_sha256: str = Field(max_length=64, unique=True)
+    station: str = Field(max_length=64, index=True)
+    created_at: float
+    expires_at: float
+    created_by: str = Field(max_length=200)
+    used_at: float | None = None
+
+
+class StationCertificate(SQLModel, table=True):
+    """Every client certificate the fleet CA issued to a station (enrolment or renewal)."""
+
+    __tablename__ = "station_certificate"
+
+    #: serial number, hex (up to 159 bits)
+    serial: str = Field(primary_key=True, max_length=40)
+    station: str = Field(max_length=64, index=True)
+    not_before: float
+    not_after: float
+    issued_at: float
+    #: ``enrol`` or ``renew``
+    via: str = Field(max_length=16)
+    revoked_at: float | None = None
+
+
+class StationRevocation(SQLModel, table=True):
+    """A station the fleet no longer trusts (revoked or decommissioned): the broker denies it
+    every topic, it cannot enrol or renew again."""
+
+    __tablename__ = "station_revocation"
+
+    station: str = Field(primary_key=True, max_length=64)
+    revoked_at: float
+    revoked_by: str = Field(max_length=200)
+    reason: str = Field(max_length=500)

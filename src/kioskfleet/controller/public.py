@@ -577,3 +577,44 @@ class Availability(Public):
     by: AvailabilityBy
     items: list[AvailabilityItem]
     total: int
+
+
+# -- kiosk identity (CONTRACT §6) ------------------------------------------------------------
+class EnrolmentTokenRequest(BaseModel):
+    """An admin asks for a one-time token that lets one station enrol."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    station: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")]
+    #: seconds the token stays valid (default 15 minutes, at most a week)
+    ttl_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 900.0
+
+
+class EnrolmentTokenCreated(Public):
+    """The token, shown this once (only its hash is stored)."""
+
+    id: str
+    token: str
+    station: str
+    expires_at: float
+
+
+class RevokeRequest(BaseModel):
+    """Why a station is revoked or decommissioned (for the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class RevocationPublic(Public):
+    """What revoking did: the broker's rules reloaded, the station's connection closed."""
+
+    station: str
+    #: False when it was revoked already
+    newly_revoked: bool
+    #: null when this controller manages no broker ACL file
+    broker_reloaded: bool | None
+    #: null when it has no fleet CA or no TLS broker to take the connection over
+    disconnected: bool | None
+    seconds: float

@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from kioskfleet.controller import commands, crud
+from kioskfleet.controller import commands, crud, identity
+from kioskfleet.controller.brokeracl import BrokerControl, kick
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
+from kioskfleet.controller.pki import CaFiles, FleetCA, write_private
+from kioskfleet.controller.tufrepo.service import Resigner, open_repository
 from kioskfleet.controller.writer import WriterConfig
 from kioskfleet.mqttclient import TlsFiles
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What revoking a station did."""
+
+    station: str
+    #: False: it was revoked already (the broker's rules are applied again all the same)
+    newly: bool
+    #: the broker reloaded its ACL file (None: this controller has no ``[broker_acl]``)
+    broker_reloaded: bool | None
+    #: its connection was taken over and closed (None: no fleet CA or no TLS broker)
+    disconnected: bool | None
+    #: seconds from the request to the station's connection closed
+    seconds: float
 
 
 class Controller:
@@ -34,10 +54,32 @@ class Controller:
         self.engine: Engine = make_engine(settings.db_url)
         self.metrics = Metrics()
         self.ingest: Ingest | None = None
+        #: the signed update repository, when the settings have a ``[tuf]`` section
+        self.tuf: Resigner | None = None
+        if settings.tuf is not None:
+            self.tuf = Resigner(open_repository(settings.tuf), settings.tuf.resign_interval)
+        #: the online intermediate that enrols kiosks (the ``[fleet_ca]`` settings)
+        self.fleet_ca: FleetCA | None = None
+        if settings.fleet_ca is not None:
+            self.fleet_ca = FleetCA.load(
+                CaFiles(settings.fleet_ca.cert, settings.fleet_ca.key),
+                settings.fleet_ca.root,
+                validity_days=settings.fleet_ca.validity_days,
+            )
+        self.broker_control: BrokerControl | None = None
+        if settings.broker_acl is not None:
+            self.broker_control = BrokerControl(
+                settings.broker_acl.file,
+                pid_file=settings.broker_acl.pid_file,
+                reload_command=settings.broker_acl.reload_command,
+            )
 
     def start(self) -> None:
         """Upgrade the schema, start the writer, connect to the broker."""
         migrate(self.engine)
+        if self.tuf is not None:
+            self.tuf.start()
+        self.apply_broker_rules()
         self.metrics.watch_fleet(self._counts)
         settings = self.settings
         self.ingest = Ingest(
@@ -65,6 +107,8 @@ class Controller:
         """Finish the batch in hand, disconnect, close the database."""
         if self.ingest is not None:
             self.ingest.stop()
+        if self.tuf is not None:
+            self.tuf.stop()
         self.engine.dispose()
 
     def health(self) -> tuple[bool, str]:
@@ -132,6 +176,53 @@ class Controller:
         if due:
             log.info("sent %d stored command(s) to %d station(s)", len(due), len(stations))
         return len(due)
+
+    # -- kiosk identity (CONTRACT §6) --------------------------------------------------------
+    def apply_broker_rules(self) -> bool | None:
+        """Write the broker's ACL file and the revocation list from the database, and make the
+        broker reload the ACL file. Whether it reloaded (None: no ``[broker_acl]``)."""
+        now = time.time()
+        with self.engine.connect() as conn:
+            revoked = identity.revoked_stations(conn=conn, now=now)
+            serials = identity.revoked_serials(conn=conn, now=now)
+        crl_path = self.settings.fleet_ca.crl if self.settings.fleet_ca is not None else None
+        if self.fleet_ca is not None and crl_path is not None:
+            moment = dt.datetime.fromtimestamp(now, dt.UTC)
+            write_private(crl_path, self.fleet_ca.crl(serials, now=moment, days=90), 0o644)
+        if self.broker_control is None:
+            return None
+        try:
+            took = self.broker_control.apply(revoked)
+        except (OSError, ValueError) as err:
+            log.error("could not apply the broker's access rules: %s", err)
+            return False
+        log.info("broker ACL reloaded (%d revoked station(s)) in %.3f s", len(revoked), took)
+        return True
+
+    def revoke_station(self, *, station: str, actor: str, reason: str) -> Revocation:
+        """Revoke (or decommission) ``station``: its certificates and any future enrolment in
+        the database, a deny-all block for it in the broker's ACL file (reloaded), its
+        connection taken over and closed, the revocation list rewritten.
+
+        Raises:
+            ValueError: not a station id.
+        """
+        started = time.monotonic()
+        now = time.time()
+        with self.engine.begin() as conn:
+            newly = identity.revoke(conn=conn, station=station, actor=actor, reason=reason, now=now)
+        reloaded = self.apply_broker_rules()
+        disconnected: bool | None = None
+        if self.fleet_ca is not None and self.settings.broker.tls:
+            # after the reload: the reconnect that follows the takeover finds no rights left
+            disconnected = kick(
+                self.fleet_ca,
+                station,
+                broker=self.settings.broker,
+                broker_ca=self.tls.ca if self.tls is not None else None,
+                now=dt.datetime.fromtimestamp(now, dt.UTC),
+            )
+        return Revocation(station, newly, reloaded, disconnected, time.monotonic() - started)
 
     def _send_waiting(self) -> None:
         """At start: commands stored but never published (the controller stopped between the

@@ -26,6 +26,7 @@ Endpoints (JSON in, JSON out; rendered in ``docs/local-service.md``)::
     POST /v1/cash-in/{id}/end             the credited total
     GET  /v1/bank-card                    reader status and card state
     POST /v1/bank-card/{accept|eject|retain}
+    GET  /v1/catalogue                    the active service catalogue (404: none yet)
     GET  /openapi.json                    the API description (no token needed)
 
 Personal data (an ID card's name, number, address, photo) exists only in the body of the

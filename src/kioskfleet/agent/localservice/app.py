@@ -8,7 +8,7 @@ request that reaches the app and is wrong gets a 4xx ``{"error": str, "code": st
 400   ``bad_json`` (not JSON, not UTF-8, NaN, too deep, not an object), ``unknown_field``
 401   ``unauthorized`` (no or wrong bearer token; ``WWW-Authenticate: Bearer``)
 403   ``forbidden_host``, ``forbidden_origin``
-404   ``not_found`` (no such endpoint), ``unknown_session``, ``no_card``
+404   ``not_found`` (no such endpoint), ``unknown_session``, ``no_card``, ``no_catalogue``
 405   ``method_not_allowed`` (with ``Allow``)
 408   ``timeout`` (body too slow)
 409   the state does not allow it (``session_open``, ``escrow_pending``, ``device_not_ready``,
@@ -67,6 +67,7 @@ from kioskfleet.agent.localservice.models import (
     error_responses,
 )
 from kioskfleet.drivers.cards import IdCard
+from kioskfleet.protocol.catalogue import CatalogueBundle
 
 log = logging.getLogger("kioskfleet.agent.localservice")
 
@@ -354,6 +355,24 @@ def _add_routes(router: FastAPI, desk: DeviceDesk) -> None:
     )
     async def get_status() -> dict[str, Any]:
         return await desk.status()
+
+    @router.get(
+        "/v1/catalogue",
+        response_class=Response,
+        tags=["catalogue"],
+        responses={
+            200: {
+                "model": CatalogueBundle,
+                "description": "the active catalogue bundle, as it was signed and shipped",
+                "content": {"application/json": {}},
+            },
+            **error_responses(404),
+        },
+        summary="The active service catalogue (this station's site type)",
+    )
+    async def get_catalogue() -> Response:
+        # the bundle's own bytes: what was signed, not a re-serialisation of it
+        return Response(desk.catalogue(), media_type=JSON_MEDIA_TYPE)
 
     @router.post(
         "/v1/receipts",

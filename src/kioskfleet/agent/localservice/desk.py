@@ -65,6 +65,8 @@ class DeviceDesk:
         tracker: the station's transaction state (shared with the update gate).
         limits: session bounds (idle timeout, card watch interval).
         in_service: whether the station is in service (absent: always).
+        catalogue: the active service catalogue's JSON as shipped (the updater's
+            ``CatalogueStore.active_json``); None from it: no catalogue yet.
     """
 
     def __init__(
@@ -74,9 +76,11 @@ class DeviceDesk:
         *,
         limits: ServiceLimits | None = None,
         in_service: Callable[[], bool] | None = None,
+        catalogue: Callable[[], bytes | None] | None = None,
     ) -> None:
         self.hub = hub
         self.in_service = in_service or (lambda: True)
+        self._catalogue = catalogue or (lambda: None)
         self.tracker = tracker
         self.limits = limits or ServiceLimits()
         self._cash = asyncio.Lock()
@@ -112,6 +116,20 @@ class DeviceDesk:
     def _bank_card_state(self, slot: str) -> dict[str, bool]:
         cards: dict[str, dict[str, bool]] = self.tracker.snapshot()["bank_card"]
         return cards.get(slot, {"inside": False, "accepting": False})
+
+    # -- catalogue ---------------------------------------------------------------------------
+    def catalogue(self) -> bytes:
+        """The active catalogue bundle's JSON, byte for byte as its signed target held it.
+
+        Raises:
+            ServiceError: 404 ``no_catalogue`` before the station has one.
+        """
+        raw = self._catalogue()
+        if raw is None:
+            raise ServiceError(
+                404, "this station has no service catalogue installed yet", "no_catalogue"
+            )
+        return raw
 
     # -- status ------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:

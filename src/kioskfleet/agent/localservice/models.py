@@ -261,7 +261,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 _ERRORS: dict[int, str] = {
-    404: "not found (e.g. unknown session, no card)",
+    404: "not found (e.g. unknown session, no card, no catalogue yet)",
     409: "not possible now (e.g. device not ready, session open or ended, no escrow)",
     422: "a field has a wrong value, or the device in that slot is of another kind",
     503: "the device is not configured, unavailable or does not answer",

@@ -148,6 +148,7 @@ class LocalService:
         limits: request, connection and session bounds.
         in_service: whether the station is in service (the agent's flag, which a technician
             switches with ``cmd/out_of_service``); absent: always.
+        catalogue: the active catalogue's JSON (``GET /v1/catalogue``); absent: none.
     """
 
     def __init__(
@@ -161,6 +162,7 @@ class LocalService:
         allowed_origins: Iterable[str] = (),
         limits: ServiceLimits | None = None,
         in_service: Callable[[], bool] | None = None,
+        catalogue: Callable[[], bytes | None] | None = None,
     ) -> None:
         if not token:
             raise LocalServiceError("the local device service needs a token")
@@ -170,7 +172,9 @@ class LocalService:
         self.port = port
         self.allowed_origins = tuple(allowed_origins)
         self.limits = limits or ServiceLimits()
-        self.desk = DeviceDesk(hub, tracker, limits=self.limits, in_service=in_service)
+        self.desk = DeviceDesk(
+            hub, tracker, limits=self.limits, in_service=in_service, catalogue=catalogue
+        )
         self._token = token
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
