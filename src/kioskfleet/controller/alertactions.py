@@ -1,5 +1,5 @@
 """People's changes to alerts (acknowledge, resolve), silences and maintenance windows:
-keyword-only functions, no HTTP in them (decision 27, and its API side in decision 32).
+keyword-only functions, no HTTP in them (decision 27, and its API side in decision 41).
 
 An acknowledgement or a resolution is decided by the pure lifecycle
 (:func:`~kioskfleet.controller.alerts.lifecycle.acknowledge` / ``resolve``, which raise

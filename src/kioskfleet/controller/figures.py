@@ -3,7 +3,7 @@ the stations were. One module for the API (``/api/alerts/stats``, ``/api/availab
 the dashboard: the queries fetch the rows, pure functions (:func:`durations`,
 :func:`alert_figures`, :func:`online_seconds`) compute, so both show the same numbers.
 
-Definitions (decision 32):
+Definitions (decision 41):
 
 - alert figures are over the alerts **opened** in [from, to), per (district, severity):
   time to acknowledge = ``acknowledged_at - opened_at`` over the acknowledged ones; time to
@@ -97,7 +97,7 @@ def alert_stats(
     unresolved, time to acknowledge, time to repair) in one go: medians and percentiles need
     the values, and no dialect computes them alike. Measured against three passes (counts
     grouped in SQL, then each kind of duration) and against dicts per row: the fetch is the
-    cost (decision 32).
+    cost (decision 41).
     """
     where = [_A.c.opened_at >= start, _A.c.opened_at < end]
     if district is not None:
