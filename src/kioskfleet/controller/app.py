@@ -9,12 +9,17 @@ from fastapi import FastAPI
 
 from kioskfleet import __version__
 from kioskfleet.controller.api.routes import (
+    alerts,
+    audit,
     commands,
     enrolment,
+    figures,
     fleet,
     health,
+    maintenance,
     pages,
     releases,
+    silences,
     stations,
     tuf,
 )
@@ -39,6 +44,21 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
 
     app = FastAPI(title="kioskfleet controller", version=__version__, lifespan=lifespan)
     app.state.controller = ctl
-    for module in (health, fleet, stations, commands, enrolment, pages, tuf, releases):
+    # figures first: `/api/alerts/stats` before `/api/alerts/{alert_id}`
+    for module in (
+        health,
+        fleet,
+        stations,
+        commands,
+        enrolment,
+        figures,
+        alerts,
+        silences,
+        maintenance,
+        audit,
+        pages,
+        tuf,
+        releases,
+    ):
         app.include_router(module.router)
     return app
