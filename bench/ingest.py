@@ -807,6 +807,7 @@ def proc_controller(
             watch.begin()
             t0 = time.monotonic()
             controller.signal(signal.SIGCONT)
+            spies = _spy_on(args, controller, tag)
         else:
             publisher = LivePublisher(broker.port, stream, args.publishers)
             publisher.start()
@@ -814,9 +815,13 @@ def proc_controller(
             assert publisher.process.pid is not None
             watch.named["publisher"] = publisher.process.pid
             watch.begin()
+            spies = _spy_on(args, controller, tag)
         _wait(lambda: _telemetry_counter(controller) >= n, 900, f"{n} stored", every=0.02)
         seconds = time.monotonic() - t0
         result["cpu_percent"] = watch.end(seconds)
+        for name, (spy, path) in spies.items():
+            stop_py_spy(spy)
+            result.setdefault("profile", {})[name] = summarize_collapsed(path, top=25)
         if not frozen:
             result["publish_rate"] = round(publisher.finish(), 1)
         summary = httpx.get(f"http://127.0.0.1:{controller.port}/api/fleet/summary").json()
@@ -831,6 +836,24 @@ def proc_controller(
         **result,
         "summary_ingested_telemetry": summary["ingested"]["telemetry"],
     }
+
+
+def _spy_on(
+    args: Any, controller: ControllerProcess, tag: str
+) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
+    """py-spy (``--profile DIR``) on the controller's process and its writer, each thread
+    apart, while it stores the stream."""
+    if args.profile is None:
+        return {}
+    spies = {}
+    pids = {"controller": controller.proc.pid}
+    for child in psutil.Process(controller.proc.pid).children():
+        if not any("resource_tracker" in part for part in child.cmdline()):
+            pids["writer"] = child.pid
+    for name, pid in pids.items():
+        path = args.profile / f"{tag}-{name}.txt"
+        spies[name] = (start_py_spy(pid, path, rate=200), path)
+    return spies
 
 
 def run_proc(args: Any, work: Path, broker: Any, dbs: list[str], frozen: bool) -> dict[str, Any]:
@@ -891,7 +914,9 @@ def main() -> int:
         "of their own, frozen while the stream is queued), live, preloaded (in-process, "
         "reconnecting), comma-separated",
     )
-    parser.add_argument("--profile", type=Path, help="py-spy the pre-loaded drains into DIR")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the drains (both processes in proc- modes) into DIR"
+    )
     args = parser.parse_args()
 
     global PAYLOADS, BATCH_SIZE
