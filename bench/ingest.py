@@ -660,16 +660,23 @@ class _ProcWatch:
                 with contextlib.suppress(psutil.Error):
                     out["postgres_server"] = out.get("postgres_server", 0.0) + _used(process)
         out["bench_process"] = _used(psutil.Process())
+        machine = psutil.cpu_times()
+        out["machine_busy"] = machine.user + machine.nice + machine.system
         return out
 
     def begin(self) -> None:
         self.before = self._sample()
 
     def end(self, seconds: float) -> dict[str, float]:
+        """CPU of each over the window in % of one core; ``others``: what the rest of the
+        machine used meanwhile (other people's tests and benchmarks: a run to discount)."""
         after = self._sample()
-        return {
+        used = {
             k: round(100 * (v - self.before.get(k, 0.0)) / seconds, 1) for k, v in after.items()
         }
+        ours = sum(v for k, v in used.items() if k != "machine_busy")
+        used["others"] = round(used.pop("machine_busy") - ours, 1)
+        return used
 
 
 def proc_bare(args: Any, broker: Any, stream: list[Message], frozen: bool) -> dict[str, Any]:
