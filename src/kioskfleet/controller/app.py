@@ -14,6 +14,7 @@ from kioskfleet.controller.api.routes import (
     health,
     pages,
     releases,
+    rollouts,
     stations,
     tuf,
 )
@@ -38,6 +39,6 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
 
     app = FastAPI(title="kioskfleet controller", version=__version__, lifespan=lifespan)
     app.state.controller = ctl
-    for module in (health, fleet, stations, commands, pages, tuf, releases):
+    for module in (health, fleet, stations, commands, pages, tuf, releases, rollouts):
         app.include_router(module.router)
     return app

@@ -15,6 +15,7 @@ from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
+from kioskfleet.controller.rollout_runner import RolloutRunner
 from kioskfleet.controller.tufrepo.service import Resigner, open_repository
 from kioskfleet.controller.writer import WriterConfig
 from kioskfleet.mqttclient import TlsFiles
@@ -39,6 +40,8 @@ class Controller:
         self.tuf: Resigner | None = None
         if settings.tuf is not None:
             self.tuf = Resigner(open_repository(settings.tuf), settings.tuf.resign_interval)
+        #: judges the rollouts and reads their stations' progress (started with the rest)
+        self.rollouts = RolloutRunner(self.engine, self.send_due)
 
     def start(self) -> None:
         """Upgrade the schema, start the writer, connect to the broker."""
@@ -66,10 +69,12 @@ class Controller:
         )
         self.ingest.start()
         self._send_waiting()
+        self.rollouts.start()
         log.info("controller started: database %s, broker %s", self.engine.url, settings.broker)
 
     def stop(self) -> None:
         """Finish the batch in hand, disconnect, close the database."""
+        self.rollouts.stop()
         if self.ingest is not None:
             self.ingest.stop()
         if self.tuf is not None:
