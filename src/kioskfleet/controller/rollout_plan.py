@@ -70,9 +70,9 @@ class Policy:
             raise RolloutError("failure_threshold: from 0 up to (not including) 1")
         if self.success_threshold is not None and not 0 < self.success_threshold <= 1:
             raise RolloutError("success_threshold: above 0, at most 1")
-        if self.start_at is not None and self.deadline is not None:
-            if self.deadline <= self.start_at:
-                raise RolloutError("deadline: must come after start_at")
+        start, deadline = self.start_at, self.deadline
+        if start is not None and deadline is not None and deadline <= start:
+            raise RolloutError("deadline: must come after start_at")
 
     @property
     def success(self) -> float:

@@ -594,7 +594,7 @@ def _write_step(conn: Connection, row: Any, step: Step, now: float) -> None:
     info = row.release_info or {}
     targets: dict[str, str] = info.get("targets", {})
     if step.send:
-        site_types = dict(
+        site_types: dict[str, str | None] = dict(
             conn.execute(select(_S.c.id, _S.c.site_type).where(_S.c.id.in_(list(step.send)))).all()
         )
         ttl = INSTALL_TTL if row.deadline is None else max(1.0, row.deadline - now)

@@ -11,6 +11,7 @@ from sqlalchemy import Connection
 from kioskfleet.controller import rollouts
 from kioskfleet.controller.api.deps import ConnDep, ControllerDep
 from kioskfleet.controller.api.routes.tuf import get_repository
+from kioskfleet.controller.commands import record_audit
 from kioskfleet.controller.public import ErrorDetail
 from kioskfleet.controller.rollout_plan import RolloutError
 from kioskfleet.controller.rollouts import (
@@ -241,8 +242,6 @@ def revert_rollout(
 def _audit_republish(
     conn: Connection, actor: str, source: str | None, release: str, of: str, now: float
 ) -> None:
-    from kioskfleet.controller.commands import record_audit
-
     record_audit(
         conn=conn,
         at=now,
