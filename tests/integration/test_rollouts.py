@@ -103,8 +103,7 @@ def test_a_rollout_progresses_and_pauses_itself_at_a_failing_station(
             assert len(canaries) == len(profiles)
             # the failing station is back on what it ran; the healthy ones run the release
             stations = {
-                s["id"]: s
-                for s in api.get("/api/stations", params={"limit": 100}).json()["items"]
+                s["id"]: s for s in api.get("/api/stations", params={"limit": 100}).json()["items"]
             }
 
             def versions_settled() -> bool:
@@ -124,6 +123,15 @@ def test_a_rollout_progresses_and_pauses_itself_at_a_failing_station(
             assert aborted.status_code == 200 and aborted.json()["state"] == "aborted"
             again = api.post(f"/api/rollouts/{rollout_id}/abort")
             assert again.status_code == 409
+            # restarts by update are new sessions over the same outbox: every message counts once
+            loop_thread.call(fleet.stop_producing)
+            assert loop_thread.run(fleet.wait_confirmed(30), timeout=40) == 0
+            sent = fleet.result().sent
+
+            def stored() -> bool:
+                return bool(api.get("/api/fleet/summary").json()["ingested"] == sent)
+
+            wait_until(stored, timeout=10)
         finally:
             loop_thread.run(fleet.stop())
         time.sleep(0.1)

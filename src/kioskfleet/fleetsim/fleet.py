@@ -428,8 +428,11 @@ class Fleet:
         async def restart() -> None:
             old = self.agents[index]
             await old.stop()
-            self._sent_before["telemetry"] += old.sent.telemetry
-            self._sent_before["events"] += old.sent.events
+            # what the old agent counted and the controller did not confirm, the new one sends
+            # (from the same outbox) and counts again: a message counts once
+            again = old.window.counted_unconfirmed()
+            self._sent_before["telemetry"] += old.sent.telemetry - again.telemetry
+            self._sent_before["events"] += old.sent.events - again.events
             new = self._agent(index)
             self.agents[index] = new
             sandbox = self.sandboxes.get(index)
