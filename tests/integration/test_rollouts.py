@@ -135,3 +135,80 @@ def test_a_rollout_progresses_and_pauses_itself_at_a_failing_station(
         finally:
             loop_thread.run(fleet.stop())
         time.sleep(0.1)
+
+
+def _finished_by(body: dict[str, Any], when: str) -> int:
+    return sum(
+        1
+        for s in body["stations"]
+        if s["progress"] in ("healthy", "failed", "rolled_back") and s["updated_at"] <= when
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(1, 11))
+def test_fifty_stations_thirty_percent_failing_pause_before_half_and_roll_back(
+    mosquitto: Mosquitto, loop_thread: LoopThread, tmp_path: Path, seed: int
+) -> None:
+    """The issue's case: 50 simulated stations, 30 % of them (chosen by the seed) failing their
+    health probe, waves 10/50/100, threshold 0.2: the rollout pauses itself before half of the
+    stations have finished their attempt, and every failed station runs its previous release
+    again."""
+    tuf = create_demo_repository(tmp_path / "tuf")
+    root = open_repository(tuf).root_bytes(1)
+    db_url = f"sqlite:///{tmp_path / 'controller.db'}"
+    with served_controller(db_url, mosquitto.url, tuf=tuf) as (_, api):
+        release = _publish_software(api, f"{__version__}-r.1")
+        fleet: Fleet = make_fleet(
+            loop_thread,
+            mosquitto.url,
+            50,
+            interval=5.0,
+            seed=seed,
+            update_url=str(api.base_url).rstrip("/") + "/tuf/",
+            update_root=root,
+            update_failure_rate=0.3,
+            state_dir=tmp_path / "fleet",
+        )
+        try:
+            assert len(fleet.update_failures) == 15
+            wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == 50, timeout=60)
+            created = api.post(
+                "/api/rollouts",
+                json={"release": release, "waves": [10, 50, 100], "failure_threshold": 0.2},
+            )
+            assert created.status_code == 201, created.text
+            rollout_id = created.json()["id"]
+            wait_until(
+                lambda: _rollout(api, rollout_id)["state"] != "running", timeout=180, every=0.5
+            )
+            body = _rollout(api, rollout_id)
+            assert body["state"] == "paused", body["reason"]
+            assert _finished_by(body, body["updated_at"]) < 25
+            assert all(s["progress"] == "pending" for s in body["stations"] if s["wave"] == 3)
+
+            # what was under way finishes; the failed stations are back on what they ran
+            def settled() -> bool:
+                now = _rollout(api, rollout_id)
+                return all(
+                    s["progress"] in ("pending", "healthy", "rolled_back", "failed")
+                    for s in now["stations"]
+                )
+
+            wait_until(settled, timeout=120, every=0.5)
+            body = _rollout(api, rollout_id)
+            rolled_back = {s["station"] for s in body["stations"] if s["progress"] == "rolled_back"}
+            healthy = {s["station"] for s in body["stations"] if s["progress"] == "healthy"}
+            assert rolled_back and rolled_back <= set(fleet.update_failures)
+            assert not healthy & set(fleet.update_failures)
+
+            def versions() -> bool:
+                items = api.get("/api/stations", params={"limit": 100}).json()["items"]
+                agent = {s["id"]: s["versions"]["agent"] for s in items}
+                return all(agent[s] == __version__ for s in rolled_back) and all(
+                    agent[s] == f"{__version__}-r.1" for s in healthy
+                )
+
+            wait_until(versions, timeout=30)
+        finally:
+            loop_thread.run(fleet.stop(), timeout=120)
