@@ -19,7 +19,7 @@ from sqlalchemy import select
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import migrate
-from kioskfleet.controller.models import Audit, CommandRecord, RolloutCursor
+from kioskfleet.controller.models import Audit, CommandRecord, EventBatch, RolloutCursor
 from kioskfleet.controller.rollout_runner import RolloutRunner
 from kioskfleet.controller.service import Controller
 from kioskfleet.controller.store import FleetStore
@@ -326,3 +326,19 @@ def test_a_catalogue_rollout_sends_each_station_its_site_types_target(
     assert targets["wx-xishan-bank-01"] == "catalogue/bank_agent_branch-2026.12-r1.json"
     assert targets[STATIONS[0]] == "catalogue/government_service_center-2026.12-r1.json"
     assert call(app, "GET", f"/api/rollouts/{rollout}").json()["state"] == "running"
+
+
+def test_events_stored_before_the_first_pass_ever_are_not_read(
+    app: FastAPI, controller: Controller
+) -> None:
+    from kioskfleet.controller.rollouts import read_progress
+
+    for seq in range(1, 4):
+        report(controller, STATIONS[0], seq, "old-rollout", "healthy")
+    with controller.engine.begin() as conn:
+        assert read_progress(conn=conn) == 0  # the cursor starts at the newest stored batch
+    report(controller, STATIONS[0], 4, "old-rollout", "healthy")
+    with controller.engine.begin() as conn:
+        assert read_progress(conn=conn) == 1
+    (cursor,) = rows(controller, RolloutCursor)
+    assert cursor.value == max(r.id for r in rows(controller, EventBatch))

@@ -499,8 +499,11 @@ def read_progress(*, conn: Connection, limit: int = EVENTS_PER_PASS) -> int:
     """
     cursor = conn.execute(select(_CUR.c.value).where(_CUR.c.name == _CURSOR)).scalar()
     if cursor is None:
-        conn.execute(insert(_CUR).values(name=_CURSOR, value=0))
-        cursor = 0
+        # the first pass ever: what was stored before rollouts existed concerns none of them
+        # (and a large database is not read from its beginning)
+        cursor = int(conn.execute(select(func.coalesce(func.max(_EB.c.id), 0))).scalar_one())
+        conn.execute(insert(_CUR).values(name=_CURSOR, value=cursor))
+        return 0
     rows = conn.execute(
         select(_EB.c.id, _EB.c.station, _EB.c.ts, _EB.c.events)
         .where(_EB.c.id > cursor)
