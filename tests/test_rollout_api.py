@@ -342,3 +342,52 @@ def test_events_stored_before_the_first_pass_ever_are_not_read(
         assert read_progress(conn=conn) == 1
     (cursor,) = rows(controller, RolloutCursor)
     assert cursor.value == max(r.id for r in rows(controller, EventBatch))
+
+
+def test_start_at_waits_and_the_deadline_fails_what_has_not_finished(
+    app: FastAPI, controller: Controller
+) -> None:
+    from datetime import UTC, datetime
+
+    clock = Clock()
+    release = publish(app, "1.0.0")
+    start, deadline = clock.now + 600, clock.now + 3600
+    created = call(
+        app,
+        "POST",
+        "/api/rollouts",
+        json={
+            "release": release,
+            "target": {"stations": STATIONS[:2]},
+            "waves": [100],
+            "canary": False,
+            "start_at": datetime.fromtimestamp(start, UTC).isoformat(),
+            "deadline": datetime.fromtimestamp(deadline, UTC).isoformat(),
+        },
+    ).json()
+    rollout = created["id"]
+    run = runner(controller, clock)
+    run.tick()
+    assert call(app, "GET", f"/api/rollouts/{rollout}").json()["state"] == "scheduled"
+    assert rows(controller, CommandRecord) == []
+    clock.now = start + 1  # (the ISO time keeps microseconds only)
+    run.tick()
+    commands_sent = rows(controller, CommandRecord)
+    assert len(commands_sent) == 2
+    # the agent is told the deadline; the command waits no longer than it
+    assert all(c.args["deadline"] == pytest.approx(deadline) for c in commands_sent)
+    assert all(c.expires_at == pytest.approx(deadline) for c in commands_sent)
+    report(controller, STATIONS[0], 1, rollout, "healthy")
+    report(controller, STATIONS[1], 1, rollout, "deferred", reason="outside the maintenance window")
+    run.tick()
+    got = call(app, "GET", f"/api/rollouts/{rollout}").json()
+    waiting = {s["station"]: s for s in got["stations"]}[STATIONS[1]]
+    assert waiting["progress"] == "deferred" and "maintenance window" in waiting["error"]
+    clock.now = deadline + 1
+    run.tick()
+    got = call(app, "GET", f"/api/rollouts/{rollout}").json()
+    assert (got["state"], got["reason"]) == ("completed", "deadline")
+    final = {s["station"]: s for s in got["stations"]}
+    assert final[STATIONS[0]]["progress"] == "healthy"
+    assert final[STATIONS[1]]["progress"] == "failed"
+    assert final[STATIONS[1]]["error"].startswith("deadline")

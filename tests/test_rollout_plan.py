@@ -184,6 +184,14 @@ RUNNING1 = RolloutView("running", 1)
             2,
             ("z",),
         ),
+        # the last wave done but a station deferred: running until it finishes
+        (
+            RolloutView("running", 2),
+            [sv("a", 0, "healthy"), sv("z", 2, "healthy"), sv("y", 2, "deferred")],
+            "running",
+            2,
+            (),
+        ),
         # the last wave done: completed
         (
             RolloutView("running", 2),

@@ -11,7 +11,8 @@ Judged continuously: the moment failed ÷ finished among the current wave's stat
 than the failure threshold, the rollout pauses (or aborts) itself; the next wave starts once
 every station of the current one has finished or is waiting (offline before it got its
 command, or ``deferred`` by its gate: those finish later) and healthy ÷ finished reaches the
-success threshold. ``rolled_back`` and a deadline failure count as failed. A person's
+success threshold. ``rolled_back`` and a deadline failure count as failed. The rollout is
+completed once every station has finished (at its deadline at the latest). A person's
 ``resume`` accepts the current wave as it is: its failures no longer stop it (the person
 decided), the next waves are judged again.
 """
@@ -252,6 +253,10 @@ def decide(
             return Step(stop, wave, accepted, tuple(send), reason=why, changed=True)
         following = _next_wave(stations, wave)
         if following is None:
+            if any(s.progress not in FINISHED for s in stations):
+                # every wave started; deferred and offline stations finish later (or fail
+                # at the deadline): the rollout is done when they are
+                return Step(state, wave, accepted, tuple(send), reason=reason, changed=changed)
             return Step(
                 "completed", wave, accepted, tuple(send), reason="all waves done", changed=True
             )
