@@ -212,3 +212,58 @@ def test_fifty_stations_thirty_percent_failing_pause_before_half_and_roll_back(
             wait_until(versions, timeout=30)
         finally:
             loop_thread.run(fleet.stop(), timeout=120)
+
+
+def test_a_station_offline_at_the_start_joins_when_it_returns(
+    mosquitto: Mosquitto, loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    """Its ``install`` waits as a pending command and goes out with its next birth; the
+    rollout waits for it, then completes."""
+    tuf = create_demo_repository(tmp_path / "tuf")
+    root = open_repository(tuf).root_bytes(1)
+    db_url = f"sqlite:///{tmp_path / 'controller.db'}"
+    with served_controller(db_url, mosquitto.url, tuf=tuf) as (_, api):
+        release = _publish_software(api, f"{__version__}-r.1")
+        fleet: Fleet = make_fleet(
+            loop_thread,
+            mosquitto.url,
+            4,
+            update_url=str(api.base_url).rstrip("/") + "/tuf/",
+            update_root=root,
+            state_dir=tmp_path / "fleet",
+        )
+        try:
+            wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == 4, timeout=30)
+            away = fleet.spec.stations[0].station
+            loop_thread.run(fleet.agents[0].stop())
+            wait_until(lambda: api.get(f"/api/stations/{away}").json()["status"] == "offline")
+            created = api.post(
+                "/api/rollouts", json={"release": release, "waves": [100], "canary": False}
+            )
+            assert created.status_code == 201, created.text
+            rollout_id = created.json()["id"]
+
+            def others_healthy() -> bool:
+                body = _rollout(api, rollout_id)
+                return all(
+                    s["progress"] == "healthy" for s in body["stations"] if s["station"] != away
+                )
+
+            wait_until(others_healthy, timeout=60, every=0.5)
+            body = _rollout(api, rollout_id)
+            assert body["state"] == "running"  # waiting for the station that is away
+            mine = next(s for s in body["stations"] if s["station"] == away)
+            assert mine["progress"] == "pending"
+            commands = api.get(f"/api/stations/{away}/commands").json()["items"]
+            assert [(c["name"], c["state"]) for c in commands] == [("install", "pending")]
+
+            def back() -> None:
+                agent = fleet._agent(0)
+                fleet.agents[0] = agent
+                agent.start()
+
+            loop_thread.call(back)
+            wait_until(lambda: _rollout(api, rollout_id)["state"] == "completed", timeout=60)
+            assert all(s["progress"] == "healthy" for s in _rollout(api, rollout_id)["stations"])
+        finally:
+            loop_thread.run(fleet.stop(), timeout=60)
