@@ -91,7 +91,7 @@ def publish(app: FastAPI, version: str) -> str:
 
 
 def runner(controller: Controller, clock: Clock) -> RolloutRunner:
-    return RolloutRunner(controller.engine, lambda stations: 0, clock=clock)
+    return RolloutRunner(controller.engine, lambda stations: 0, clock=clock, rejudge=0.0)
 
 
 def report(
@@ -263,7 +263,7 @@ def test_the_runner_resumes_reading_where_it_stopped(app: FastAPI, controller: C
     with controller.engine.begin() as conn:
         from kioskfleet.controller.rollouts import read_progress
 
-        assert read_progress(conn=conn) == 0
+        assert read_progress(conn=conn).batches == 0
     again.tick()
     got = call(app, "GET", f"/api/rollouts/{rollout}").json()
     assert got["state"] == "paused"
@@ -336,10 +336,10 @@ def test_events_stored_before_the_first_pass_ever_are_not_read(
     for seq in range(1, 4):
         report(controller, STATIONS[0], seq, "old-rollout", "healthy")
     with controller.engine.begin() as conn:
-        assert read_progress(conn=conn) == 0  # the cursor starts at the newest stored batch
+        assert read_progress(conn=conn).batches == 0  # the cursor starts at the newest stored batch
     report(controller, STATIONS[0], 4, "old-rollout", "healthy")
     with controller.engine.begin() as conn:
-        assert read_progress(conn=conn) == 1
+        assert read_progress(conn=conn).batches == 1
     (cursor,) = rows(controller, RolloutCursor)
     assert cursor.value == max(r.id for r in rows(controller, EventBatch))
 
@@ -391,3 +391,29 @@ def test_start_at_waits_and_the_deadline_fails_what_has_not_finished(
     assert final[STATIONS[0]]["progress"] == "healthy"
     assert final[STATIONS[1]]["progress"] == "failed"
     assert final[STATIONS[1]]["error"].startswith("deadline")
+
+
+def test_a_large_wave_starts_over_several_passes_and_a_report_is_judged_at_once(
+    app: FastAPI, controller: Controller
+) -> None:
+    clock = Clock()
+    release = publish(app, "1.0.0")
+    rollout = call(
+        app,
+        "POST",
+        "/api/rollouts",
+        json={
+            "release": release,
+            "target": {"districts": ["Binhu"]},
+            "waves": [100],
+            "canary": False,
+        },
+    ).json()["id"]
+    run = RolloutRunner(controller.engine, lambda stations: 0, clock=clock, sends_per_pass=2)
+    assert [run.tick(), run.tick(), run.tick(), run.tick()] == [2, 2, 1, 0]
+    assert len(rows(controller, CommandRecord)) == 5
+    # judged a moment ago (not due again for 10 s), but a station reported: judged now
+    report(controller, STATIONS[0], 1, rollout, "failed", error="disk full")
+    clock.now += 1
+    run.tick()
+    assert call(app, "GET", f"/api/rollouts/{rollout}").json()["state"] == "paused"

@@ -35,11 +35,17 @@ class RolloutRunner:
         send_due: Callable[[Collection[str]], int],
         *,
         interval: float = 1.0,
+        rejudge: float = 10.0,
+        sends_per_pass: int = rollouts.SENDS_PER_PASS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.send_due = send_due
         self.interval = interval
+        self.rejudge = rejudge
+        self.sends_per_pass = sends_per_pass
+        #: when each active rollout was last judged
+        self._judged: dict[str, float] = {}
         self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,24 +65,50 @@ class RolloutRunner:
 
     def tick(self) -> int:
         """One pass: progress read, rollouts judged, commands published; how many stations
-        got an ``install``. One pass at a time (the API's actions call it too)."""
+        got an ``install``. One pass at a time (the API's actions call it too).
+
+        A rollout is judged when its stations reported, when it was judged more than
+        ``rejudge`` seconds ago (stations going offline, the clock reaching its start or
+        deadline), or when it is new to this runner: a rollout of ten thousand stations
+        costs its judgement (~0.1 s on SQLite) only then, not every second.
+        """
         with self._lock:
+            touched: set[str] = set()
             while True:
                 with self.engine.begin() as conn:
                     read = rollouts.read_progress(conn=conn)
-                if read < rollouts.EVENTS_PER_PASS:
+                touched |= read.rollouts
+                if read.batches < rollouts.EVENTS_PER_PASS:
                     break
             with self.engine.connect() as conn:
                 active = rollouts.active_rollouts(conn=conn)
             sent: list[str] = []
+            now = self.clock()
             for rollout_id in active:
+                last = self._judged.get(rollout_id)
+                if rollout_id not in touched and last is not None and now - last < self.rejudge:
+                    continue
+                self._judged[rollout_id] = now
                 with self.engine.begin() as conn:
-                    sent += rollouts.step_rollout(
-                        conn=conn, rollout_id=rollout_id, now=self.clock()
+                    started = rollouts.step_rollout(
+                        conn=conn,
+                        rollout_id=rollout_id,
+                        now=now,
+                        sends_per_pass=self.sends_per_pass,
                     )
+                if len(started) >= self.sends_per_pass:
+                    del self._judged[rollout_id]  # more of its wave to start: next pass
+                sent += started
+            for gone in set(self._judged) - set(active):
+                del self._judged[gone]
         if sent:
             self.send_due(sorted(set(sent)))
         return len(sent)
+
+    def judge_soon(self, rollout_id: str) -> None:
+        """Judge ``rollout_id`` at the next pass (a person acted on it)."""
+        with self._lock:
+            self._judged.pop(rollout_id, None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

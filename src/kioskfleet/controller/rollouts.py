@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from kioskfleet.controller import commands
 from kioskfleet.controller.crud import utc, utc_or_none
@@ -63,6 +64,8 @@ INSTALL_TTL: Final = 7 * 24 * 3600.0
 #: event batches read per pass
 EVENTS_PER_PASS: Final = 2000
 _CURSOR: Final = "events"
+#: install commands one pass stores at most for one rollout
+SENDS_PER_PASS: Final = 500
 
 
 class RolloutTarget(BaseModel):
@@ -489,13 +492,24 @@ def _withdraw(conn: Connection, rollout_id: str, now: float) -> None:
 
 
 # -- the runner's passes ---------------------------------------------------------------------------
-def read_progress(*, conn: Connection, limit: int = EVENTS_PER_PASS) -> int:
-    """Apply the ``update`` events stored since the last pass to their rollouts' stations;
-    how many event batches were read. Call in a transaction: the cursor moves with the rows.
+@dataclass(frozen=True)
+class ProgressRead:
+    """What one :func:`read_progress` did."""
+
+    #: event batches read
+    batches: int
+    #: rollouts whose stations' progress may have changed
+    rollouts: frozenset[str]
+
+
+def read_progress(*, conn: Connection, limit: int = EVENTS_PER_PASS) -> ProgressRead:
+    """Apply the ``update`` events stored since the last pass to their rollouts' stations.
+    Call in a transaction: the cursor moves with the rows.
 
     An event older (by the station's clock) than what set the station's progress is ignored
     (a backlog delivered late); a finished station stays finished unless a newer event says
-    otherwise (a rollback after ``healthy`` is a failure).
+    otherwise (a rollback after ``healthy`` is a failure). Of several events for one station
+    in a pass only the newest is written (one UPDATE per station, sent as one executemany).
     """
     cursor = conn.execute(select(_CUR.c.value).where(_CUR.c.name == _CURSOR)).scalar()
     if cursor is None:
@@ -503,7 +517,7 @@ def read_progress(*, conn: Connection, limit: int = EVENTS_PER_PASS) -> int:
         # (and a large database is not read from its beginning)
         cursor = int(conn.execute(select(func.coalesce(func.max(_EB.c.id), 0))).scalar_one())
         conn.execute(insert(_CUR).values(name=_CURSOR, value=cursor))
-        return 0
+        return ProgressRead(0, frozenset())
     rows = conn.execute(
         select(_EB.c.id, _EB.c.station, _EB.c.ts, _EB.c.events)
         .where(_EB.c.id > cursor)
@@ -511,7 +525,8 @@ def read_progress(*, conn: Connection, limit: int = EVENTS_PER_PASS) -> int:
         .limit(limit)
     ).all()
     if not rows:
-        return 0
+        return ProgressRead(0, frozenset())
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         for event in row.events or ():
             if not isinstance(event, dict) or event.get("type") != "update":
@@ -522,22 +537,30 @@ def read_progress(*, conn: Connection, limit: int = EVENTS_PER_PASS) -> int:
             error = event.get("error")
             if progress == "deferred" and error is None and event.get("reason"):
                 error = f"deferred: {event['reason']}"
-            conn.execute(
-                update(_RS)
-                .where(
-                    _RS.c.rollout_id == rollout,
-                    _RS.c.station == row.station,
-                    # the planning time is the controller's clock, the event's the station's
-                    or_(_RS.c.progress == "pending", _RS.c.updated_at <= row.ts),
-                )
-                .values(
-                    progress=progress,
-                    error=str(error)[:1000] if error is not None else None,
-                    updated_at=row.ts,
-                )
+            key = (rollout, row.station)
+            seen = newest.get(key)
+            if seen is None or seen["at"] <= row.ts:  # the same time: the later one
+                newest[key] = {
+                    "rid": rollout,
+                    "sid": row.station,
+                    "at": row.ts,
+                    "p": progress,
+                    "err": str(error)[:1000] if error is not None else None,
+                }
+    if newest:
+        conn.execute(
+            update(_RS)
+            .where(
+                _RS.c.rollout_id == bindparam("rid"),
+                _RS.c.station == bindparam("sid"),
+                # the planning time is the controller's clock, the event's the station's
+                or_(_RS.c.progress == "pending", _RS.c.updated_at <= bindparam("at")),
             )
+            .values(progress=bindparam("p"), error=bindparam("err"), updated_at=bindparam("at")),
+            list(newest.values()),
+        )
     conn.execute(update(_CUR).where(_CUR.c.name == _CURSOR).values(value=rows[-1].id))
-    return len(rows)
+    return ProgressRead(len(rows), frozenset(rollout for rollout, _ in newest))
 
 
 def active_rollouts(*, conn: Connection) -> list[str]:
@@ -548,10 +571,13 @@ def active_rollouts(*, conn: Connection) -> list[str]:
     return [row.id for row in rows]
 
 
-def step_rollout(*, conn: Connection, rollout_id: str, now: float) -> list[str]:
+def step_rollout(
+    *, conn: Connection, rollout_id: str, now: float, sends_per_pass: int = SENDS_PER_PASS
+) -> list[str]:
     """One judgement of a rollout (:func:`~.rollout_plan.decide`), written: its state, the
-    ``install`` commands of the stations it starts (stored, with their audit rows), and the
-    stations it marks failed. Returns the stations whose commands to publish."""
+    ``install`` commands of the stations it starts (stored, with their audit rows; at most
+    ``sends_per_pass``), and the stations it marks failed. Returns the stations whose
+    commands to publish."""
     row = rollout_row(conn=conn, rollout_id=rollout_id)
     if row.state not in ACTIVE:
         return []
@@ -580,6 +606,10 @@ def step_rollout(*, conn: Connection, rollout_id: str, now: float) -> list[str]:
     step = decide(_view(row), _policy(row), views, now)
     if not step.changed:
         return []
+    if len(step.send) > sends_per_pass:
+        # a large wave is started over several passes (the rest stays unsent, and the next
+        # judgement sends it): one short transaction at a time beside the ingest writer
+        step = replace(step, send=step.send[:sends_per_pass])
     _write_step(conn, row, step, now)
     return list(step.send)
 

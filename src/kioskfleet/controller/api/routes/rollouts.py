@@ -123,6 +123,7 @@ def _act(
         raise HTTPException(404, str(err)) from err
     except RolloutConflict as err:
         raise HTTPException(409, str(err)) from err
+    controller.rollouts.judge_soon(rollout_id)
     if action == "resume":
         _judge_now(controller)
     return _read(controller, rollout_id)
