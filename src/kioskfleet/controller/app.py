@@ -19,6 +19,7 @@ from kioskfleet.controller.api.routes import (
     maintenance,
     pages,
     releases,
+    rollouts,
     silences,
     stations,
     tuf,
@@ -59,6 +60,7 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
         pages,
         tuf,
         releases,
+        rollouts,
     ):
         app.include_router(module.router)
     return app
