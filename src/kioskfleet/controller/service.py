@@ -15,6 +15,7 @@ from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
+from kioskfleet.controller.notify.sender import Sender
 from kioskfleet.controller.writer import WriterConfig
 from kioskfleet.mqttclient import TlsFiles
 
@@ -34,6 +35,9 @@ class Controller:
         self.engine: Engine = make_engine(settings.db_url)
         self.metrics = Metrics()
         self.ingest: Ingest | None = None
+        #: delivers the notification outbox the writer fills (decision 27); only with
+        #: receivers configured: without any, the writer stores no notification rows
+        self.sender: Sender | None = None
 
     def start(self) -> None:
         """Upgrade the schema, start the writer, connect to the broker."""
@@ -46,6 +50,8 @@ class Controller:
                 retention=(settings.retention_days, settings.retention_interval),
                 sweep_interval=settings.sweep_interval,
                 tune_gc=settings.tune_gc,
+                alerts=settings.alerts,
+                offline_alert_after=settings.offline_alert_after,
             ),
             broker=settings.broker,
             client_id=settings.client_id,
@@ -58,13 +64,21 @@ class Controller:
             tls=self.tls,
         )
         self.ingest.start()
+        receivers = settings.alerts.receivers
+        if receivers.webhooks or receivers.alertmanagers:
+            self.sender = Sender(self.engine, receivers)
+            self.sender.start()
         self._send_waiting()
         log.info("controller started: database %s, broker %s", self.engine.url, settings.broker)
 
     def stop(self) -> None:
-        """Finish the batch in hand, disconnect, close the database."""
+        """Finish the batch in hand, disconnect, stop sending notifications, close the
+        database."""
         if self.ingest is not None:
             self.ingest.stop()
+        if self.sender is not None:
+            self.sender.stop()
+            self.sender = None
         self.engine.dispose()
 
     def health(self) -> tuple[bool, str]:
