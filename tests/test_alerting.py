@@ -497,3 +497,45 @@ def test_without_receivers_no_notification_rows(engine: Engine) -> None:
     store.apply([_birth(), _printer_event(1, PAPER_OUT)], T0)
     assert len(_alerts(engine)) == 1
     assert _count(engine, Notification) == 0
+
+
+def test_a_flapping_printer_makes_one_alert_that_ends_after_quiet_time(engine: Engine) -> None:
+    store = _running(engine)
+    seq, t = 2, T0
+    for _ in range(4):  # four open/clear cycles within the 10-minute window
+        store.apply([_printer_event(seq, PAPER_OUT)], t + 10)
+        store.apply([_printer_event(seq + 1, HEALTHY)], t + 20)
+        seq, t = seq + 2, t + 30
+    [flapping] = _alerts(engine, condition="flapping")
+    assert (flapping.of, flapping.state, flapping.device) == ("paper_out", "open", "printer")
+    assert [a.resolution for a in _alerts(engine, condition="paper_out")] == [
+        "cleared",
+        "cleared",
+        "cleared",
+        "flapping",
+    ]
+    # it flaps on: still one alert, no new paper_out alert
+    store.apply([_printer_event(seq, PAPER_OUT)], t + 10)
+    store.apply([_printer_event(seq + 1, HEALTHY)], t + 20)
+    assert len(_alerts(engine, state="open")) == 1
+    store.sweep(t + 20 + 599)
+    assert _alerts(engine, condition="flapping")[0].state == "open"
+    store.sweep(t + 20 + 601)  # quiet for 10 minutes: it ends by the sweep, nothing opens
+    [flapping] = _alerts(engine, condition="flapping")
+    assert (flapping.state, flapping.resolution) == ("resolved", "cleared")
+    assert _alerts(engine, state="open") == []
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["commit-went-through", "commit-failed"])
+def test_a_failed_sweep_decides_again_at_the_next_one(engine: Engine, committed: bool) -> None:
+    store = _running(engine)
+    store.apply([_death()], T0 + 100)
+    _lose_the_next_commit(engine, committed=committed)
+    with pytest.raises(ConnectionResetError):
+        store.sweep(T0 + 221)
+    assert store.alerting.alerts == {}
+    store.sweep(T0 + 222)
+    [alert] = _alerts(engine)
+    assert (alert.condition, alert.state) == ("offline", "open")
+    assert _history(engine, alert.id) == ["open"]
+    assert list(store.alerting.alerts) == [alert.id]
