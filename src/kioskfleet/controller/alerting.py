@@ -95,6 +95,7 @@ class _Picture:
     #: when it became unreachable (silent, then offline, counts from silent)
     down_since: float | None = None
     site: SiteKey | None = None
+    site_type: str | None = None
     #: what the last evaluation saw; None: evaluate at the next chance
     signature: tuple[Any, ...] | None = None
 
@@ -337,17 +338,21 @@ class Alerting:
             old = _Picture(device_since={})
         description = state.description
         district, site = description.get("district"), description.get("site")
+        site_type = description.get("site_type")
         site_key = (district, site) if district is not None and site is not None else None
         changes: dict[str, Any] = {}
         if site_key != old.site:
             changes["site"] = site_key
-        if host is not None and host is not old.host:
-            changes["host"] = host
-            levels = self._host_levels(host, district, description.get("site_type"))
-            if levels != old.host_levels:
+        if site_type != old.site_type:
+            changes["site_type"] = site_type
+        if host is not None:
+            # the figures change with every telemetry; what decides alerts is which level
+            # each threshold reaches, so the picture moves only when one crosses (the figures
+            # kept are those of the last crossing: what a host alert's details show)
+            levels = self._host_levels(host, district, site_type)
+            if levels != old.host_levels or fresh:
+                changes["host"] = host
                 changes["host_levels"] = levels
-        elif fresh and host is None:
-            changes["host_levels"] = ()
         devices = state.devices
         if devices is not old.devices:
             changes["devices"] = devices
@@ -382,16 +387,14 @@ class Alerting:
         return tuple(levels)
 
     @staticmethod
-    def _signature(state: StationView, pic: _Picture) -> tuple[Any, ...]:
-        d = state.description
+    def _signature(pic: _Picture) -> tuple[Any, ...]:
         return (
             pic.status,
             pic.down_since,
             pic.devices_version,
             pic.host_levels,
-            d.get("district"),
-            d.get("site"),
-            d.get("site_type"),
+            pic.site,
+            pic.site_type,
         )
 
     def _picture(self, state: StationView, pic: _Picture) -> StationPicture:
@@ -424,10 +427,11 @@ class Alerting:
                     members = {}
                     self._set(self._members, pic.site, members)
                 self._set(members, state.id, None)
-        if pic is not old:
-            self._set(self._pictures, state.id, pic)
-        changed = pic.signature != self._signature(state, pic)
-        return pic, changed
+        if pic is old:
+            # unchanged since it was last stored, and every stored change gets evaluated
+            return pic, pic.signature is None
+        self._set(self._pictures, state.id, pic)
+        return pic, pic.signature != self._signature(pic)
 
     # -- deciding ----------------------------------------------------------------------------
     def decide(
@@ -500,7 +504,7 @@ class Alerting:
             self._set(
                 self._pictures,
                 station_id,
-                dataclasses.replace(pic, signature=self._signature(state, pic)),
+                dataclasses.replace(pic, signature=self._signature(pic)),
             )
             self._pop_reeval(station_id)
             self._schedule_station(station_id, pic, now)
