@@ -21,7 +21,7 @@ from kioskfleet.controller.notify.config import ReceiversSettings, Webhook
 from kioskfleet.controller.store import FleetStore
 from kioskfleet.protocol import decode_agent_message
 
-T0 = 1_800_000_000.0
+T0 = 1_700_000_000.0
 DISTRICT = "Binhu"
 SITE = "Binhu government service center"
 STATION = "wx-binhu-gsc-01"
@@ -105,6 +105,7 @@ def _store(engine: Engine, **kwargs: Any) -> FleetStore:
         alerts=kwargs.pop("alerts", RULES),
         receivers=kwargs.pop("receivers", RECEIVERS),
         offline_alert_after=kwargs.pop("offline_alert_after", 120.0),
+        started=kwargs.pop("started", T0),
     )
 
 
@@ -539,3 +540,16 @@ def test_a_failed_sweep_decides_again_at_the_next_one(engine: Engine, committed:
     assert (alert.condition, alert.state) == ("offline", "open")
     assert _history(engine, alert.id) == ["open"]
     assert list(store.alerting.alerts) == [alert.id]
+
+
+def test_an_offline_alert_due_while_the_controller_was_away_opens_at_its_first_sweep(
+    engine: Engine,
+) -> None:
+    store = _running(engine)
+    store.apply([_death()], T0 + 100)
+    store.sweep(T0 + 110)
+    # stopped before the alert fell due, back after
+    restarted = _store(engine, started=T0 + 399)
+    restarted.sweep(T0 + 400)
+    [alert] = _alerts(engine)
+    assert (alert.condition, alert.state, alert.details["since"]) == ("offline", "open", T0 + 100)

@@ -203,6 +203,9 @@ class Alerting:
             if pic.site is not None:
                 self._members.setdefault(pic.site, {})[station_id] = None
             self._schedule_station(station_id, pic, now)
+            if pic.status in _UNREACHABLE:
+                # its alert may have fallen due while the controller was away
+                self._push(now, "station", station_id)
 
     def _read_kept(self, conn: Connection, now: float) -> list[tuple[Alert, int]]:
         window = self.settings.flapping.window

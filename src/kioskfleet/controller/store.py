@@ -177,6 +177,8 @@ class FleetStore:
         alerts: the ``[alerts]`` rules (defaults when None).
         receivers: where notifications go (rows stored with the alert changes; none when None).
         offline_alert_after: seconds a station stays offline or silent before its alert.
+        started: the time it starts at (now; tests inject it): what fell due while the
+            controller was away is decided at the first sweep.
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class FleetStore:
         alerts: AlertsSettings | None = None,
         receivers: ReceiversSettings | None = None,
         offline_alert_after: float = 120.0,
+        started: float | None = None,
     ) -> None:
         self.engine = engine
         self.stations: dict[str, StationState] = {}
@@ -209,7 +212,7 @@ class FleetStore:
             receivers or ReceiversSettings(),
             offline_alert_after,
         )
-        self.alerting.load(engine, time.time())
+        self.alerting.load(engine, time.time() if started is None else started)
 
     def _load(self) -> None:
         with self.engine.connect() as conn:
