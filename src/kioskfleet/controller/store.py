@@ -100,6 +100,9 @@ class StationState:
     description: dict[str, Any] = field(default_factory=dict)
     #: the technician's flag (decision 25), from the birth and ``service_state`` events
     in_service: bool = True
+    #: ``ts`` of the birth whose description is applied: a birth of the same session published
+    #: again later (new versions) updates the versions; an older copy does not. Memory only.
+    birth_ts: float | None = field(default=None, compare=False)
     #: (session, seq) of the ``service_state`` event that set ``in_service``: within a session
     #: an older event (a resent gap) or the session's birth (it predates every event) moves
     #: nothing after it. Memory only: after a restart the next event or birth counts.
@@ -504,6 +507,16 @@ class FleetStore:
             message_session=message.session,
             birth=message.online,
         ):
+            if (
+                message.online
+                and state.online
+                and message.session == state.session
+                and message.ts >= (state.birth_ts or 0.0)
+            ):
+                # the session's birth published again: an agent says so when its versions
+                # changed (a catalogue swapped in without a restart); only they are news
+                state.birth_ts = message.ts
+                state.description = {**state.description, **_versions(message)}
             return  # a stale will or birth, the same one again, or a birth after its death
         state.session = message.session
         state.online = message.online
@@ -520,13 +533,13 @@ class FleetStore:
                 # a birth states the flag as the session began: an event of the same session
                 # already applied (it overtook the birth) is newer
                 state.in_service = message.in_service
+            state.birth_ts = message.ts
             state.description = {
                 "district": message.district,
                 "site": message.site,
                 "site_type": message.site_type,
                 "profile": message.profile,
-                "agent_version": message.versions.agent if message.versions else None,
-                "catalogue_version": message.versions.catalogue if message.versions else None,
+                **_versions(message),
             }
 
     def _restatus(
@@ -730,6 +743,15 @@ def _apply_service_state(state: StationState, session: int, seq: int, event: Eve
         return
     state.in_service = value
     state.service_mark = (session, seq)
+
+
+def _versions(birth: StateMessage) -> dict[str, str | None]:
+    """The versions a birth reports, as station columns."""
+    versions = birth.versions
+    return {
+        "agent_version": versions.agent if versions else None,
+        "catalogue_version": versions.catalogue if versions else None,
+    }
 
 
 def _status_entry(status: DeviceStatus, before: dict[str, Any] | None) -> dict[str, Any]:
