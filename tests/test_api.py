@@ -210,7 +210,8 @@ def test_the_json_on_the_wire(app: FastAPI) -> None:
         "degraded": 1,
         "silent": 0,
         "offline": 1,
-        "open_alerts": 0,
+        # the printer out of paper (fill): the writer opened its alert
+        "open_alerts": 1,
         "ingested": {"telemetry": 0, "events": 1},
         "rejected": 0,
         "districts": {
@@ -273,7 +274,15 @@ def test_the_json_on_the_wire(app: FastAPI) -> None:
         ("online", "2025-11-24T16:00:00.250000Z"),
     ]
     assert set(detail["history"][0]) == {"status", "reason", "session", "at"}
-    assert detail["alerts"] == []
+    # its printer out of paper, as the writer decided it
+    [alert] = detail["alerts"]
+    assert (alert["device"], alert["condition"], alert["severity"], alert["state"]) == (
+        "printer",
+        "paper_out",
+        "critical",
+        "open",
+    )
+    assert alert["opened_at"] == "2025-11-24T16:00:10.500000Z"
 
     assert get(app, "/healthz").json() == {
         "status": "unavailable",

@@ -599,7 +599,7 @@ def test_a_birth_published_again_in_its_session_brings_only_new_versions(
     store.apply([_birth(ts=10.0, versions=first)], now=100.0)
     store.apply([_message("telemetry", 1, host={"cpu_percent": 3.0})], now=105.0)
     before = store.stations[STATION]
-    since, history = before.status_since, _history(engine)
+    since, history = before.status_since, _history_rows(engine)
 
     newer = {"agent": "1.0.0", "catalogue": "2026.12"}
     store.apply([_birth(ts=20.0, versions=newer, telemetry_interval=60)], now=110.0)
@@ -609,7 +609,7 @@ def test_a_birth_published_again_in_its_session_brings_only_new_versions(
     assert state.telemetry_interval == 10.0 and state.status_since == since
     store.apply([_birth(ts=10.0, versions=first)], now=120.0)  # the older copy, redelivered
     assert store.stations[STATION].description["catalogue_version"] == "2026.12"
-    assert _history(engine) == history
+    assert _history_rows(engine) == history
     # and it is what the station row says after a restart
     assert FleetStore(engine).stations[STATION].description["catalogue_version"] == "2026.12"
     # a birth of a dead session revives nothing and changes nothing
@@ -619,6 +619,6 @@ def test_a_birth_published_again_in_its_session_brings_only_new_versions(
     assert not store.stations[STATION].online
 
 
-def _history(engine: Engine) -> list[tuple[Any, ...]]:
+def _history_rows(engine: Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(select(StationHistory.__table__))]  # type: ignore[attr-defined]
