@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from kioskfleet import __version__
 from kioskfleet.controller.api.routes import (
@@ -13,6 +14,7 @@ from kioskfleet.controller.api.routes import (
     enrolment,
     fleet,
     health,
+    live,
     pages,
     releases,
     stations,
@@ -39,6 +41,7 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
 
     app = FastAPI(title="kioskfleet controller", version=__version__, lifespan=lifespan)
     app.state.controller = ctl
-    for module in (health, fleet, stations, commands, enrolment, pages, tuf, releases):
+    for module in (health, fleet, stations, commands, enrolment, live, pages, tuf, releases):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     return app

@@ -1,16 +1,189 @@
-"""The operators' dashboard (a static page that reads the API)."""
+"""The operators' console: server-rendered pages (Jinja2) and the fragments they refresh.
 
+Each page is a template extending ``base.html`` (navigation, language switch, live status)
+and includes one ``_<page>_body.html`` fragment, which ``/fragments/<page>`` renders alone:
+the page swaps it in (htmx) whenever the live stream (``GET /api/events``) reports a change.
+A page reads the database through the same functions as the API (``crud``), so it shows the
+API's numbers. The language is the ``lang`` cookie (Simplified Chinese by default).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
 from pathlib import Path
+from typing import Annotated, Any, get_args
+from urllib.parse import urlencode
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Cookie, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Connection
+
+from kioskfleet.controller import crud
+from kioskfleet.controller.api.deps import ConnDep
+from kioskfleet.controller.console import i18n
+from kioskfleet.controller.console.overview import overview
+from kioskfleet.protocol.commands import COMMAND_NAMES
+from kioskfleet.protocol.stations import StationStatus
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
-_STATIC = Path(__file__).resolve().parents[2] / "static"
+_HERE = Path(__file__).resolve().parents[2]
+STATIC = _HERE / "static"
+templates = Jinja2Templates(directory=_HERE / "templates")
+#: stations per page of the list
+PAGE = 50
+#: what a station page offers as buttons (``restart_device`` is per device, ``install`` is a
+#: rollout's job)
+STATION_COMMANDS = tuple(
+    name for name in COMMAND_NAMES if name not in ("install", "restart_device", "resend")
+)
+
+LangCookie = Annotated[str | None, Cookie(alias=i18n.COOKIE)]
+
+
+def _local(value: dt.datetime | None) -> str:
+    """A time as Wuxi reads it (UTC+8, no daylight saving)."""
+    if value is None:
+        return "—"
+    return value.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S")
+
+
+templates.env.filters["local"] = _local
+
+
+def _render(
+    request: Request, name: str, lang: str | None, context: dict[str, Any], status: int = 200
+) -> HTMLResponse:
+    t = i18n.Translator(i18n.chosen(lang))
+    return templates.TemplateResponse(
+        request,
+        name,
+        {"t": t, "lang": t.lang, "path": request.url.path, **context},
+        status_code=status,
+    )
+
+
+@router.get("/favicon.ico")
+def favicon() -> FileResponse:
+    """The console's icon (browsers ask for it even when the page names another)."""
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+
+@router.get("/lang/{lang}")
+def choose_language(lang: str, back: str = "/") -> Response:
+    """Keep ``lang`` in a cookie (a year), then go back where the switch was pressed."""
+    target = back if back.startswith("/") and not back.startswith("//") else "/"
+    response = RedirectResponse(target, status_code=303)
+    if lang in i18n.LANGUAGES:
+        response.set_cookie(i18n.COOKIE, lang, max_age=365 * 86400, samesite="lax")
+    return response
+
+
+def _overview(conn: Connection) -> dict[str, Any]:
+    return {"o": overview(conn)}
 
 
 @router.get("/", response_class=HTMLResponse)
-def dashboard() -> HTMLResponse:
-    """Fleet by district, refreshing itself."""
-    return HTMLResponse((_STATIC / "index.html").read_text(encoding="utf-8"))
+def overview_page(request: Request, conn: ConnDep, lang: LangCookie = None) -> HTMLResponse:
+    """The fleet by district, alerts, site types, supplies; live."""
+    return _render(request, "overview.html", lang, _overview(conn))
+
+
+@router.get("/fragments/overview", response_class=HTMLResponse)
+def overview_fragment(request: Request, conn: ConnDep, lang: LangCookie = None) -> HTMLResponse:
+    return _render(request, "_overview_body.html", lang, _overview(conn))
+
+
+def _stations(
+    conn: Connection,
+    *,
+    district: str | None,
+    site_type: str | None,
+    status: str | None,
+    q: str | None,
+    offset: int,
+) -> dict[str, Any]:
+    # a form sends every field, empty ones too: empty, or not a status, means "all"
+    status = status if status in get_args(StationStatus) else None
+    filters: dict[str, str | bool | None] = {
+        "district": district or None,
+        "site_type": site_type or None,
+        "status": status,
+    }
+    found = crud.list_stations(conn=conn, filters=filters, limit=PAGE, offset=offset, q=(q or None))
+    chosen = {"district": district, "site_type": site_type, "status": status, "q": q}
+    query = {k: v for k, v in chosen.items() if v}
+    return {
+        "found": found,
+        "chosen": chosen,
+        "offset": offset,
+        "page": PAGE,
+        "query": urlencode(query),
+        "prev": urlencode({**query, "offset": max(0, offset - PAGE)}),
+        "next": urlencode({**query, "offset": offset + PAGE}),
+        "choices": crud.station_choices(conn=conn),
+    }
+
+
+@router.get("/stations", response_class=HTMLResponse)
+def stations_page(
+    request: Request,
+    conn: ConnDep,
+    district: str | None = None,
+    site_type: str | None = None,
+    status: str | None = None,
+    q: Annotated[str | None, Query(max_length=64)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    """Stations with filters and search."""
+    context = _stations(
+        conn, district=district, site_type=site_type, status=status, q=q, offset=offset
+    )
+    return _render(request, "stations.html", lang, context)
+
+
+@router.get("/fragments/stations", response_class=HTMLResponse)
+def stations_fragment(
+    request: Request,
+    conn: ConnDep,
+    district: str | None = None,
+    site_type: str | None = None,
+    status: str | None = None,
+    q: Annotated[str | None, Query(max_length=64)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    context = _stations(
+        conn, district=district, site_type=site_type, status=status, q=q, offset=offset
+    )
+    return _render(request, "_stations_body.html", lang, context)
+
+
+def _station(conn: Connection, station_id: str) -> dict[str, Any] | None:
+    station = crud.get_station(conn=conn, station_id=station_id)
+    if station is None:
+        return None
+    return {"s": station, "commands": STATION_COMMANDS}
+
+
+@router.get("/stations/{station_id}", response_class=HTMLResponse)
+def station_page(
+    request: Request, conn: ConnDep, station_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    """One station: devices, supplies, telemetry charts, history, alerts, versions, commands."""
+    context = _station(conn, station_id[:64])
+    if context is None:
+        return _render(request, "missing.html", lang, {"id": station_id[:64]}, status=404)
+    return _render(request, "station.html", lang, context)
+
+
+@router.get("/fragments/stations/{station_id}", response_class=HTMLResponse)
+def station_fragment(
+    request: Request, conn: ConnDep, station_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    context = _station(conn, station_id[:64])
+    if context is None:
+        return _render(request, "missing.html", lang, {"id": station_id[:64]}, status=404)
+    return _render(request, "_station_body.html", lang, context)

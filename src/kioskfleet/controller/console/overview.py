@@ -1,0 +1,67 @@
+"""What the overview page shows, read in one go: the API's fleet summary (the same numbers as
+``/api/fleet/summary``) and the metrics' fleet snapshot (site types, supplies, alerts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from sqlalchemy import Connection
+
+from kioskfleet.controller import crud
+from kioskfleet.controller.fleetmetrics import read_snapshot
+from kioskfleet.controller.public import FleetSummary, StationPublic
+
+STATUSES: Final = ("online", "degraded", "silent", "offline")
+SEVERITIES: Final = ("critical", "warning", "info")
+#: supply levels that need a person soon
+LOW: Final[dict[str, tuple[str, ...]]] = {
+    "paper": ("low", "out", "jammed"),
+    "cashbox": ("high", "full", "missing"),
+}
+#: stations listed under "needing attention", worst first
+ATTENTION_MAX: Final = 20
+
+
+@dataclass
+class Overview:
+    summary: FleetSummary
+    #: severity → open alerts
+    alerts: dict[str, int]
+    #: site type → status → stations (and ``stations``)
+    site_types: dict[str, dict[str, int]]
+    #: district → supply → level → devices, only levels in :data:`LOW`
+    supplies: dict[str, dict[str, dict[str, int]]]
+    attention: list[StationPublic] = field(default_factory=list)
+
+
+def overview(conn: Connection) -> Overview:
+    summary = crud.fleet_summary(conn=conn)
+    snap = read_snapshot(conn)
+    alerts = dict.fromkeys(SEVERITIES, 0)
+    for (_, severity, state), n in snap.alerts.items():
+        if state == "open":
+            alerts[severity] = alerts.get(severity, 0) + n
+    site_types: dict[str, dict[str, int]] = {}
+    for (_, site_type, status), n in snap.by_site_type.items():
+        row = site_types.setdefault(site_type, {"stations": 0, **dict.fromkeys(STATUSES, 0)})
+        row[status] = row.get(status, 0) + n
+        row["stations"] += n
+    supplies: dict[str, dict[str, dict[str, int]]] = {}
+    for (district, supply, level), n in snap.supplies.items():
+        if n and level in LOW.get(supply, ()):
+            supplies.setdefault(district, {}).setdefault(supply, {})[level] = n
+    attention: list[StationPublic] = []
+    for status in ("offline", "silent", "degraded"):
+        left = ATTENTION_MAX - len(attention)
+        if left <= 0:
+            break
+        page = crud.list_stations(conn=conn, filters={"status": status}, limit=left, offset=0)
+        attention.extend(page.items)
+    return Overview(
+        summary=summary,
+        alerts=alerts,
+        site_types=dict(sorted(site_types.items())),
+        supplies=dict(sorted(supplies.items())),
+        attention=attention,
+    )
