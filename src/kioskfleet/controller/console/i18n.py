@@ -53,3 +53,12 @@ class Translator:
         if value is None:
             return "—"
         return self.texts.get(f"{kind}.{value}", value)
+
+    def device(self, slot: str | None) -> str:
+        """A device slot (``printer``, ``printer_2``) → its kind's name, and its number."""
+        if slot is None:
+            return "—"
+        kind, _, number = slot.rpartition("_")
+        if kind and number.isdigit():
+            return f"{self.name('device', kind)} {number}"
+        return self.name("device", slot)

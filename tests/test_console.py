@@ -1,0 +1,261 @@
+"""The console without a browser: its catalogues, its pages rendered in-process on a SQLite
+database the real ``FleetStore`` filled, the live stream's fan-out, and ``q`` on
+``/api/stations``. (tests/e2e/test_console.py drives the pages in Chromium.)"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import string
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, get_args
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from kioskfleet.controller.api.routes.pages import STATION_COMMANDS
+from kioskfleet.controller.app import create_app
+from kioskfleet.controller.config import Settings
+from kioskfleet.controller.console import i18n
+from kioskfleet.controller.console.live import Broadcaster, Change
+from kioskfleet.controller.db import migrate
+from kioskfleet.controller.fleetmetrics import SUPPLY_LEVELS
+from kioskfleet.controller.public import CommandState
+from kioskfleet.controller.service import Controller
+from kioskfleet.fleetsim.fleet import DISTRICTS, SITE_TYPES
+from kioskfleet.protocol.devices import DeviceKind, DeviceState
+from kioskfleet.protocol.stations import StationStatus
+from tests.test_api import fill
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "src/kioskfleet/controller/templates"
+
+
+def fields(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_every_key_has_both_languages_with_the_same_placeholders() -> None:
+    zh, en = i18n.catalogue("zh"), i18n.catalogue("en")
+    assert zh.keys() == en.keys()
+    for key in zh:
+        assert zh[key].strip() and en[key].strip(), key
+        assert fields(zh[key]) == fields(en[key]), key
+
+
+def test_every_key_the_templates_use_is_in_the_catalogues() -> None:
+    used: set[str] = set()
+    for template in TEMPLATES.glob("*.html"):
+        used |= set(re.findall(r"\bt\('([a-z_.]+)'", template.read_text(encoding="utf-8")))
+    keys = {key for key in used if not key.endswith(".")}
+    assert len(keys) > 50
+    assert keys - i18n.catalogue("zh").keys() == set()
+    # families of keys the templates complete with a value: checked name by name below
+    assert {key for key in used if key.endswith(".")} <= {f"{kind}." for kind in FAMILIES}
+
+
+FAMILIES: dict[str, list[str]] = {
+    "district": [name for name, _ in DISTRICTS],
+    "site_type": [name for name, *_ in SITE_TYPES],
+    "device": list(get_args(DeviceKind)),
+    "state": list(get_args(DeviceState)),
+    "status": list(get_args(StationStatus)),
+    "severity": ["critical", "warning", "info"],
+    "supply": list(SUPPLY_LEVELS),
+    "level": sorted({level for levels in SUPPLY_LEVELS.values() for level in levels}),
+    "cmd": [*STATION_COMMANDS, "restart_device"],
+    "cmdstate": list(get_args(CommandState)),
+}
+
+
+@pytest.mark.parametrize(("kind", "names"), FAMILIES.items())
+def test_the_fleets_names_are_translated(kind: str, names: list[str]) -> None:
+    zh, en = i18n.Translator("zh"), i18n.Translator("en")
+    for name in names:
+        assert f"{kind}.{name}" in zh.texts, name
+        # Chinese shows Chinese: no name is left as its stored (ASCII) spelling
+        assert not zh.name(kind, name).isascii(), name
+    assert zh.name("district", "Liangxi") == "梁溪区"
+    assert en.name("district", "Liangxi") == "Liangxi"
+    assert zh.name("district", "Atlantis") == "Atlantis"  # unknown: as stored
+    assert zh.device("printer_2") == "打印机 2" and en.device("card_reader") == "Card reader"
+
+
+@pytest.mark.parametrize(
+    ("cookie", "lang"), [(None, "zh"), ("en", "en"), ("zh", "zh"), ("fr", "zh")]
+)
+def test_the_language_is_the_cookies_or_chinese(cookie: str | None, lang: str) -> None:
+    assert i18n.chosen(cookie) == lang
+
+
+def test_an_unknown_catalogue_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="no catalogue for 'fr'"):
+        i18n.catalogue("fr")
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[FastAPI]:
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'controller.db'}")
+    controller = Controller(settings)  # never started: no broker, no ingest
+    migrate(controller.engine)
+    fill(controller.engine)
+    yield create_app(settings, controller)
+    controller.engine.dispose()
+
+
+def get(app: FastAPI, path: str, cookies: dict[str, str] | None = None, **params: Any) -> Any:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://controller", cookies=cookies
+        ) as client:
+            return await client.get(path, params=params)
+
+    return asyncio.run(run())
+
+
+def tile_numbers(html: str) -> dict[str, dict[str, int]]:
+    found: dict[str, dict[str, int]] = {}
+    for district, body in re.findall(
+        r'<a class="district" data-district="([^"]+)"(.*?)</a>', html, re.S
+    ):
+        numbers = dict(re.findall(r'data-key="(\w+)">(?:<dt>[^<]*</dt><dd>)?(\d+)<', body))
+        found[district] = {key: int(n) for key, n in numbers.items()}
+    return found
+
+
+def test_the_overview_shows_the_summarys_numbers_in_chinese(app: FastAPI) -> None:
+    summary = get(app, "/api/fleet/summary").json()
+    page = get(app, "/")
+    assert page.status_code == 200
+    html = page.text
+    assert '<html lang="zh-CN">' in html
+    assert tile_numbers(html) == {
+        name: {key: d[key] for key in ("stations", "online", "degraded", "silent", "offline")}
+        for name, d in summary["districts"].items()
+    }
+    assert "滨湖区" in html and "政务服务中心" in html
+    assert "wx-binhu-gov-01" in html  # degraded: listed as needing attention
+    # the paper-out printer shows where paper runs low
+    assert 'data-supply="paper" data-level="out"' in html
+    # the live fragment is the same body
+    fragment = get(app, "/fragments/overview").text
+    assert tile_numbers(fragment) == tile_numbers(html)
+
+
+def test_english_when_the_cookie_says_so(app: FastAPI) -> None:
+    html = get(app, "/", cookies={"lang": "en"}).text
+    assert '<html lang="en">' in html and "Districts" in html and "滨湖区" not in html
+
+
+def test_the_language_switch_sets_a_cookie_and_goes_back_only_inside(app: FastAPI) -> None:
+    r = get(app, "/lang/en", back="/stations?q=wx")
+    assert r.status_code == 303 and r.headers["location"] == "/stations?q=wx"
+    assert r.cookies["lang"] == "en"
+    for elsewhere in ("//evil.example/", "https://evil.example/", "javascript:alert(1)"):
+        r = get(app, "/lang/zh", back=elsewhere)
+        assert r.headers["location"] == "/"
+    r = get(app, "/lang/fr")
+    assert r.status_code == 303 and "lang" not in r.cookies
+
+
+def test_the_station_page_shows_devices_in_the_contracts_vocabulary(app: FastAPI) -> None:
+    html = get(app, "/stations/wx-binhu-gov-01").text
+    assert 'data-state="user_error"' in html and "paper_out" in html
+    assert 'data-command="restart_device" data-slot="printer"' in html
+    assert get(app, "/stations/nope").status_code == 404
+    assert get(app, "/fragments/stations/nope").status_code == 404
+
+
+def test_the_stations_page_filters_and_searches(app: FastAPI) -> None:
+    def listed(**params: str) -> list[str]:
+        return re.findall(r'<tr data-station="([^"]+)"', get(app, "/stations", **params).text)
+
+    everything = [s["id"] for s in get(app, "/api/stations").json()["items"]]
+    assert listed() == everything
+    # a form sends empty fields: they mean "all"
+    assert listed(q="", district="", site_type="", status="") == everything
+    assert listed(q="BINHU") == [s for s in everything if "binhu" in s]
+    assert listed(status="offline") == [
+        s["id"] for s in get(app, "/api/stations", status="offline").json()["items"]
+    ]
+    assert listed(status="nonsense") == everything
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("binhu", "binhu"),
+        ("BINHU", "binhu"),
+        ("Government Affairs", ""),  # the site: every station of fill() has one
+        ("%", None),  # a literal percent sign: in no id or site
+        ("_", None),
+        ("zzz", None),
+    ],
+)
+def test_q_searches_station_ids_and_sites(app: FastAPI, q: str, expected: str | None) -> None:
+    everything = [s["id"] for s in get(app, "/api/stations").json()["items"]]
+    found = get(app, "/api/stations", q=q).json()
+    want = [] if expected is None else [s for s in everything if expected in s]
+    assert [s["id"] for s in found["items"]] == want
+    assert found["total"] == len(want)
+
+
+@pytest.mark.parametrize("q", ["", "x" * 65])
+def test_q_out_of_bounds_is_refused(app: FastAPI, q: str) -> None:
+    r = get(app, "/api/stations", q=q)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "q"]
+
+
+def test_the_vendored_files_and_the_favicon_are_served(app: FastAPI) -> None:
+    for path in (
+        "/static/vendor/htmx-2.0.4.min.js",
+        "/static/vendor/htmx-ext-sse-2.2.2.js",
+        "/static/vendor/uPlot-1.6.31.iife.min.js",
+        "/static/console.js",
+        "/favicon.ico",
+    ):
+        assert get(app, path).status_code == 200, path
+    html = get(app, "/").text
+    for src in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
+        assert get(app, src).status_code == 200, src
+
+
+def test_changes_reach_every_subscriber_from_another_thread() -> None:
+    broadcaster = Broadcaster()
+
+    async def run() -> list[list[Change | None]]:
+        subs = [broadcaster.subscribe(), broadcaster.subscribe()]
+        changes = [Change("s1", "online", "degraded"), Change("s2", "offline", "online")]
+        thread = threading.Thread(target=broadcaster.publish, args=(changes,))
+        thread.start()
+        thread.join()
+        got = [[await asyncio.wait_for(s.queue.get(), 5) for _ in changes] for s in subs]
+        broadcaster.unsubscribe(subs[1])
+        broadcaster.close()
+        got.append([await asyncio.wait_for(subs[0].queue.get(), 5)])
+        assert subs[1].queue.empty()
+        return got
+
+    first, second, end = asyncio.run(run())
+    assert (
+        first == second == [Change("s1", "online", "degraded"), Change("s2", "offline", "online")]
+    )
+    assert end == [None] and broadcaster.closed
+
+
+def test_the_controllers_change_reports_feed_the_stream(tmp_path: Path) -> None:
+    controller = Controller(Settings(db_url=f"sqlite:///{tmp_path / 'c.db'}"))
+    migrate(controller.engine)
+
+    async def run() -> Change | None:
+        sub = controller.live.subscribe()
+        await asyncio.to_thread(controller._on_changes, [("s1", "online", "silent")])
+        return await asyncio.wait_for(sub.queue.get(), 5)
+
+    try:
+        assert asyncio.run(run()) == Change("s1", "online", "silent")
+    finally:
+        controller.engine.dispose()
