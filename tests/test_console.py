@@ -132,9 +132,13 @@ def test_the_overview_shows_the_summarys_numbers_in_chinese(app: FastAPI) -> Non
     assert page.status_code == 200
     html = page.text
     assert '<html lang="zh-CN">' in html
-    assert tile_numbers(html) == {
-        name: {key: d[key] for key in ("stations", "online", "degraded", "silent", "offline")}
-        for name, d in summary["districts"].items()
+    keys = ("stations", "online", "degraded", "silent", "offline")
+    # the fleet's 8 districts in their order, zeros where none of its stations is yet
+    tiles = tile_numbers(html)
+    assert list(tiles)[:8] == [name for name, _ in DISTRICTS]
+    assert tiles == {
+        **{name: dict.fromkeys(keys, 0) for name, _ in DISTRICTS},
+        **{name: {key: d[key] for key in keys} for name, d in summary["districts"].items()},
     }
     assert "滨湖区" in html and "政务服务中心" in html
     assert "wx-binhu-gov-01" in html  # degraded: listed as needing attention

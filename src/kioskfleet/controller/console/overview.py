@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -10,7 +11,7 @@ from sqlalchemy import Connection
 
 from kioskfleet.controller import crud
 from kioskfleet.controller.fleetmetrics import read_snapshot
-from kioskfleet.controller.public import FleetSummary, StationPublic
+from kioskfleet.controller.public import FleetSummary, StationPublic, StatusCounts
 
 STATUSES: Final = ("online", "degraded", "silent", "offline")
 SEVERITIES: Final = ("critical", "warning", "info")
@@ -33,10 +34,17 @@ class Overview:
     #: district → supply → level → devices, only levels in :data:`LOW`
     supplies: dict[str, dict[str, dict[str, int]]]
     attention: list[StationPublic] = field(default_factory=list)
+    #: the tiles: the fleet's districts in their usual order (zeros where a district has no
+    #: station yet), then any other district the stations name
+    districts: list[tuple[str, StatusCounts]] = field(default_factory=list)
 
 
-def overview(conn: Connection) -> Overview:
+def overview(conn: Connection, districts: Sequence[str] = ()) -> Overview:
+    """The overview of the fleet; ``districts``: the tiles' order (``Settings.districts``)."""
     summary = crud.fleet_summary(conn=conn)
+    zero = StatusCounts(stations=0, online=0, degraded=0, silent=0, offline=0)
+    tiles = [(name, summary.districts.get(name, zero)) for name in districts]
+    tiles += [(name, d) for name, d in summary.districts.items() if name not in districts]
     snap = read_snapshot(conn)
     alerts = dict.fromkeys(SEVERITIES, 0)
     for (_, severity, state), n in snap.alerts.items():
@@ -64,4 +72,5 @@ def overview(conn: Connection) -> Overview:
         site_types=dict(sorted(site_types.items())),
         supplies=dict(sorted(supplies.items())),
         attention=attention,
+        districts=tiles,
     )

@@ -49,7 +49,7 @@
       new uPlot({
         title: names[key], width: width, height: 140, legend: { show: false },
         series: [{}, { label: names[key], stroke: "#0b3d66", width: 1.5, spanGaps: true }],
-        axes: [{ size: 30 }, { size: 44 }],
+        axes: [{ size: 30 }, { size: 60 }],
       }, [times, values], box);
     }
   }

@@ -20,6 +20,9 @@ router = APIRouter(prefix="/api", tags=["live"])
 TICK: Final = 15.0
 #: after a change, more changes arriving within this many seconds go in the same event
 COALESCE: Final = 0.25
+#: at most one ``changes`` event a second per stream: each makes a page re-read its fragment
+#: (the overview reads the whole station table), so a busy fleet costs a second's worth
+MIN_GAP: Final = 1.0
 #: what the browser waits before reconnecting a lost stream (milliseconds, SSE ``retry``)
 RETRY_MS: Final = 2000
 
@@ -28,8 +31,8 @@ _DESCRIPTION = """A `text/event-stream` that never ends while the controller run
 - `hello` once at the start, data `{}`;
 - `changes`: stations whose status changed (the writer's batches and its sweep of silent
   stations), data `{"changes": [{"station": id, "old": status, "new": status}, ...]}`, sent
-  within a quarter of a second of the change being committed (changes that close together
-  share one event);
+  a quarter of a second after the change was committed, at most one event a second (changes
+  that close together share one event);
 - `tick` every 15 s without a change, data `{}`: re-read what changes without a status change.
 
 A client that loses the stream reconnects after `retry` (2 s); it may have missed changes
@@ -59,6 +62,8 @@ async def events(request: Request, controller: ControllerDep) -> StreamingRespon
         sub = broadcaster.subscribe()
         try:
             yield f"retry: {RETRY_MS}\n" + _event("hello", {})
+            sent = 0.0
+            loop = asyncio.get_running_loop()
             while not broadcaster.closed:
                 try:
                     first = await asyncio.wait_for(sub.queue.get(), TICK)
@@ -70,7 +75,7 @@ async def events(request: Request, controller: ControllerDep) -> StreamingRespon
                 if first is None:
                     return
                 batch: list[Change] = [first]
-                await asyncio.sleep(COALESCE)
+                await asyncio.sleep(max(COALESCE, sent + MIN_GAP - loop.time()))
                 while not sub.queue.empty():
                     more = sub.queue.get_nowait()
                     if more is None:

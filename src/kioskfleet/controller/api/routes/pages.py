@@ -20,9 +20,10 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Connection
 
 from kioskfleet.controller import crud
-from kioskfleet.controller.api.deps import ConnDep
+from kioskfleet.controller.api.deps import ConnDep, ControllerDep
 from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.overview import overview
+from kioskfleet.controller.service import Controller
 from kioskfleet.protocol.commands import COMMAND_NAMES
 from kioskfleet.protocol.stations import StationStatus
 
@@ -80,19 +81,23 @@ def choose_language(lang: str, back: str = "/") -> Response:
     return response
 
 
-def _overview(conn: Connection) -> dict[str, Any]:
-    return {"o": overview(conn)}
+def _overview(conn: Connection, controller: Controller) -> dict[str, Any]:
+    return {"o": overview(conn, controller.settings.districts)}
 
 
 @router.get("/", response_class=HTMLResponse)
-def overview_page(request: Request, conn: ConnDep, lang: LangCookie = None) -> HTMLResponse:
+def overview_page(
+    request: Request, conn: ConnDep, controller: ControllerDep, lang: LangCookie = None
+) -> HTMLResponse:
     """The fleet by district, alerts, site types, supplies; live."""
-    return _render(request, "overview.html", lang, _overview(conn))
+    return _render(request, "overview.html", lang, _overview(conn, controller))
 
 
 @router.get("/fragments/overview", response_class=HTMLResponse)
-def overview_fragment(request: Request, conn: ConnDep, lang: LangCookie = None) -> HTMLResponse:
-    return _render(request, "_overview_body.html", lang, _overview(conn))
+def overview_fragment(
+    request: Request, conn: ConnDep, controller: ControllerDep, lang: LangCookie = None
+) -> HTMLResponse:
+    return _render(request, "_overview_body.html", lang, _overview(conn, controller))
 
 
 def _stations(
