@@ -16,12 +16,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from kioskfleet.controller import crud
 from kioskfleet.controller.api.routes.pages import STATION_COMMANDS
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.live import Broadcaster, Change
-from kioskfleet.controller.db import migrate
+from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import SUPPLY_LEVELS
 from kioskfleet.controller.public import CommandState
 from kioskfleet.controller.service import Controller
@@ -263,3 +264,29 @@ def test_the_controllers_change_reports_feed_the_stream(tmp_path: Path) -> None:
         assert asyncio.run(run()) == Change("s1", "online", "silent")
     finally:
         controller.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("BinHu", ["wx-binhu-gov-01", "wx-binhu-gov-02"]),
+        ("%", []),
+        ("_", []),
+        ("-GOV-", None),
+        ("affairs", None),
+    ],
+)
+def test_q_searches_alike_on_both_databases(
+    db_url: str, q: str, expected: list[str] | None
+) -> None:
+    engine = make_engine(db_url)
+    try:
+        migrate(engine)
+        fill(engine)
+        with engine.connect() as conn:
+            every = crud.list_stations(conn=conn, filters={}, limit=100, offset=0)
+            found = crud.list_stations(conn=conn, filters={}, limit=100, offset=0, q=q)
+        want = [s.id for s in every.items] if expected is None else expected
+        assert [s.id for s in found.items] == want and found.total == len(want)
+    finally:
+        engine.dispose()
