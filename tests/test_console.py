@@ -8,6 +8,7 @@ import asyncio
 import re
 import string
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
@@ -26,10 +27,11 @@ from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import SUPPLY_LEVELS
 from kioskfleet.controller.public import CommandState
 from kioskfleet.controller.service import Controller
+from kioskfleet.controller.store import FleetStore
 from kioskfleet.fleetsim.fleet import DISTRICTS, SITE_TYPES
 from kioskfleet.protocol.devices import DeviceKind, DeviceState
 from kioskfleet.protocol.stations import StationStatus
-from tests.test_api import fill
+from tests.test_api import _birth, fill
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "src/kioskfleet/controller/templates"
 
@@ -290,3 +292,19 @@ def test_q_searches_alike_on_both_databases(
         assert [s.id for s in found.items] == want and found.total == len(want)
     finally:
         engine.dispose()
+
+
+def test_the_shared_overview_is_read_again_when_a_station_arrives(tmp_path: Path) -> None:
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'controller.db'}")
+    controller = Controller(settings)
+    migrate(controller.engine)
+    fill(controller.engine)
+    app = create_app(settings, controller)
+    try:
+        before = tile_numbers(get(app, "/").text)["Xinwu"]["stations"]
+        # a new station's birth, written by the store as the writer would: no status change
+        FleetStore(controller.engine).apply([_birth("wx-xinwu-gov-09", "Xinwu")], now=time.time())
+        assert tile_numbers(get(app, "/fragments/overview").text)["Xinwu"]["stations"] == before + 1
+        assert get(app, "/api/fleet/summary").json()["districts"]["Xinwu"]["stations"] == before + 1
+    finally:
+        controller.engine.dispose()

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api", tags=["live"])
 
 #: seconds between ``tick`` events when nothing changes (keeps proxies from closing the
 #: stream; pages re-read what changes without a status change, e.g. paper running low)
-TICK: Final = 15.0
+TICK: Final = 5.0
 #: after a change, more changes arriving within this many seconds go in the same event
 COALESCE: Final = 0.25
 #: at most one ``changes`` event a second per stream: each makes a page re-read its fragment
@@ -33,7 +33,8 @@ _DESCRIPTION = """A `text/event-stream` that never ends while the controller run
   stations), data `{"changes": [{"station": id, "old": status, "new": status}, ...]}`, sent
   a quarter of a second after the change was committed, at most one event a second (changes
   that close together share one event);
-- `tick` every 15 s without a change, data `{}`: re-read what changes without a status change.
+- `tick` every 5 s without a change, data `{}`: re-read what changes without a status change
+  (supplies, a new station).
 
 A client that loses the stream reconnects after `retry` (2 s); it may have missed changes
 meanwhile, so it re-reads what it shows."""
