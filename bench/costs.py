@@ -2,11 +2,12 @@
 budget goes when the controller must keep up with a bare paho subscriber (bench/ingest.py).
 
 Stages, each on the same realistic telemetry as bench/ingest.py, one thread, no contention:
-``json.loads`` (a floor for any decoder), ``decode_agent_message`` (pydantic, what the writer
-runs), the devices JSON the store encodes for each row, and ``FleetStore.apply`` on batches
-of ``--batch`` already-decoded messages (SQLite in a temp dir, or PostgreSQL with
-``--db postgres``, whose server CPU is reported beside it), with the garbage collector tuned
-as the writer tunes it.
+``json.loads`` (a floor for any decoder), ``decode_agent_message`` (pydantic models),
+``decode_telemetry_record`` (the same rules into plain dicts: what the writer runs), the
+devices JSON of the models (what the store encoded before), and ``FleetStore.apply`` on
+batches of ``--batch`` messages decoded as the writer decodes them (SQLite in a temp dir, or
+PostgreSQL with ``--db postgres``, whose server CPU is reported beside it), with the garbage
+collector tuned as the writer tunes it.
 
     .venv/bin/python bench/costs.py --messages 30000
     .venv/bin/python bench/costs.py --messages 30000 --db postgres
@@ -31,7 +32,11 @@ from _support import AgentPayloads, StationPayloads, throwaway_postgres
 
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.fleetsim.fleet import wuxi_fleet
-from kioskfleet.protocol.messages import TelemetryMessage, decode_agent_message
+from kioskfleet.protocol.messages import (
+    TelemetryMessage,
+    decode_agent_message,
+    decode_telemetry_record,
+)
 
 
 def per_message_us(
@@ -108,6 +113,10 @@ def main() -> int:
         for start in range(0, n, args.batch):
             [decode_agent_message("telemetry", s, p) for s, p in stream[start : start + args.batch]]
 
+    def decode_record() -> None:
+        for start in range(0, n, args.batch):
+            [decode_telemetry_record(s, p) for s, p in stream[start : start + args.batch]]
+
     def dump() -> None:
         for message in decoded:
             assert isinstance(message, TelemetryMessage)
@@ -119,11 +128,14 @@ def main() -> int:
         "payload_bytes": round(sum(len(p) for _, p in stream) / n),
         "us_per_message": {
             "json_loads": per_message_us(loads, n),
-            "decode_agent_message": per_message_us(decode, n, profiler),
+            "decode_agent_message": per_message_us(decode, n),
+            "decode_telemetry_record": per_message_us(decode_record, n, profiler),
         },
     }
     decoded.extend(decode_agent_message("telemetry", s, p) for s, p in stream)
     result["us_per_message"]["store_devices_json"] = per_message_us(dump, n)
+    # what the writer stores: telemetry decoded into plain dicts
+    decoded[:] = [decode_telemetry_record(s, p) for s, p in stream]
     with (
         tempfile.TemporaryDirectory(prefix="kf-bench-costs-") as tmp,
         throwaway_postgres()
@@ -154,7 +166,7 @@ def main() -> int:
         engine.dispose()
     costs = result["us_per_message"]
     result["us_per_message"]["controller_total_without_mqtt"] = round(
-        costs["decode_agent_message"] + costs[f"store_apply_{args.db}_batch{args.batch}"], 1
+        costs["decode_telemetry_record"] + costs[f"store_apply_{args.db}_batch{args.batch}"], 1
     )
     if profiler is not None:
         stats = pstats.Stats(profiler, stream=sys.stderr)

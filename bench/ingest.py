@@ -660,16 +660,23 @@ class _ProcWatch:
                 with contextlib.suppress(psutil.Error):
                     out["postgres_server"] = out.get("postgres_server", 0.0) + _used(process)
         out["bench_process"] = _used(psutil.Process())
+        machine = psutil.cpu_times()
+        out["machine_busy"] = machine.user + machine.nice + machine.system
         return out
 
     def begin(self) -> None:
         self.before = self._sample()
 
     def end(self, seconds: float) -> dict[str, float]:
+        """CPU of each over the window in % of one core; ``others``: what the rest of the
+        machine used meanwhile (other people's tests and benchmarks: a run to discount)."""
         after = self._sample()
-        return {
+        used = {
             k: round(100 * (v - self.before.get(k, 0.0)) / seconds, 1) for k, v in after.items()
         }
+        ours = sum(v for k, v in used.items() if k != "machine_busy")
+        used["others"] = round(used.pop("machine_busy") - ours, 1)
+        return used
 
 
 def proc_bare(args: Any, broker: Any, stream: list[Message], frozen: bool) -> dict[str, Any]:
@@ -807,6 +814,7 @@ def proc_controller(
             watch.begin()
             t0 = time.monotonic()
             controller.signal(signal.SIGCONT)
+            spies = _spy_on(args, controller, tag)
         else:
             publisher = LivePublisher(broker.port, stream, args.publishers)
             publisher.start()
@@ -814,9 +822,13 @@ def proc_controller(
             assert publisher.process.pid is not None
             watch.named["publisher"] = publisher.process.pid
             watch.begin()
+            spies = _spy_on(args, controller, tag)
         _wait(lambda: _telemetry_counter(controller) >= n, 900, f"{n} stored", every=0.02)
         seconds = time.monotonic() - t0
         result["cpu_percent"] = watch.end(seconds)
+        for name, (spy, path) in spies.items():
+            stop_py_spy(spy)
+            result.setdefault("profile", {})[name] = summarize_collapsed(path, top=25)
         if not frozen:
             result["publish_rate"] = round(publisher.finish(), 1)
         summary = httpx.get(f"http://127.0.0.1:{controller.port}/api/fleet/summary").json()
@@ -831,6 +843,24 @@ def proc_controller(
         **result,
         "summary_ingested_telemetry": summary["ingested"]["telemetry"],
     }
+
+
+def _spy_on(
+    args: Any, controller: ControllerProcess, tag: str
+) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
+    """py-spy (``--profile DIR``) on the controller's process and its writer, each thread
+    apart, while it stores the stream."""
+    if args.profile is None:
+        return {}
+    spies = {}
+    pids = {"controller": controller.proc.pid}
+    for child in psutil.Process(controller.proc.pid).children():
+        if not any("resource_tracker" in part for part in child.cmdline()):
+            pids["writer"] = child.pid
+    for name, pid in pids.items():
+        path = args.profile / f"{tag}-{name}.txt"
+        spies[name] = (start_py_spy(pid, path, rate=200), path)
+    return spies
 
 
 def run_proc(args: Any, work: Path, broker: Any, dbs: list[str], frozen: bool) -> dict[str, Any]:
@@ -891,7 +921,9 @@ def main() -> int:
         "of their own, frozen while the stream is queued), live, preloaded (in-process, "
         "reconnecting), comma-separated",
     )
-    parser.add_argument("--profile", type=Path, help="py-spy the pre-loaded drains into DIR")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the drains (both processes in proc- modes) into DIR"
+    )
     args = parser.parse_args()
 
     global PAYLOADS, BATCH_SIZE

@@ -143,6 +143,9 @@ def test_the_overview_shows_the_summarys_numbers_in_chinese(app: FastAPI) -> Non
         **{name: dict.fromkeys(keys, 0) for name, _ in DISTRICTS},
         **{name: {key: d[key] for key in keys} for name, d in summary["districts"].items()},
     }
+    shown_alerts = re.findall(r'data-alerts="(\w+)"><b>(\d+)</b>', html)
+    assert [severity for severity, _ in shown_alerts] == ["critical", "warning", "info"]
+    assert sum(int(n) for _, n in shown_alerts) == summary["open_alerts"]
     assert "滨湖区" in html and "政务服务中心" in html
     assert "wx-binhu-gov-01" in html  # degraded: listed as needing attention
     # the paper-out printer shows where paper runs low

@@ -18,7 +18,8 @@ from kioskfleet.protocol import (
     parse_topic,
 )
 from kioskfleet.protocol.broker_url import parse_broker_url
-from kioskfleet.protocol.messages import Reply
+from kioskfleet.protocol.devices import DeviceStatus
+from kioskfleet.protocol.messages import Reply, TelemetryMessage, decode_telemetry_record
 
 STATION = "wx-binhu-sub-03"
 
@@ -140,6 +141,66 @@ def test_bad_payloads_are_rejected_with_a_reason(payload: bytes, reason: str) ->
         decode_agent_message("telemetry", STATION, payload)
     assert err.value.reason == reason
     assert str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"), [(p, r) for _, p, r in BAD], ids=[n for n, _, _ in BAD]
+)
+def test_the_writers_telemetry_decoder_rejects_the_same_with_the_same_words(
+    payload: bytes, reason: str
+) -> None:
+    with pytest.raises(ProtocolError) as err:
+        decode_telemetry_record(STATION, payload)
+    assert err.value.reason == reason
+    with pytest.raises(ProtocolError) as as_models:
+        decode_agent_message("telemetry", STATION, payload)
+    assert str(err.value) == str(as_models.value)
+
+
+def _verdict(decode: Any) -> Any:
+    try:
+        return decode()
+    except ProtocolError as err:
+        return err.reason
+
+
+def _agree(payload: bytes) -> None:
+    """decode_telemetry_record and decode_agent_message take and refuse the same payloads,
+    and what they take says the same."""
+    record = _verdict(lambda: decode_telemetry_record(STATION, payload))
+    model = _verdict(lambda: decode_agent_message("telemetry", STATION, payload))
+    if isinstance(model, str) or isinstance(record, str):
+        assert record == model
+        return
+    assert isinstance(model, TelemetryMessage)
+    as_sent = {
+        slot: status.model_dump(exclude_unset=True) for slot, status in model.devices.items()
+    }
+    assert record.devices == as_sent
+    assert (record.station, record.session, record.seq, record.ts) == (
+        model.station,
+        model.session,
+        model.seq,
+        model.ts,
+    )
+    assert (record.host, record.counters, record.dropped) == (
+        model.host,
+        model.counters,
+        model.dropped,
+    )
+    assert {s: DeviceStatus.model_validate(d) for s, d in record.devices.items()} == model.devices
+
+
+def test_the_writers_telemetry_decoder_reads_what_the_models_read() -> None:
+    lean = {"printer": printer(supplies={"paper": "low"}, media="present", extra="ignored")}
+    for payload in (
+        telemetry(),
+        telemetry(devices=lean, host={}, counters={"a": 0, "b": 2**62}),
+        telemetry(devices={"printer": printer(info={"model": "M", "serial": None})}),
+        telemetry(dropped=[{"session": 1, "from_seq": 2, "to_seq": 3, "kind": "lost"}]),
+        telemetry(devices={"printer": printer(events=[{"x": 1.5}])}),
+    ):
+        _agree(payload)
 
 
 def test_events_and_replies() -> None:
@@ -290,3 +351,49 @@ def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
         "reply", STATION, json.dumps({**payload, "status": "ok", "result": text}).encode()
     )
     assert isinstance(message, Reply) and message.result == text
+
+
+@settings(max_examples=300)
+@given(
+    doc=st.fixed_dictionaries(
+        {"v": st.just(1), "station": st.just(STATION), "session": st.just(1), "ts": st.just(1.0)},
+        optional={
+            "seq": st.integers(-1, 3) | st.booleans() | st.text(max_size=2),
+            "host": st.dictionaries(st.text(max_size=3), st.none() | st.floats() | st.integers()),
+            "counters": st.dictionaries(st.text(max_size=3), st.integers() | st.floats()),
+            "dropped": st.lists(
+                st.fixed_dictionaries(
+                    {"session": st.integers(-1, 3), "from_seq": st.integers(0, 3)},
+                    optional={"to_seq": st.integers(0, 3), "kind": st.sampled_from(["lost", "x"])},
+                ),
+                max_size=2,
+            ),
+            "devices": st.dictionaries(
+                st.sampled_from(["printer", "printer_2", "toaster", "card_reader"]),
+                st.fixed_dictionaries(
+                    {
+                        "device": st.sampled_from(["printer", "card_reader", "fax"]),
+                        "driver": st.sampled_from(["escpos", "crt591", "?"]),
+                        "state": st.sampled_from(["online", "busy", "on fire"]),
+                    },
+                    optional={
+                        "faults": st.lists(st.text(max_size=3), max_size=2) | st.none(),
+                        "info": st.none()
+                        | st.dictionaries(
+                            st.sampled_from(["model", "serial", "firmware", "x"]),
+                            st.none() | st.text(max_size=3) | st.integers(),
+                        ),
+                        "supplies": st.dictionaries(
+                            st.text(max_size=3), st.text(max_size=3) | st.integers()
+                        ),
+                        "media": st.none() | st.sampled_from(["present", "wet"]),
+                        "events": st.lists(st.dictionaries(st.text(max_size=2), json_values)),
+                    },
+                ),
+                max_size=3,
+            ),
+        },
+    )
+)
+def test_the_writers_telemetry_decoder_agrees_on_random_documents(doc: dict[str, Any]) -> None:
+    _agree(json.dumps(doc).encode())

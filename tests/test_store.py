@@ -22,13 +22,18 @@ from kioskfleet.controller.models import (
 )
 from kioskfleet.controller.store import FleetStore
 from kioskfleet.protocol import decode_agent_message
+from kioskfleet.protocol.messages import decode_telemetry_record
 
 STATION = "wx-xinwu-bank-02"
 
 
 def _in(session: int, kind: str, seq: int, **body: object) -> tuple[str, object]:
+    """A message decoded as the writer decodes it (telemetry into plain dicts)."""
     payload = {"v": 1, "station": STATION, "session": session, "seq": seq, "ts": 1.0, **body}
-    return kind, decode_agent_message(kind, STATION, json.dumps(payload).encode())
+    raw = json.dumps(payload).encode()
+    if kind == "telemetry":
+        return kind, decode_telemetry_record(STATION, raw)
+    return kind, decode_agent_message(kind, STATION, raw)
 
 
 def _birth_of(session: int, **body: object) -> tuple[str, object]:
@@ -286,6 +291,56 @@ def test_lean_telemetry_keeps_the_info_of_the_birth_or_the_last_event_that_carri
         rows = conn.execute(select(Telemetry.devices).order_by(Telemetry.seq)).scalars().all()  # type: ignore[arg-type]
     assert "info" not in rows[0]["printer"] and rows[-3]["printer"]["info"] == again
     engine.dispose()
+
+
+def test_telemetry_decoded_into_models_or_plain_dicts_is_stored_alike(tmp_path: Path) -> None:
+    """The writer decodes telemetry into plain dicts; models (what other callers pass) must
+    leave the same rows and the same picture."""
+    sent = [
+        {"host": {"cpu_percent": 3.5, "temperature_c": None}, "counters": {"commands": 2}},
+        {"devices": _device("online", {"model": "M", "serial": "S"})},
+        {"devices": _device("online")},  # lean: info left out
+        {"devices": _device("online")},  # the same again: its text is reused
+        {
+            "devices": {
+                "printer": {**_device("user_error")["printer"], "supplies": {"paper": "out"}},
+                "id_reader": {
+                    "device": "id_reader",
+                    "driver": "ga467",
+                    "state": "online",
+                    "faults": ["read_error"],
+                    "media": "present",
+                    "ignored": "an unknown key",
+                },
+            }
+        },
+    ]
+    stored = []
+    for decode in (decode_agent_message, None):
+        engine = make_engine(f"sqlite:///{tmp_path / f'{decode is None}.db'}")
+        migrate(engine)
+        store = FleetStore(engine)
+        store.apply([_birth(devices=_device("online", {"model": "B"}))], now=100.0)  # type: ignore[list-item]
+        for seq, body in enumerate(sent, start=1):
+            payload = {"v": 1, "station": STATION, "session": 5, "seq": seq, "ts": 1.0, **body}
+            raw = json.dumps(payload).encode()
+            message = (
+                decode_telemetry_record(STATION, raw)
+                if decode is None
+                else decode("telemetry", STATION, raw)
+            )
+            store.apply([("telemetry", message)], now=100.0 + seq)
+        with engine.connect() as conn:
+            columns = (Telemetry.host, Telemetry.devices, Telemetry.counters)
+            rows = conn.execute(select(*columns).order_by(Telemetry.seq)).all()  # type: ignore[call-overload]
+            picture = conn.execute(select(Station.devices)).scalar_one()  # type: ignore[call-overload]
+        stored.append(([tuple(row) for row in rows], picture, store.stations[STATION].devices))
+        engine.dispose()
+    assert stored[0] == stored[1]
+    rows, picture, _ = stored[1]
+    assert rows[0][0] == {"cpu_percent": 3.5, "temperature_c": None}
+    assert "info" not in rows[2][1]["printer"] and "ignored" not in rows[4][1]["id_reader"]
+    assert picture["printer"]["info"] == {"model": "M", "serial": "S"}
 
 
 # -- state is idempotent by (session, online); a backlog moves nothing but its rows -----------

@@ -217,9 +217,10 @@ def test_probe_no_device() -> None:
 def test_probe_watch_reports_a_card_laid_down_and_taken(
     server: PtyServer, sim: Ga467Simulator
 ) -> None:
+    # generous gaps: on a loaded machine reading the card can take most of a second
     threading.Timer(0.1, sim.present).start()
-    threading.Timer(0.6, sim.remove).start()
-    status, answered = _probe_json(server.port, ProbeOptions(timeout=0.2, watch=1.2))
+    threading.Timer(1.5, sim.remove).start()
+    status, answered = _probe_json(server.port, ProbeOptions(timeout=0.2, watch=2.5))
     assert answered
     assert status["events"] == [
         {"type": "card_inserted"},

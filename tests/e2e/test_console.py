@@ -164,6 +164,10 @@ def test_overview_shows_the_api_numbers_in_chinese(console_ok: Console) -> None:
     assert shown == expected
     assert len(shown) == len(DISTRICTS) == 8
     assert totals(page) == {"stations": summary["stations"], **{s: summary[s] for s in STATUSES}}
+    alerts = page.eval_on_selector_all(
+        "[data-alerts]", "es => es.map(e => Number(e.querySelector('b').textContent))"
+    )
+    assert len(alerts) == 3 and sum(alerts) == summary["open_alerts"]
     text = page.inner_text("body")
     for name in CHINESE_DISTRICTS:
         assert name in text

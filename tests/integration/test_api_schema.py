@@ -42,6 +42,18 @@ def test_live_responses_match_the_documented_schemas(
                 check(openapi, "/api/stations/{station_id}", detail)
                 devices = detail.json()["devices"]
                 assert devices and all(d["device"] and d["state"] for d in devices.values())
+            # the alert side (whatever alerts the fleet has raised by now)
+            for path in ("/api/alerts", "/api/alerts/stats", "/api/audit", "/api/silences"):
+                response = api.get(path)
+                assert response.status_code == 200, path
+                check(openapi, path, response)
+            active = api.get("/api/alerts", params={"state": "active"}).json()
+            assert active["total"] == api.get("/api/fleet/summary").json()["open_alerts"]
+            availability = api.get("/api/availability", params={"by": "station"})
+            check(openapi, "/api/availability", availability)
+            items = availability.json()["items"]
+            assert [i["station"] for i in items] == ids
+            assert all(0 <= i["availability"] <= 1 and i["period_s"] > 0 for i in items)
             # the schema is strict enough to notice a device outside the vocabulary
             body = detail.json()
             body["devices"]["printer"]["state"] = "on_fire"

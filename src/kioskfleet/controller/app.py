@@ -10,13 +10,18 @@ from fastapi.staticfiles import StaticFiles
 
 from kioskfleet import __version__
 from kioskfleet.controller.api.routes import (
+    alerts,
+    audit,
     commands,
     enrolment,
+    figures,
     fleet,
     health,
     live,
+    maintenance,
     pages,
     releases,
+    silences,
     stations,
     tuf,
 )
@@ -41,7 +46,23 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
 
     app = FastAPI(title="kioskfleet controller", version=__version__, lifespan=lifespan)
     app.state.controller = ctl
-    for module in (health, fleet, stations, commands, enrolment, live, pages, tuf, releases):
+    # figures first: `/api/alerts/stats` before `/api/alerts/{alert_id}`
+    for module in (
+        health,
+        fleet,
+        stations,
+        commands,
+        enrolment,
+        figures,
+        alerts,
+        silences,
+        maintenance,
+        audit,
+        live,
+        pages,
+        tuf,
+        releases,
+    ):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     return app

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, or_, select
 
+from kioskfleet.controller import alertviews
 from kioskfleet.controller.fleet import STATUSES
 from kioskfleet.controller.models import (
     Counter,
@@ -60,8 +61,9 @@ def totals_template() -> dict[str, int]:
     return dict.fromkeys(STATUSES, 0)
 
 
-def fleet_summary(*, conn: Connection, open_alerts: int = 0) -> FleetSummary:
-    """CONTRACT §4 ``/api/fleet/summary``."""
+def fleet_summary(*, conn: Connection) -> FleetSummary:
+    """CONTRACT §4 ``/api/fleet/summary``; ``open_alerts`` counts the unresolved alerts (open
+    and acknowledged), the total of ``/api/alerts?state=active``."""
     totals = totals_template()
     districts: dict[str, dict[str, int]] = {}
     for (district, status), n in status_counts(conn=conn).items():
@@ -76,7 +78,7 @@ def fleet_summary(*, conn: Connection, open_alerts: int = 0) -> FleetSummary:
         {
             "stations": sum(totals.values()),
             **totals,
-            "open_alerts": open_alerts,
+            "open_alerts": alertviews.unresolved_count(conn=conn),
             "ingested": {
                 "telemetry": counters.get("ingested_telemetry", 0),
                 "events": counters.get("ingested_events", 0),
@@ -171,7 +173,8 @@ def station_choices(*, conn: Connection) -> dict[str, list[str]]:
 
 
 def get_station(*, conn: Connection, station_id: str, history: int = 50) -> StationDetail | None:
-    """CONTRACT §4 ``/api/stations/{id}``: the list item plus devices, history, alerts.
+    """CONTRACT §4 ``/api/stations/{id}``: the list item plus devices, history, and its
+    unresolved alerts (with the site incident it is a member of, if any).
 
     None when no station has that id. ``history`` bounds the status changes returned.
     """
@@ -197,8 +200,9 @@ def get_station(*, conn: Connection, station_id: str, history: int = 50) -> Stat
                 {"status": h.status, "reason": h.reason, "session": h.session, "at": utc(h.at)}
                 for h in recent
             ],
-            # open alerts arrive with the alerts issue
-            "alerts": [],
+            "alerts": alertviews.station_alerts(
+                conn=conn, station=station_id, district=row.district, site=row.site
+            ),
         }
     )
 

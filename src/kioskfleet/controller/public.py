@@ -10,10 +10,22 @@ once, where crud builds it; FastAPI then only checks the type and serializes it 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Final, Literal
+import re
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
+from kioskfleet.controller.alerts.suppress import Matcher
 from kioskfleet.protocol.commands import CommandName, ReplyStatus
 from kioskfleet.protocol.devices import DeviceState, DeviceStatus, SlotName
 from kioskfleet.protocol.messages import HostValue
@@ -98,23 +110,90 @@ Severity = Literal["critical", "warning", "info"]
 Resolution = Literal["cleared", "by_person", "grouped", "flapping"]
 
 
-class AlertPublic(Public):
-    """An alert as CONTRACT §4 lists it (the alerts issue adds the rest)."""
+class AlertDetails(BaseModel):
+    """What failed and since when. ``summary`` and ``since`` are always there (null where a
+    rule gave none); a rule's further facts (``state``, ``driver``, ``model``, a host metric's
+    ``value`` and ``threshold``, a flapping alert's ``cycles``, …) follow as they were found,
+    with times in ISO 8601 UTC like every time of the API."""
 
-    id: int
+    model_config = ConfigDict(extra="allow", json_schema_serialization_defaults_required=True)
+
+    #: one line: what failed, where
+    summary: str | None
+    #: since when the condition holds (for a site incident: when its first kiosk dropped)
+    since: AwareDatetime | None
+
+
+class AlertPublic(Public):
+    """An alert as ``GET /api/alerts`` lists it (CONTRACT §4)."""
+
+    id: str
     state: AlertState
     severity: Severity
-    #: a fault code, ``offline``, ``silent``, ``site_offline``, …
+    #: a fault code, ``offline``, ``silent``, ``site_offline``, ``flapping``, …
     condition: str
+    #: the condition a ``flapping`` alert is about; null otherwise
+    of: str | None
     district: str | None
     site: str | None
     #: null for a site incident, which names its ``stations`` instead
     station: str | None
+    #: the device slot; null for the station itself, its host, or a site
     device: str | None
+    #: a site incident's member stations; null for any other alert
+    stations: list[str] | None
     opened_at: AwareDatetime
-    resolved_at: AwareDatetime | None = None
-    resolution: Resolution | None = None
-    stations: list[str] | None = None
+    acknowledged_at: AwareDatetime | None
+    acknowledged_by: str | None
+    resolved_at: AwareDatetime | None
+    resolution: Resolution | None
+    resolved_by: str | None
+    #: ``maintenance:<station>`` or ``silence:<id>`` while no notification leaves for it
+    suppressed_by: str | None
+    #: the team it is routed to now (null: none configured, or not routed yet) and its
+    #: escalation level (0: the district's own team)
+    team: str | None
+    level: int
+    details: AlertDetails
+
+
+class AlertList(Public):
+    """``GET /api/alerts``: one page of alerts, newest first, and how many match."""
+
+    items: list[AlertPublic]
+    total: int
+
+
+class AlertHistoryPublic(Public):
+    """One transition of an alert."""
+
+    at: AwareDatetime
+    #: open, resolve, severity, flapping, join, rearm, acknowledge, suppression, escalate
+    action: str
+    #: a person, or null for the controller itself
+    by: str | None
+    note: str | None
+    details: dict[str, Any]
+
+
+class AlertDetail(AlertPublic):
+    """``GET /api/alerts/{id}``: the alert and its history, oldest first."""
+
+    history: list[AlertHistoryPublic]
+
+
+_Person = Annotated[str, Field(min_length=1, max_length=200)]
+_Note = Annotated[str, Field(max_length=2000)]
+
+
+class AlertActionRequest(BaseModel):
+    """``POST /api/alerts/{id}/ack`` and ``…/resolve``: who, and why (both optional: until
+    the security issue brings identities, ``by`` defaults to ``"api"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: _Person = "api"
+    note: _Note | None = None
 
 
 def _as_stored(devices: dict[str, DeviceStatus]) -> dict[str, dict[str, Any]]:
@@ -281,6 +360,222 @@ class CommandList(Public):
     """A station's commands, newest first, and how many it has in all."""
 
     items: list[CommandPublic]
+    total: int
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]")
+
+
+def _iso_8601(value: Any) -> Any:
+    # pydantic would take Unix seconds too; times here are what the API renders, ISO 8601
+    # with a zone, and one way of writing them is enough
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 time with its zone, e.g. 2026-11-30T08:00:00Z")
+    return value
+
+
+#: a time a client gives: ISO 8601 with its zone (``Z`` or ``+08:00``)
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_8601)]
+
+#: how long a silence may last (Alertmanager has no limit; a year catches a typo)
+SILENCE_MAX_S: Final = 365 * 86400.0
+#: how long a maintenance window may last
+MAINTENANCE_MAX_S: Final = 30 * 86400.0
+_Reason = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+def _one_end(end: object, duration: object, end_name: str) -> None:
+    if (end is None) == (duration is None):
+        raise ValueError(f"give exactly one of {end_name!r} and 'duration_s'")
+
+
+class SilenceRequest(BaseModel):
+    """``POST /api/silences``: alerts matching every matcher are recorded but not notified
+    from ``starts_at`` (default now) until ``expires_at``, or for ``duration_s``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matchers: Annotated[list[Matcher], Field(min_length=1, max_length=32)]
+    author: _Person
+    reason: _Reason
+    starts_at: IsoTime | None = None
+    expires_at: IsoTime | None = None
+    duration_s: Annotated[float, Field(gt=0, le=SILENCE_MAX_S, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _ends(self) -> Self:
+        _one_end(self.expires_at, self.duration_s, "expires_at")
+        if (
+            self.starts_at is not None
+            and self.expires_at is not None
+            and self.expires_at <= self.starts_at
+        ):
+            raise ValueError("expires_at must be after starts_at")
+        return self
+
+
+SilenceState = Literal["active", "pending", "expired"]
+
+
+class SilencePublic(Public):
+    """A silence: ``active`` between ``starts_at`` and ``expires_at``, ``pending`` before,
+    ``expired`` after (ending one early sets ``expires_at`` to then)."""
+
+    id: str
+    state: SilenceState
+    matchers: list[Matcher]
+    author: str
+    reason: str
+    starts_at: AwareDatetime
+    expires_at: AwareDatetime
+    created_at: AwareDatetime
+
+
+class SilenceList(Public):
+    """``GET /api/silences``: newest first, and how many match."""
+
+    items: list[SilencePublic]
+    total: int
+
+
+class MaintenanceRequest(BaseModel):
+    """``POST /api/stations/{id}/maintenance``: a technician on site from now until
+    ``until`` (or for ``duration_s``): the station's alerts are recorded, not notified."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: _Person
+    reason: Annotated[str, Field(max_length=500)] = ""
+    until: IsoTime | None = None
+    duration_s: Annotated[float, Field(gt=0, le=MAINTENANCE_MAX_S, allow_inf_nan=False)] | None = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _ends(self) -> Self:
+        _one_end(self.until, self.duration_s, "until")
+        return self
+
+
+class MaintenancePublic(Public):
+    """A maintenance window of one station; ``active`` while ``starts_at`` ≤ now <
+    ``until`` (ending one early sets ``until`` to then)."""
+
+    id: str
+    station: str
+    active: bool
+    by: str
+    reason: str
+    starts_at: AwareDatetime
+    until: AwareDatetime
+    created_at: AwareDatetime
+
+
+class MaintenanceList(Public):
+    """Maintenance windows, newest first, and how many match."""
+
+    items: list[MaintenancePublic]
+    total: int
+
+
+class AuditPublic(Public):
+    """One audit entry: who did what to what, when, from where, and how it ended."""
+
+    id: int
+    at: AwareDatetime
+    #: who (free text until the security issue brings identities)
+    actor: str
+    #: the client's address, when known
+    source: str | None
+    #: e.g. ``command.create``, ``alert.ack``, ``silence.create``
+    action: str
+    #: what it was done to: a station, an alert, a silence id
+    target: str
+    details: dict[str, Any]
+    #: e.g. ``accepted``, ``acknowledged``, ``conflict``
+    outcome: str
+
+
+class AuditList(Public):
+    """``GET /api/audit``: newest first, and how many match."""
+
+    items: list[AuditPublic]
+    total: int
+
+
+class Durations(Public):
+    """Durations in seconds: how many, their mean, median and 90th percentile (nearest
+    rank); null when there are none."""
+
+    n: int
+    mean_s: float | None
+    median_s: float | None
+    p90_s: float | None
+
+
+class AlertFigures(Public):
+    """Figures over the alerts opened in a period, for one district and severity (null:
+    all of them)."""
+
+    district: str | None
+    severity: Severity | None
+    #: alerts opened in the period
+    alerts: int
+    #: of those, acknowledged by a person (at any time up to now)
+    acknowledged: int
+    #: of those, repaired: resolved by a person or cleared (one closed as ``grouped`` or
+    #: ``flapping`` went on in another alert and is neither repaired nor unresolved)
+    resolved: int
+    #: of those, still open or acknowledged now
+    unresolved: int
+    #: opening → acknowledgement, over the acknowledged ones
+    time_to_acknowledge: Durations
+    #: opening → resolution, over the repaired ones (``resolved``)
+    time_to_resolve: Durations
+    #: mean time to repair: the mean of ``time_to_resolve``
+    mttr_s: float | None
+
+
+class AlertStats(Public):
+    """``GET /api/alerts/stats``: per (district, severity), and over all of them."""
+
+    start: AwareDatetime = Field(serialization_alias="from")
+    end: AwareDatetime = Field(serialization_alias="to")
+    groups: list[AlertFigures]
+    overall: AlertFigures
+
+
+AvailabilityBy = Literal["station", "site", "district"]
+
+
+class AvailabilityItem(Public):
+    """Availability of one station, site or district: the share of its stations' time in
+    the period spent ``online`` (connected, reporting, not degraded)."""
+
+    district: str | None
+    #: null when grouped by district
+    site: str | None
+    #: null unless grouped by station
+    station: str | None
+    #: stations counted
+    stations: int
+    #: station-seconds in the period (a station counts from its registration)
+    period_s: float
+    #: of those, station-seconds ``online``
+    online_s: float
+    #: ``online_s / period_s``; null when ``period_s`` is 0
+    availability: float | None
+
+
+class Availability(Public):
+    """``GET /api/availability``: per station, site or district over a period."""
+
+    start: AwareDatetime = Field(serialization_alias="from")
+    end: AwareDatetime = Field(serialization_alias="to")
+    by: AvailabilityBy
+    items: list[AvailabilityItem]
     total: int
 
 

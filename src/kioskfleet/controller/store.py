@@ -41,9 +41,14 @@ from kioskfleet.protocol.messages import (
     Reply,
     StateMessage,
     TelemetryMessage,
+    TelemetryRecord,
 )
 
 log = logging.getLogger(__name__)
+
+#: what the store takes: decoded messages; telemetry as the writer decodes it (plain dicts,
+#: :func:`~kioskfleet.protocol.messages.decode_telemetry_record`) or as models
+StoredMessage = AgentMessage | TelemetryRecord
 
 _STATION = Station.__table__  # type: ignore[attr-defined]
 _HISTORY = StationHistory.__table__  # type: ignore[attr-defined]
@@ -185,6 +190,8 @@ class FleetStore:
         #: batch (decision 15)
         self._stale_stations: set[str] = set()
         self._stale_ledgers: set[tuple[str, int]] = set()
+        #: station → (its last telemetry's devices, their JSON text)
+        self._sent_devices: dict[str, tuple[dict[str, Any], str]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -228,7 +235,7 @@ class FleetStore:
 
     # -- the batch -----------------------------------------------------------------------------
     def apply(
-        self, messages: list[tuple[str, AgentMessage]], now: float, rejected: int = 0
+        self, messages: list[tuple[str, StoredMessage]], now: float, rejected: int = 0
     ) -> BatchOutcome:
         """Store ``messages`` ((kind, message) in arrival order) in one transaction.
 
@@ -249,7 +256,7 @@ class FleetStore:
             raise
 
     def _apply(
-        self, messages: list[tuple[str, AgentMessage]], now: float, rejected: int, undo: _Undo
+        self, messages: list[tuple[str, StoredMessage]], now: float, rejected: int, undo: _Undo
     ) -> BatchOutcome:
         out = BatchOutcome()
         touched: dict[str, StationState] = {}
@@ -331,11 +338,8 @@ class FleetStore:
             if not ledger.add(message.seq):
                 out.duplicates += 1
                 continue
-            if isinstance(message, TelemetryMessage):
-                # as sent: a device's info travels only when it changed (lean telemetry)
-                devices = _DEVICES.dump_json(
-                    message.devices, exclude_none=True, exclude_unset=True
-                ).decode()
+            if isinstance(message, TelemetryRecord | TelemetryMessage):
+                devices = self._devices_text(message)
                 # a tuple in _TELEMETRY_COLUMNS order, JSON as text: no dict per row
                 telemetry_rows.append(
                     (
@@ -425,6 +429,22 @@ class FleetStore:
             else:
                 self.gappy.pop(key, None)
         return out
+
+    def _devices_text(self, message: TelemetryRecord | TelemetryMessage) -> str:
+        """A telemetry message's devices as JSON text, as sent: a device's info travels only
+        when it changed (lean telemetry). A station's devices rarely change between two
+        messages: equal to its last ones (a dict comparison), their text is reused."""
+        if isinstance(message, TelemetryMessage):  # decoded into models (not the writer's way)
+            return _DEVICES.dump_json(
+                message.devices, exclude_none=True, exclude_unset=True
+            ).decode()
+        devices = message.devices
+        last = self._sent_devices.get(message.station)
+        if last is not None and last[0] == devices:
+            return last[1]
+        text = to_json(devices).decode()
+        self._sent_devices[message.station] = (devices, text)
+        return text
 
     def _apply_state(
         self,

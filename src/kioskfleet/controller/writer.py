@@ -28,9 +28,9 @@ from typing import Any, Protocol
 
 from kioskfleet.controller.db import make_engine
 from kioskfleet.controller.retention import apply_retention
-from kioskfleet.controller.store import BatchOutcome, FleetStore
+from kioskfleet.controller.store import BatchOutcome, FleetStore, StoredMessage
 from kioskfleet.protocol.errors import ProtocolError
-from kioskfleet.protocol.messages import AgentMessage, decode_agent_message
+from kioskfleet.protocol.messages import decode_agent_message, decode_telemetry_record
 from kioskfleet.protocol.topics import CONTROLLER_STATE_TOPIC, parse_topic
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class SweepReport:
 class DecodedBatch:
     """A batch after decoding: the messages to store, in arrival order, and the refused."""
 
-    messages: list[tuple[str, AgentMessage]] = field(default_factory=list)
+    messages: list[tuple[str, StoredMessage]] = field(default_factory=list)
     #: (topic, reason, explanation) of each message refused
     rejected: list[tuple[str, str, str]] = field(default_factory=list)
     #: seconds spent decoding it
@@ -95,7 +95,12 @@ def decode_batch(items: list[tuple[str, bytes]]) -> DecodedBatch:
             continue  # our own presence, seen through fleet/v1/+/state
         try:
             parsed = parse_topic(topic)
-            message = decode_agent_message(parsed.kind, parsed.station, payload)
+            message: StoredMessage = (
+                # telemetry into plain dicts: half the cost of models, stored as they are
+                decode_telemetry_record(parsed.station, payload)
+                if parsed.kind == "telemetry"
+                else decode_agent_message(parsed.kind, parsed.station, payload)
+            )
         except ProtocolError as err:
             batch.rejected.append((topic[:200], err.reason, str(err)[:500]))
             continue

@@ -8,11 +8,19 @@ Unknown extra keys are tolerated (the contract may grow); wrong types are not.
 
 import json
 import math
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Required
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
-from kioskfleet.protocol.devices import DeviceStatus, SlotName
+from kioskfleet.protocol.devices import (
+    DeviceKind,
+    DeviceState,
+    DeviceStatus,
+    DriverName,
+    Media,
+    SlotName,
+)
 from kioskfleet.protocol.errors import ProtocolError
 from kioskfleet.protocol.stations import StationId
 
@@ -116,6 +124,75 @@ class TelemetryMessage(Sequenced):
     )
 
 
+# -- telemetry as the controller stores it ------------------------------------------------------
+# The same rules as TelemetryMessage, validated into plain dicts instead of models: the
+# controller's writer decodes every telemetry message and stores host, devices and counters as
+# JSON again, and pydantic builds and dumps a dict of DeviceStatus models at twice the cost of
+# a dict (docs/decisions.md 32). tests/test_protocol.py holds the two to the same verdicts.
+_STRICT_DICT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+_Text128 = Annotated[str, Field(max_length=128)]
+
+
+class _DeviceInfoDict(TypedDict, total=False):
+    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
+
+    model: _Text128 | None
+    serial: _Text128 | None
+    firmware: _Text128 | None
+
+
+class DeviceStatusDict(TypedDict, total=False):
+    """A :class:`~kioskfleet.protocol.devices.DeviceStatus` as a plain dict: the keys sent."""
+
+    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
+
+    device: Required[DeviceKind]
+    driver: Required[DriverName]
+    state: Required[DeviceState]
+    faults: Required[Annotated[list[str], Field(max_length=64)]]
+    info: _DeviceInfoDict
+    supplies: Annotated[dict[str, str], Field(max_length=16)]
+    media: Media | None
+    events: Annotated[list[dict[str, Any]], Field(max_length=256)]
+
+
+class _TelemetryDict(TypedDict, total=False):
+    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
+
+    v: Required[Literal[1]]
+    station: Required[StationId]
+    session: Required[NonNegative]
+    seq: Required[Annotated[int, Field(ge=1, lt=2**63)]]
+    ts: Required[Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+    dropped: Annotated[list[DroppedRange], Field(max_length=64)]
+    host: Annotated[dict[Annotated[str, Field(max_length=64)], HostValue], Field(max_length=64)]
+    devices: Annotated[dict[SlotName, DeviceStatusDict], Field(max_length=32)]
+    counters: Annotated[
+        dict[Annotated[str, Field(max_length=64)], NonNegative], Field(max_length=64)
+    ]
+
+
+_TELEMETRY_DICT: Final = TypeAdapter(_TelemetryDict)
+
+
+class TelemetryRecord:
+    """A validated telemetry message with its parts as plain data (what the store writes):
+    the attributes of :class:`TelemetryMessage`, each device a dict of the keys it was sent
+    with (an absent ``info`` is absent: unchanged, CONTRACT §3)."""
+
+    __slots__ = ("counters", "devices", "dropped", "host", "seq", "session", "station", "ts")
+
+    def __init__(self, fields: _TelemetryDict) -> None:
+        self.station: str = fields["station"]
+        self.session: int = fields["session"]
+        self.seq: int = fields["seq"]
+        self.ts: float = fields["ts"]
+        self.dropped: list[DroppedRange] = fields.get("dropped") or []
+        self.host: dict[str, HostValue] = fields.get("host") or {}
+        self.devices: dict[str, DeviceStatusDict] = fields.get("devices") or {}
+        self.counters: dict[str, int] = fields.get("counters") or {}
+
+
 class Event(BaseModel):
     """One event; ``device_status`` events are checked against the device vocabulary."""
 
@@ -213,6 +290,37 @@ def decode_agent_message(kind: str, station: str, payload: bytes) -> AgentMessag
             f"payload names station {message.station!r} on the topic of {station!r}",
         )
     return message
+
+
+def decode_telemetry_record(station: str, payload: bytes) -> TelemetryRecord:
+    """Decode and validate a telemetry message as :func:`decode_agent_message` does, into a
+    :class:`TelemetryRecord` (plain dicts, not models): the same payloads pass, the same
+    are refused, with the same reasons.
+
+    Raises:
+        ProtocolError: with reason ``too_large``, ``not_json``, ``version``, ``schema`` or
+            ``station_mismatch``.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(
+            "too_large", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
+        )
+    try:
+        fields = _TELEMETRY_DICT.validate_json(payload)
+    except ValidationError as err:
+        raise _explain(err) from None
+    if _NUL in payload:
+        _reject_nul(payload)
+    record = TelemetryRecord(fields)
+    for device in record.devices.values():
+        if "events" in device:
+            _reject_non_finite(device["events"])
+    if record.station != station:
+        raise ProtocolError(
+            "station_mismatch",
+            f"payload names station {record.station!r} on the topic of {station!r}",
+        )
+    return record
 
 
 #: what a non-finite number looks like in JSON text (``NaN``, ``Infinity``, or an exponent large

@@ -27,7 +27,7 @@ ATTENTION_MAX: Final = 20
 @dataclass
 class Overview:
     summary: FleetSummary
-    #: severity → open alerts
+    #: severity → unresolved (open or acknowledged) alerts
     alerts: dict[str, int]
     #: site type → status → stations (and ``stations``)
     site_types: dict[str, dict[str, int]]
@@ -47,9 +47,9 @@ def overview(conn: Connection, districts: Sequence[str] = ()) -> Overview:
     tiles += [(name, d) for name, d in summary.districts.items() if name not in districts]
     snap = read_snapshot(conn)
     alerts = dict.fromkeys(SEVERITIES, 0)
-    for (_, severity, state), n in snap.alerts.items():
-        if state == "open":
-            alerts[severity] = alerts.get(severity, 0) + n
+    # open and acknowledged: what the summary's ``open_alerts`` counts (unresolved)
+    for (_, severity, _state), n in snap.alerts.items():
+        alerts[severity] = alerts.get(severity, 0) + n
     site_types: dict[str, dict[str, int]] = {}
     for (_, site_type, status), n in snap.by_site_type.items():
         row = site_types.setdefault(site_type, {"stations": 0, **dict.fromkeys(STATUSES, 0)})

@@ -1,18 +1,17 @@
 """Stations: list with filters, one station in detail, its telemetry."""
 
-import re
 import time
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
-from pydantic import AwareDatetime, BeforeValidator
 
 from kioskfleet.controller import crud
 from kioskfleet.controller.api.deps import ConnDep
 from kioskfleet.controller.public import (
     ErrorDetail,
+    IsoTime,
     StationDetail,
     StationList,
     StationTelemetry,
@@ -20,19 +19,6 @@ from kioskfleet.controller.public import (
 )
 from kioskfleet.protocol.stations import StationStatus
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]")
-
-
-def _iso_8601(value: Any) -> Any:
-    # pydantic would take Unix seconds too ("1764000000"); times here are what the API
-    # renders, ISO 8601 with a zone, and one way of writing them is enough
-    if isinstance(value, str) and not _ISO_DATE.match(value):
-        raise ValueError("must be an ISO 8601 time with its zone, e.g. 2026-11-30T08:00:00Z")
-    return value
-
-
-#: a time in a query: ISO 8601 with its zone (``Z`` or ``+08:00``)
-IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_8601)]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorDetail, "description": "No such station"}
 }
