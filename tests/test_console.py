@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from kioskfleet.controller import crud
-from kioskfleet.controller.api.routes.pages import STATION_COMMANDS
+from kioskfleet.controller.api.routes.pages import ALERT_STATES, STATION_COMMANDS
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.console import i18n
@@ -31,6 +31,7 @@ from kioskfleet.controller.store import FleetStore
 from kioskfleet.fleetsim.fleet import DISTRICTS, SITE_TYPES
 from kioskfleet.protocol.devices import DeviceKind, DeviceState
 from kioskfleet.protocol.stations import StationStatus
+from tests.test_alert_api import T1, make_alert, put
 from tests.test_api import _birth, fill
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "src/kioskfleet/controller/templates"
@@ -70,6 +71,7 @@ FAMILIES: dict[str, list[str]] = {
     "level": sorted({level for levels in SUPPLY_LEVELS.values() for level in levels}),
     "cmd": [*STATION_COMMANDS, "restart_device"],
     "cmdstate": list(get_args(CommandState)),
+    "alertstate": list(ALERT_STATES),
 }
 
 
@@ -143,7 +145,7 @@ def test_the_overview_shows_the_summarys_numbers_in_chinese(app: FastAPI) -> Non
         **{name: dict.fromkeys(keys, 0) for name, _ in DISTRICTS},
         **{name: {key: d[key] for key in keys} for name, d in summary["districts"].items()},
     }
-    shown_alerts = re.findall(r'data-alerts="(\w+)"><b>(\d+)</b>', html)
+    shown_alerts = re.findall(r'data-alerts="(\w+)" [^>]*><b>(\d+)</b>', html)
     assert [severity for severity, _ in shown_alerts] == ["critical", "warning", "info"]
     assert sum(int(n) for _, n in shown_alerts) == summary["open_alerts"]
     assert "滨湖区" in html and "政务服务中心" in html
@@ -311,3 +313,47 @@ def test_the_shared_overview_is_read_again_when_a_station_arrives(tmp_path: Path
         assert get(app, "/api/fleet/summary").json()["districts"]["Xinwu"]["stations"] == before + 1
     finally:
         controller.engine.dispose()
+
+
+def test_the_alerts_queue_lists_and_filters_what_the_api_lists(app: FastAPI) -> None:
+    controller: Controller = app.state.controller
+    put(controller.engine, make_alert("q1"))
+    put(controller.engine, make_alert("q2", severity="warning", condition="cashbox_full"))
+    put(
+        controller.engine,
+        make_alert("q3", state="resolved", resolved_at=T1 + 5, resolution="cleared"),
+    )
+
+    def rows(**params: str) -> list[str]:
+        return re.findall(r'<tr data-alert="([^"]+)"', get(app, "/alerts", **params).text)
+
+    def api(**params: str) -> list[str]:
+        return [a["id"] for a in get(app, "/api/alerts", **params).json()["items"]]
+
+    assert sorted(rows()) == sorted(api(state="active")) == ["q1", "q2"]
+    assert rows(severity="warning") == api(state="active", severity="warning") == ["q2"]
+    assert rows(state="resolved") == api(state="resolved") == ["q3"]
+    assert rows(district="Xinwu") == []
+    assert sorted(rows(state="nonsense", severity="", district="")) == ["q1", "q2"]
+    html = get(app, "/alerts").text
+    assert 'data-alert-action="ack" data-alert-id="q1"' in html
+    assert "告警队列" in html and "严重" in html
+    resolved = get(app, "/fragments/alerts", state="resolved").text
+    assert "data-alert-action" not in resolved  # nothing left to do on a resolved alert
+    # the overview counts them by severity as the summary does
+    overview = get(app, "/").text
+    shown = dict(re.findall(r'data-alerts="(\w+)" [^>]*><b>(\d+)</b>', overview))
+    assert shown == {"critical": "1", "warning": "1", "info": "0"}
+    assert get(app, "/api/fleet/summary").json()["open_alerts"] == 2
+
+
+def test_the_shared_overview_is_read_again_when_an_alert_opens(app: FastAPI) -> None:
+    controller: Controller = app.state.controller
+
+    def critical() -> str:
+        found = re.findall(r'data-alerts="critical" [^>]*><b>(\d+)</b>', get(app, "/").text)
+        return found[0]
+
+    assert critical() == "0"
+    put(controller.engine, make_alert("n1"))
+    assert critical() == "1"

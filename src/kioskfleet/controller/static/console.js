@@ -101,4 +101,35 @@
       send(button).finally(function () { button.disabled = false; });
     });
   }
+
+  // -- alerts queue: acknowledge / resolve with a note ------------------------------------------
+  const actor = document.getElementById("alert-actor");
+  if (actor) {
+    const by = document.getElementById("alert-by");
+    const note = document.getElementById("alert-note");
+    const said = document.getElementById("alert-result");
+    by.value = localStorage.getItem("kioskfleet.by") || "";
+    document.addEventListener("click", async function (ev) {
+      const button = ev.target.closest("button[data-alert-action]");
+      if (!button) return;
+      const id = button.dataset.alertId;
+      const body = {};
+      if (by.value.trim()) { body.by = by.value.trim(); localStorage.setItem("kioskfleet.by", body.by); }
+      if (note.value.trim()) body.note = note.value.trim();
+      button.disabled = true;
+      const r = await fetch("/api/alerts/" + encodeURIComponent(id) + "/" + button.dataset.alertAction, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      const answer = await r.json().catch(function () { return {}; });
+      if (r.ok) {
+        said.dataset.state = answer.state;
+        said.textContent = fill(actor.dataset.done, { id: id, state: answer.state });
+        note.value = "";
+      } else {
+        said.dataset.state = "error";
+        said.textContent = fill(actor.dataset.failed, { id: id, error: r.status + " " + (answer.detail || "") });
+      }
+      htmx.trigger("#body", "refresh");
+    });
+  }
 })();

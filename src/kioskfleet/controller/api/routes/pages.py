@@ -13,7 +13,7 @@ import datetime as dt
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, cast, get_args
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Cookie, Query, Request
@@ -21,10 +21,12 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Connection, func, select
 
-from kioskfleet.controller import crud
+from kioskfleet.controller import alertviews, crud
+from kioskfleet.controller.alertrows import ALERT
 from kioskfleet.controller.api.deps import ConnDep, ControllerDep
 from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.overview import Overview, overview
+from kioskfleet.controller.fleetmetrics import ACTIVE_ALERT_STATES
 from kioskfleet.controller.models import Station
 from kioskfleet.controller.service import Controller
 from kioskfleet.protocol.commands import COMMAND_NAMES
@@ -90,10 +92,11 @@ _STATION = Station.__table__  # type: ignore[attr-defined]
 class _SharedOverview:
     """The overview read once for every open page: it reads the whole station table (a
     quarter second at 10,000 stations, docs/benchmarks.md), and every open overview asks for
-    it on each event. Read again when the stations' count or their newest status change
-    differs from the read's (a cheap query: so a page never shows older statuses than the
-    API; a new station, which is no status change, counts too), or when it is older than
-    ``max_age`` seconds (supplies change without a status change)."""
+    it on each event. Read again when the stations' count or their newest status change, or
+    the unresolved alerts' count or newest opening, differs from the read's (cheap queries:
+    so a page never shows older statuses or alert counts than the API; a new station, which
+    is no status change, counts too), or when it is older than ``max_age`` seconds (supplies
+    change without a status change)."""
 
     def __init__(self, max_age: float = 5.0) -> None:
         self.max_age = max_age
@@ -103,7 +106,11 @@ class _SharedOverview:
         self._value: Overview | None = None
 
     def get(self, conn: Connection, controller: Controller) -> Overview:
-        key = tuple(conn.execute(select(func.count(), func.max(_STATION.c.status_since))).one())
+        stations = select(func.count(), func.max(_STATION.c.status_since))
+        alerts = select(func.count(), func.max(ALERT.c.opened_at)).where(
+            ALERT.c.state.in_(ACTIVE_ALERT_STATES)
+        )
+        key = (*conn.execute(stations).one(), *conn.execute(alerts).one())
         with self._lock:
             now = time.monotonic()
             if self._value is None or self._key != key or now - self._at > self.max_age:
@@ -231,3 +238,70 @@ def station_fragment(
     if context is None:
         return _render(request, "missing.html", lang, {"id": station_id[:64]}, status=404)
     return _render(request, "_station_body.html", lang, context)
+
+
+#: alert states the queue filters by (``active``: open and acknowledged, the default)
+ALERT_STATES = ("active", "open", "acknowledged", "resolved")
+SEVERITIES = ("critical", "warning", "info")
+
+
+def _alerts(
+    conn: Connection,
+    *,
+    district: str | None,
+    severity: str | None,
+    state: str | None,
+    offset: int,
+) -> dict[str, Any]:
+    state = state if state in ALERT_STATES else "active"
+    severity = severity if severity in SEVERITIES else None
+    found = alertviews.list_alerts(
+        conn=conn,
+        state=cast(alertviews.AlertStateFilter, state),
+        filters={"district": district or None, "severity": severity},
+        limit=PAGE,
+        offset=offset,
+    )
+    chosen = {"district": district, "severity": severity, "state": state}
+    query = {k: v for k, v in chosen.items() if v}
+    return {
+        "found": found,
+        "chosen": chosen,
+        "offset": offset,
+        "page": PAGE,
+        "query": urlencode(query),
+        "prev": urlencode({**query, "offset": max(0, offset - PAGE)}),
+        "next": urlencode({**query, "offset": offset + PAGE}),
+        "choices": crud.station_choices(conn=conn),
+        "states": ALERT_STATES,
+        "severities": SEVERITIES,
+    }
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alerts_page(
+    request: Request,
+    conn: ConnDep,
+    district: str | None = None,
+    severity: str | None = None,
+    state: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    """The alerts queue: filters by district, severity and state; acknowledge, resolve."""
+    context = _alerts(conn, district=district, severity=severity, state=state, offset=offset)
+    return _render(request, "alerts.html", lang, context)
+
+
+@router.get("/fragments/alerts", response_class=HTMLResponse)
+def alerts_fragment(
+    request: Request,
+    conn: ConnDep,
+    district: str | None = None,
+    severity: str | None = None,
+    state: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    context = _alerts(conn, district=district, severity=severity, state=state, offset=offset)
+    return _render(request, "_alerts_body.html", lang, context)
