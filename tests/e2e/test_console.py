@@ -23,6 +23,7 @@ from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import DISTRICTS, Fleet
 from tests.conftest import LoopThread, Mosquitto, wait_until
 from tests.integration.fleet_helpers import make_fleet, served_controller, station_status
+from tests.test_alert_api import make_alert, put
 
 pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto]
 
@@ -317,12 +318,48 @@ def test_a_phone_never_scrolls_sideways(console_ok: Console, lang: str) -> None:
         ("overview", "/"),
         ("stations", "/stations"),
         ("station", f"/stations/{station}"),
+        ("alerts", "/alerts"),
     ):
         page.goto(c.base + path)
         page.wait_for_load_state("networkidle")
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"{path}: {width} px wide"
         c.shot(page, f"{name}-{lang}-390")
+    page.context.close()
+
+
+def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> None:
+    c = console_ok
+    station = c.api.get("/api/stations", params={"district": "Binhu"}).json()["items"][0]
+    alert_id = f"e2e-{uuid.uuid4().hex[:6]}"
+    # an alert as the writer opens one (its alert wiring is not on main yet)
+    put(
+        c.served.controller.engine,
+        make_alert(
+            alert_id,
+            station=station["id"],
+            district="Binhu",
+            site=station["site"],
+            opened_at=time.time(),
+        ),
+    )
+    page = c.page()
+    page.goto(c.base + "/alerts?district=Binhu")
+    row = f'tr[data-alert="{alert_id}"]'
+    assert page.get_attribute(row, "data-state") == "open"
+    assert "滨湖区" in page.inner_text(row)
+    c.shot(page, "alerts-zh-1920")
+    page.fill("#alert-by", "王工")
+    page.fill("#alert-note", "已通知网点补纸")
+    page.click(f'{row} button[data-alert-action="ack"]')
+    page.wait_for_selector(f'{row}[data-state="acknowledged"]', timeout=5000)
+    acked = c.api.get(f"/api/alerts/{alert_id}").json()
+    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "王工"
+    assert any(h.get("note") == "已通知网点补纸" for h in acked["history"]), acked["history"]
+    page.click(f'{row} button[data-alert-action="resolve"]')
+    page.wait_for_selector(row, state="detached", timeout=5000)  # no longer unresolved
+    resolved = c.api.get(f"/api/alerts/{alert_id}").json()
+    assert resolved["state"] == "resolved" and resolved["resolved_by"] == "王工"
     page.context.close()
 
 
