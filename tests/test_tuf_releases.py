@@ -98,11 +98,21 @@ def test_a_built_release_passes_the_check() -> None:
             tarball(
                 [
                     ("VERSION", None, b"1.0"),
-                    ("manifest.json", None, manifest("1.0", {})),
+                    ("manifest.json", None, manifest("1.0", {"VERSION": b"1.0"})),
                     ("b", None, b""),
                 ]
             ),
             "'b' is in the tarball but not in manifest.json",
+        ),
+        (
+            tarball(
+                [
+                    ("VERSION", None, b"1.0"),
+                    ("manifest.json", None, manifest("1.0", {})),
+                ]
+            ),
+            # the agent's updater checks VERSION against the manifest too
+            "'VERSION' is in the tarball but not in manifest.json",
         ),
         (
             tarball(

@@ -125,6 +125,16 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     sim.add_argument("--fault-rate", type=float, default=0.0, help="device faults per station-hour")
     sim.add_argument("--update-failure-rate", type=_rate, default=0.0)
     sim.add_argument("--id-prefix", default="sim")
+    sim.add_argument(
+        "--update-url",
+        help="the controller's TUF repository (http://host:port/tuf/): stations answer "
+        "install commands with the real updater in sandboxes of their own",
+    )
+    sim.add_argument(
+        "--update-root",
+        help="the root.json the stations trust (default: the repository's first root, "
+        "trusted on first use)",
+    )
     sim.add_argument("--state-dir", help="keep outboxes and sessions here between runs")
     sim.add_argument("--keepalive", type=int, default=30)
     sim.add_argument(
@@ -482,6 +492,17 @@ def _simulate(args: argparse.Namespace) -> int:
         broker = parse_broker_url(args.broker)
     except ValueError as err:
         return _refuse("simulate", err)
+    update_root: bytes | None = None
+    if args.update_url:
+        from kioskfleet.fleetsim.updates import fetch_root
+
+        try:
+            if args.update_root:
+                update_root = Path(args.update_root).read_bytes()
+            else:
+                update_root = fetch_root(args.update_url)
+        except (OSError, ValueError) as err:
+            return _refuse("simulate", ValueError(f"--update-root / --update-url: {err}"))
     # the whole fleet is generated here, once; processes get parts of it
     spec = FleetSpec(
         stations=wuxi_fleet(
@@ -497,6 +518,8 @@ def _simulate(args: argparse.Namespace) -> int:
         update_failure_rate=args.update_failure_rate,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         keepalive=args.keepalive,
+        update_url=args.update_url,
+        update_root=update_root,
     )
     processes = args.processes or default_processes(args.stations)
     if processes == 1:

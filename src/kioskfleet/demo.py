@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,7 @@ def run_demo(
         )
         served = ServedController(settings)
         log.warning("dashboard at http://127.0.0.1:%d/  (broker %s)", port, broker_url)
+        root = publish_demo_releases(served.controller)
         spec = FleetSpec(
             stations=wuxi_fleet(stations, telemetry_interval=telemetry_interval),
             broker=parse_broker_url(broker_url),
@@ -189,6 +191,9 @@ def run_demo(
             state_dir=work / "stations",
             keepalive=15,
             ramp_seconds=min(5.0, stations / 20),
+            # the stations install what a release manager rolls out, from the demo's repository
+            update_url=f"http://127.0.0.1:{port}/tuf/" if root is not None else None,
+            update_root=root,
         )
         final: dict[str, Any] = {}
 
@@ -210,6 +215,74 @@ def run_demo(
         final["sent"] = result.sent
         final["unconfirmed"] = result.unconfirmed
         return final
+
+
+#: the demo's releases: a software release a step past the running agent, and a catalogue
+DEMO_CATALOGUE_VERSION = "2026.12"
+
+
+def demo_software_version() -> str:
+    """The version of the demo's software release."""
+    from kioskfleet import __version__
+
+    return f"{__version__}-demo.1"
+
+
+def publish_demo_releases(controller: Any) -> bytes | None:
+    """Publish a tiny software release and the generated catalogue (317 services, 65 at bank
+    agent branches) into the demo's repository, signed with its online release key, so a
+    release manager can roll them out at once; the root the stations trust (None without a
+    repository)."""
+    from kioskfleet.controller.commands import record_audit
+    from kioskfleet.controller.tufrepo.releases import publish
+    from kioskfleet.fleetsim.catalogue import demo_catalogue
+    from kioskfleet.updates.catalogue import canonical
+    from kioskfleet.updates.software import build_software
+
+    if controller.tuf is None:
+        return None
+    repository = controller.tuf.repository
+    version = demo_software_version()
+    files = {
+        "bin/kioskfleet-agent": f"#!/bin/sh\necho kioskfleet agent {version}\n".encode(),
+        "README": f"kioskfleet {version}: the demo's software release\n".encode(),
+    }
+    created = [
+        publish(
+            repository=repository,
+            kind="software",
+            version=version,
+            data=build_software(version, files),
+            metadata=None,
+            online_allowed=True,
+        ),
+        publish(
+            repository=repository,
+            kind="catalogue",
+            version=DEMO_CATALOGUE_VERSION,
+            data=canonical(
+                # effective at once: a rollout started now swaps it on arrival
+                demo_catalogue(DEMO_CATALOGUE_VERSION, effective_from=datetime.now(UTC))
+            ),
+            metadata=None,
+            online_allowed=True,
+        ),
+    ]
+    with controller.engine.begin() as conn:
+        for release in created:
+            record_audit(
+                conn=conn,
+                at=time.time(),
+                actor="demo",
+                source=None,
+                action="release.publish",
+                target=release.id,
+                details=release.model_dump(),
+                outcome="published",
+            )
+    log.warning("demo releases published: %s", ", ".join(r.id for r in created))
+    root: bytes = repository.root_bytes(1)
+    return root
 
 
 def print_json(obj: dict[str, Any]) -> None:

@@ -100,8 +100,9 @@ def test_an_online_station_answers_its_commands(
             assert done["sent_at"] is not None and done["name"] == "self_test"
             reply = done["reply"]
             assert reply["status"] == "ok" and "printer" in reply["result"]
-            # this agent has no installer yet: it refuses, and the API shows it as an error
-            assert command(api, station, unknown)["reply"]["status"] == "rejected"
+            # an install without its args is refused with why; the API shows it as an error
+            refused = command(api, station, unknown)["reply"]
+            assert refused["status"] == "error" and "args.kind must be" in refused["error"]
             # published once each, with the stored id, expiry and args
             ours = [c for c in seen if c["id"] in (tested, unknown)]  # not rebirth or resend
             assert sorted((c["name"], c["id"]) for c in ours) == sorted(

@@ -37,6 +37,7 @@ from kioskfleet.agent.commands import (
 )
 from kioskfleet.agent.devices import Coordinator, DeviceSource
 from kioskfleet.agent.host import HostSampler
+from kioskfleet.agent.install import Installer, ToolsProvider, UpdateTools
 from kioskfleet.agent.mqtt import MqttLink
 from kioskfleet.agent.outbox import CommandRecord, DroppedRange, Entry, Kind, StationOutbox
 from kioskfleet.agent.payloads import ReplyStatus, Stamp, StationIdentity
@@ -159,12 +160,16 @@ class StationAgent:
         self._in_service = outbox.setting("in_service") != "false"
         #: the station's updater, where the process runs one (service.py; not the simulator yet)
         self.updates: StationUpdates | None = None
+        #: the updater and TUF client for ``install`` (built on first use; None: no updates)
+        self.update_tools: ToolsProvider | None = None
+        self.installer = Installer(self.station, identity.site_type, self._update_tools)
         #: command ids whose handler is running now
         self._running: set[str] = set()
         self._commands: dict[str, CommandHandler] = {
             "rebirth": self._cmd_rebirth,
             "resend": self._cmd_resend,
             "self_test": self._cmd_self_test,
+            "install": self.installer.install,
             **StationCommands(self, ops=ops, restart=restart, logs=logs).handlers(),
             **self.tuning.commands,
         }
@@ -542,6 +547,9 @@ class StationAgent:
                 stamp, command_id=command_id, status=status, result=result, error=error
             ),
         )
+
+    def _update_tools(self) -> UpdateTools | None:
+        return self.update_tools() if self.update_tools is not None else None
 
     async def _cmd_rebirth(self, args: dict[str, Any]) -> Any:
         self._publish_birth()

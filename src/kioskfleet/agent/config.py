@@ -192,6 +192,11 @@ class AgentConfig(BaseModel):
     ] = None
     #: the trusted TUF root of the update repository; validated, not yet read
     update_root: _Path | None = None
+    #: the controller's TUF repository (``http(s)://host:port/tuf/``); none: derived from the
+    #: broker's host, ``http://HOST:8000/tuf/`` (the controller's default port)
+    update_url: (
+        Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=500)] | None
+    ) = None
     catalogue_version: _Label | None = None
     #: the station profile's slots (when it is a shipped profile) overridden by the file's
     #: ``[devices.SLOT]`` tables; false: the file's tables only
@@ -214,6 +219,14 @@ class AgentConfig(BaseModel):
     local_service_token_file: _Path | None = None
     #: the kiosk application's group, meant to read the token file (CONTRACT §6)
     local_service_group: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    @property
+    def update_repository(self) -> str:
+        """The TUF repository's base URL (``update_url``, or derived from the broker)."""
+        if self.update_url is not None:
+            return self.update_url
+        host = f"[{self.broker.host}]" if ":" in self.broker.host else self.broker.host
+        return f"http://{host}:8000/tuf/"
 
     @model_validator(mode="after")
     def _tls_needs_mqtts(self) -> Self:

@@ -217,6 +217,15 @@ class SendWindow:
                 pending.state = "unsent"
         self._unsent = deque(k for k, p in self._pending.items() if p.state == "unsent")
 
+    def counted_unconfirmed(self) -> SendCounts:
+        """Messages counted (the broker took them) that the controller has not confirmed yet:
+        an agent that replaces this one (a restart) sends and counts them again."""
+        counts = SendCounts()
+        for pending in self._pending.values():
+            if pending.counted:
+                counts.add(pending.entry.kind)
+        return counts
+
     # -- confirmation and resending ------------------------------------------------------------
     def confirm(self, session: int, seq: int) -> int:
         """The controller stored every message of ``session`` up to ``seq``: forget them (older

@@ -18,6 +18,7 @@ from kioskfleet.agent.devices import DeviceSource
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.agent.hub import DeviceHub, HubSource, hub_from_config
 from kioskfleet.agent.identity import IdentityFiles, Renewer
+from kioskfleet.agent.install import ToolsProvider, UpdateTools
 from kioskfleet.agent.outbox import OutboxStore
 from kioskfleet.agent.tracker import TransactionTracker
 from kioskfleet.agent.updater import SoakPolicy, SoftwareUpdater, UpdateError
@@ -145,6 +146,7 @@ async def run_agent(
     )
     # the install command (rollouts) calls updates.apply_software / apply_catalogue
     agent.updates = updates
+    agent.update_tools = _update_tools(config, updates)
     local: LocalService | None = None
     if config.local_service:
         local = _local_service(
@@ -212,6 +214,32 @@ def _renewer(config: AgentConfig, agent: StationAgent) -> Renewer | None:
         use=agent.link.use_identity,
         controller_ca=config.controller_ca,
     )
+
+
+def _update_tools(config: AgentConfig, updates: StationUpdates) -> ToolsProvider:
+    """The ``install`` command's tools: the updater and a TUF client bootstrapped from the
+    configured ``update_root`` (read at each install: a rotated root file is picked up);
+    without ``update_root`` an install is refused."""
+
+    def tools() -> UpdateTools | None:
+        if config.update_root is None:
+            return None
+        from kioskfleet.updates.client import UpdateClient
+
+        try:
+            root = config.update_root.read_bytes()
+        except OSError as err:
+            log.error("update_root %s cannot be read: %s", config.update_root, err)
+            return None
+        client = UpdateClient(
+            metadata_dir=config.state_dir / "tuf" / "metadata",
+            repository_url=config.update_repository,
+            trusted_root=root,
+            target_dir=config.state_dir / "tuf" / "targets",
+        )
+        return UpdateTools(updates, client)
+
+    return tools
 
 
 async def _start_local_service(local: LocalService) -> None:

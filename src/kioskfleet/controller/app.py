@@ -21,6 +21,7 @@ from kioskfleet.controller.api.routes import (
     maintenance,
     pages,
     releases,
+    rollouts,
     silences,
     stations,
     tuf,
@@ -62,6 +63,7 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
         pages,
         tuf,
         releases,
+        rollouts,
     ):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")

@@ -416,6 +416,70 @@ class MaintenanceRow(SQLModel, table=True):
     created_at: float
 
 
+class RolloutRow(SQLModel, table=True):
+    """A rollout of one release to a target (CONTRACT §4 ``/api/rollouts``), written by the
+    controller process only (the API and its rollout runner), never by the ingest writer."""
+
+    __tablename__ = "rollout"
+    __table_args__ = (Index("ix_rollout_state", "state"),)
+
+    #: uuid4 hex
+    id: str = Field(primary_key=True, max_length=32)
+    release: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    #: version, counter and target name per site type (``software`` for software)
+    release_info: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    target: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    waves: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    failure_threshold: float
+    success_threshold: float | None = None
+    on_failure: str = Field(max_length=16)
+    canary: bool
+    start_at: float | None = None
+    deadline: float | None = None
+    state: str = Field(max_length=16)
+    #: the current wave (-1 before it started; 0 the canaries)
+    wave: int = Field(sa_column=Column(Integer, nullable=False))
+    #: a wave a person resumed: its failures no longer stop the rollout
+    accepted_wave: int | None = Field(default=None, sa_column=Column(Integer))
+    #: why the state last changed (a threshold passed, the deadline, a person)
+    reason: str | None = Field(default=None, max_length=500)
+    #: the rollout this one reverts
+    reverts: str | None = Field(default=None, max_length=32)
+    created_at: float
+    created_by: str = Field(max_length=200)
+    updated_at: float
+
+
+class RolloutStationRow(SQLModel, table=True):
+    """One targeted station of a rollout and its progress (from its ``update`` events)."""
+
+    __tablename__ = "rollout_station"
+    __table_args__ = (Index("ix_rollout_station_station", "station"),)
+
+    rollout_id: str = Field(primary_key=True, max_length=32)
+    station: str = Field(primary_key=True, max_length=64)
+    wave: int = Field(sa_column=Column(Integer, nullable=False))
+    progress: str = Field(max_length=16)
+    error: str | None = Field(default=None, max_length=1000)
+    #: the ``install`` command (null until the station's wave starts)
+    command_id: str | None = Field(default=None, max_length=32)
+    #: the station's time of the event that set ``progress`` (a late, older event is ignored)
+    updated_at: float
+
+
+class RolloutCursor(SQLModel, table=True):
+    """How far the rollout runner has read the stored ``event_batch`` rows (by id), so a
+    restarted controller goes on where it stopped."""
+
+    __tablename__ = "rollout_cursor"
+
+    name: str = Field(primary_key=True, max_length=32)
+    value: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
 def comparison_filters(dialect: str) -> dict[str, Any]:
     """Alembic options (``include_name``, ``include_object``) for comparing a ``dialect``
     database with these models: the partitions of ``telemetry`` are the controller's to create

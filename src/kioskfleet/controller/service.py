@@ -21,6 +21,7 @@ from kioskfleet.controller.fleetmetrics import engine_reader
 from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
 from kioskfleet.controller.pki import CaFiles, FleetCA, write_private
+from kioskfleet.controller.rollout_runner import RolloutRunner
 from kioskfleet.controller.tufrepo.service import Resigner, open_repository
 from kioskfleet.controller.writer import WriterConfig
 from kioskfleet.mqttclient import TlsFiles
@@ -77,6 +78,8 @@ class Controller:
                 pid_file=settings.broker_acl.pid_file,
                 reload_command=settings.broker_acl.reload_command,
             )
+        #: judges the rollouts and reads their stations' progress (started with the rest)
+        self.rollouts = RolloutRunner(self.engine, self.send_due)
 
     def start(self) -> None:
         """Upgrade the schema, start the writer, connect to the broker."""
@@ -105,11 +108,13 @@ class Controller:
         )
         self.ingest.start()
         self._send_waiting()
+        self.rollouts.start()
         log.info("controller started: database %s, broker %s", self.engine.url, settings.broker)
 
     def stop(self) -> None:
         """Finish the batch in hand, disconnect, close the database."""
         self.live.close()
+        self.rollouts.stop()
         if self.ingest is not None:
             self.ingest.stop()
         if self.tuf is not None:

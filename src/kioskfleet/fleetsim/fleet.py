@@ -21,10 +21,13 @@ from kioskfleet.agent.agent import AgentTuning, StationAgent, StationIdentity
 from kioskfleet.agent.commands import LogRing, RestartHook
 from kioskfleet.agent.devices import DeviceSource
 from kioskfleet.agent.host import HostSampler
+from kioskfleet.agent.install import UpdateTools
 from kioskfleet.agent.outbox import OutboxStore
 from kioskfleet.firmware_profiles import StationProfile, load_station_profile
 from kioskfleet.fleetsim.devices import SimulatedDevice, SimulatedOps
+from kioskfleet.fleetsim.updates import SimUpdates, fetch_root
 from kioskfleet.protocol.broker_url import BrokerUrl
+from kioskfleet.updates.client import UpdateClient
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +287,11 @@ class FleetSpec:
     #: connects spread over this many seconds, so the fleet does not stampede the broker
     ramp_seconds: float | None = None
     tuning: dict[str, Any] = field(default_factory=dict)
+    #: the controller's TUF repository (``http://host:port/tuf/``): stations answer
+    #: ``install`` with the real updater in a sandbox of their own; None: no updates
+    update_url: str | None = None
+    #: the root the stations trust; None: the repository's first root, fetched once
+    update_root: bytes | None = None
 
 
 @dataclass
@@ -337,6 +345,10 @@ class Fleet:
         #: what agents replaced by restart_agent had sent (``result`` counts them too)
         self._sent_before = {"telemetry": 0, "events": 0}
         self.devices: list[list[SimulatedDevice]] = []
+        #: each updated station's sandbox, by index (made at its first install)
+        self.sandboxes: dict[int, SimUpdates] = {}
+        self._failing = set(self.update_failures)
+        self._root: bytes | None = spec.update_root
         self._rngs: list[random.Random] = []
         self.agents: list[StationAgent] = []
         for identity in spec.stations:
@@ -359,8 +371,9 @@ class Fleet:
         identity = spec.stations[index]
         devices = self.devices[index]
         sources: list[DeviceSource] = list(devices)
-        return StationAgent(
-            identity,
+        sandbox = self.sandboxes.get(index)
+        agent = StationAgent(
+            sandbox.identity_now(identity) if sandbox is not None else identity,
             broker=spec.broker,
             outbox=self._store(identity.station).outbox(identity.station),
             sources=sources,
@@ -371,6 +384,41 @@ class Fleet:
             restart=self._restart_hook(index),
             logs=self.logs,
         )
+        if spec.update_url is not None:
+            agent.update_tools = functools.partial(self._update_tools, index)
+        return agent
+
+    def _update_tools(self, index: int) -> UpdateTools | None:
+        """Station ``index``'s sandbox, made now if it has none."""
+        sandbox = self.sandboxes.get(index)
+        if sandbox is None:
+            url = self.spec.update_url
+            if url is None:
+                return None
+            if self._root is None:
+                try:
+                    self._root = fetch_root(url)
+                except OSError as err:
+                    log.error("cannot read the update repository's root at %s: %s", url, err)
+                    return None
+            identity = self.spec.stations[index]
+            folder = self._state_dir / "updates" / identity.station
+            sandbox = SimUpdates(
+                folder=folder,
+                identity=identity,
+                failing=identity.station in self._failing,
+                agent=lambda: self.agents[index],
+                restart=self._restart_hook(index),
+                client=UpdateClient(
+                    metadata_dir=folder / "tuf",
+                    repository_url=url,
+                    trusted_root=self._root,
+                    target_dir=folder / "targets",
+                ),
+                busy=SimulatedOps(self.devices[index]).busy,
+            )
+            self.sandboxes[index] = sandbox
+        return sandbox.tools()
 
     def _restart_hook(self, index: int) -> RestartHook:
         """``restart_agent`` in the simulator: the station's agent is stopped cleanly and a
@@ -380,10 +428,16 @@ class Fleet:
         async def restart() -> None:
             old = self.agents[index]
             await old.stop()
-            self._sent_before["telemetry"] += old.sent.telemetry
-            self._sent_before["events"] += old.sent.events
+            # what the old agent counted and the controller did not confirm, the new one sends
+            # (from the same outbox) and counts again: a message counts once
+            again = old.window.counted_unconfirmed()
+            self._sent_before["telemetry"] += old.sent.telemetry - again.telemetry
+            self._sent_before["events"] += old.sent.events - again.events
             new = self._agent(index)
             self.agents[index] = new
+            sandbox = self.sandboxes.get(index)
+            if sandbox is not None:  # a new session: the updater recovers, soaks a trial
+                sandbox.started(new)
             new.start()
 
         return restart
@@ -439,6 +493,7 @@ class Fleet:
 
     async def stop(self) -> None:
         """Shut every station down cleanly (offline state, DISCONNECT)."""
+        await asyncio.gather(*(box.stop() for box in self.sandboxes.values()))
         await asyncio.gather(*(agent.stop() for agent in self.agents), return_exceptions=True)
         self.logs.detach()
         for store in self.stores.values():

@@ -83,7 +83,9 @@ def check_software(data: bytes, version: str) -> SoftwareManifest:
     for required in (VERSION_FILE, MANIFEST_FILE):
         if required not in contents:
             raise SoftwareError(f"no {required} at the root of the tarball")
-    announced = contents.pop(VERSION_FILE).decode("utf-8", "replace").strip()
+    # VERSION stays among the files the manifest must list: the agent's updater checks every
+    # file but manifest.json against it, and a release it refuses must not be published
+    announced = contents[VERSION_FILE].decode("utf-8", "replace").strip()
     if announced != version:
         raise SoftwareError(f"VERSION says {announced!r}, the release is {version!r}")
     try:
@@ -105,21 +107,23 @@ def check_software(data: bytes, version: str) -> SoftwareManifest:
     unlisted = sorted(set(contents) - set(files))
     if unlisted:
         raise SoftwareError(f"{unlisted[0]!r} is in the tarball but not in manifest.json")
-    return SoftwareManifest(version=version, files=dict(files))
+    return SoftwareManifest(
+        version=version, files={p: d for p, d in files.items() if p != VERSION_FILE}
+    )
 
 
 def build_software(version: str, files: dict[str, bytes]) -> bytes:
     """A release file with ``files`` (tests, the demo): VERSION, manifest, the files."""
+    listed = {VERSION_FILE: version.encode() + b"\n", **files}
     manifest = {
         "version": version,
-        "files": {path: hashlib.sha256(data).hexdigest() for path, data in files.items()},
+        "files": {path: hashlib.sha256(data).hexdigest() for path, data in listed.items()},
     }
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz") as archive:
         for name, data in [
-            (VERSION_FILE, version.encode() + b"\n"),
             (MANIFEST_FILE, json.dumps(manifest, sort_keys=True).encode()),
-            *files.items(),
+            *listed.items(),
         ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
