@@ -17,8 +17,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from kioskfleet.controller import crud
-from kioskfleet.controller.api.routes.pages import ALERT_STATES, STATION_COMMANDS
+from kioskfleet.controller import crud, rollouts
+from kioskfleet.controller.api.routes.pages import (
+    ALERT_STATES,
+    ROLLOUT_ACTIONS,
+    STATION_COMMANDS,
+)
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.console import i18n
@@ -26,8 +30,11 @@ from kioskfleet.controller.console.live import Broadcaster, Change
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import SUPPLY_LEVELS
 from kioskfleet.controller.public import CommandState
+from kioskfleet.controller.rollout_plan import Progress, RolloutState
+from kioskfleet.controller.rollouts import RolloutRequest
 from kioskfleet.controller.service import Controller
 from kioskfleet.controller.store import FleetStore
+from kioskfleet.controller.tufrepo.releases import ReleasePublic
 from kioskfleet.fleetsim.fleet import DISTRICTS, SITE_TYPES
 from kioskfleet.protocol.devices import DeviceKind, DeviceState
 from kioskfleet.protocol.stations import StationStatus
@@ -72,6 +79,9 @@ FAMILIES: dict[str, list[str]] = {
     "cmd": [*STATION_COMMANDS, "restart_device"],
     "cmdstate": list(get_args(CommandState)),
     "alertstate": list(ALERT_STATES),
+    "rolloutstate": list(get_args(RolloutState)),
+    "progress": list(get_args(Progress)),
+    "rollouts": sorted({a for actions in ROLLOUT_ACTIONS.values() for a in actions}),
 }
 
 
@@ -357,3 +367,42 @@ def test_the_shared_overview_is_read_again_when_an_alert_opens(app: FastAPI) -> 
     assert critical() == "0"
     put(controller.engine, make_alert("n1"))
     assert critical() == "1"
+
+
+def test_the_rollout_pages_show_waves_progress_and_what_may_be_done(app: FastAPI) -> None:
+    controller: Controller = app.state.controller
+    release = ReleasePublic(
+        id="software-1", kind="software", version="1.2.3", release_counter=1, targets=[]
+    )
+    with controller.engine.begin() as conn:
+        rollout_id = rollouts.create_rollout(
+            conn=conn,
+            body=RolloutRequest(release="software-1", waves=[50, 100], canary=False),
+            release=release,
+            actor="test",
+            source=None,
+            now=time.time(),
+        )
+    listed = get(app, "/rollouts").text
+    assert f'data-rollout="{rollout_id}"' in listed and "1.2.3" in listed
+    api = get(app, f"/api/rollouts/{rollout_id}").json()
+    html = get(app, f"/rollouts/{rollout_id}").text
+    shown = re.findall(r'<tr data-station="([^"]+)" data-progress="(\w+)"', html)
+    assert sorted(shown) == sorted((s["station"], s["progress"]) for s in api["stations"])
+    assert len(re.findall(r"<tr data-wave=", html)) == len(api["wave_summary"]) == 2
+    actions = re.findall(r'data-rollout-action="(\w+)"', html)
+    assert api["state"] == "scheduled" and actions == ["pause", "abort"]
+    with controller.engine.begin() as conn:
+        rollouts.act(
+            conn=conn,
+            rollout_id=rollout_id,
+            action="pause",
+            actor="test",
+            source=None,
+            note=None,
+            now=time.time(),
+        )
+    fragment = get(app, f"/fragments/rollouts/{rollout_id}").text
+    assert 'data-state="paused"' in fragment
+    assert re.findall(r'data-rollout-action="(\w+)"', fragment) == ["resume", "abort"]
+    assert get(app, "/rollouts/nope").status_code == 404

@@ -132,4 +132,30 @@
       htmx.trigger("#body", "refresh");
     });
   }
+
+  // -- a rollout: pause / resume / abort --------------------------------------------------------
+  const rollout = document.getElementById("rollout-actor");
+  if (rollout) {
+    const by = document.getElementById("rollout-by");
+    const note = document.getElementById("rollout-note");
+    const said = document.getElementById("rollout-result");
+    by.value = localStorage.getItem("kioskfleet.by") || "";
+    document.addEventListener("click", async function (ev) {
+      const button = ev.target.closest("button[data-rollout-action]");
+      if (!button) return;
+      const id = rollout.dataset.rollout;
+      const body = {};
+      if (by.value.trim()) { body.by = by.value.trim(); localStorage.setItem("kioskfleet.by", body.by); }
+      if (note.value.trim()) body.note = note.value.trim();
+      button.disabled = true;
+      const r = await fetch("/api/rollouts/" + encodeURIComponent(id) + "/" + button.dataset.rolloutAction, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      const answer = await r.json().catch(function () { return {}; });
+      said.dataset.state = r.ok ? answer.state : "error";
+      said.textContent = r.ok ? fill(rollout.dataset.done, { id: id, state: answer.state })
+        : fill(rollout.dataset.failed, { id: id, error: r.status + " " + (answer.detail || "") });
+      htmx.trigger("#body", "refresh");
+    });
+  }
 })();

@@ -21,13 +21,14 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Connection, func, select
 
-from kioskfleet.controller import alertviews, crud
+from kioskfleet.controller import alertviews, crud, rollouts
 from kioskfleet.controller.alertrows import ALERT
 from kioskfleet.controller.api.deps import ConnDep, ControllerDep
 from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.overview import Overview, overview
 from kioskfleet.controller.fleetmetrics import ACTIVE_ALERT_STATES
 from kioskfleet.controller.models import Station
+from kioskfleet.controller.rollout_plan import Progress
 from kioskfleet.controller.service import Controller
 from kioskfleet.protocol.commands import COMMAND_NAMES
 from kioskfleet.protocol.stations import StationStatus
@@ -305,3 +306,71 @@ def alerts_fragment(
 ) -> HTMLResponse:
     context = _alerts(conn, district=district, severity=severity, state=state, offset=offset)
     return _render(request, "_alerts_body.html", lang, context)
+
+
+#: stations a rollout page lists (the failed first); the API has them all
+ROLLOUT_STATIONS_SHOWN = 200
+PROGRESS = get_args(Progress)
+#: what a person may do to a rollout in each state (the API answers 409 otherwise)
+ROLLOUT_ACTIONS: dict[str, tuple[str, ...]] = {
+    "scheduled": ("pause", "abort"),
+    "running": ("pause", "abort"),
+    "paused": ("resume", "abort"),
+}
+
+
+@router.get("/rollouts", response_class=HTMLResponse)
+def rollouts_page(
+    request: Request,
+    conn: ConnDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    """Rollouts, newest first, with their progress."""
+    found = rollouts.list_rollouts(conn=conn, limit=PAGE, offset=offset)
+    return _render(request, "rollouts.html", lang, {"found": found, "progress": PROGRESS})
+
+
+@router.get("/fragments/rollouts", response_class=HTMLResponse)
+def rollouts_fragment(
+    request: Request,
+    conn: ConnDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    found = rollouts.list_rollouts(conn=conn, limit=PAGE, offset=offset)
+    return _render(request, "_rollouts_body.html", lang, {"found": found, "progress": PROGRESS})
+
+
+def _rollout(conn: Connection, rollout_id: str) -> dict[str, Any] | None:
+    found = rollouts.get_rollout(conn=conn, rollout_id=rollout_id[:32])
+    if found is None:
+        return None
+    worst = sorted(found.stations, key=lambda s: (s.progress not in ("failed", "rolled_back"),))
+    return {
+        "r": found,
+        "progress": PROGRESS,
+        "shown": worst[:ROLLOUT_STATIONS_SHOWN],
+        "actions": ROLLOUT_ACTIONS.get(found.state, ()),
+    }
+
+
+@router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
+def rollout_page(
+    request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    """One rollout: its waves, each station's progress, pause / resume / abort."""
+    context = _rollout(conn, rollout_id)
+    if context is None:
+        return _render(request, "missing.html", lang, {"id": rollout_id[:32]}, status=404)
+    return _render(request, "rollout.html", lang, context)
+
+
+@router.get("/fragments/rollouts/{rollout_id}", response_class=HTMLResponse)
+def rollout_fragment(
+    request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    context = _rollout(conn, rollout_id)
+    if context is None:
+        return _render(request, "missing.html", lang, {"id": rollout_id[:32]}, status=404)
+    return _render(request, "_rollout_body.html", lang, context)
