@@ -7,6 +7,7 @@ prints).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import time
@@ -19,6 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from kioskfleet.controller import rollouts
+from kioskfleet.controller.rollouts import RolloutRequest
+from kioskfleet.controller.tufrepo.releases import ReleasePublic
 from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import DISTRICTS, Fleet
 from tests.conftest import LoopThread, Mosquitto, wait_until
@@ -319,6 +323,7 @@ def test_a_phone_never_scrolls_sideways(console_ok: Console, lang: str) -> None:
         ("stations", "/stations"),
         ("station", f"/stations/{station}"),
         ("alerts", "/alerts"),
+        ("rollouts", "/rollouts"),
     ):
         page.goto(c.base + path)
         page.wait_for_load_state("networkidle")
@@ -360,6 +365,42 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
     page.wait_for_selector(row, state="detached", timeout=5000)  # no longer unresolved
     resolved = c.api.get(f"/api/alerts/{alert_id}").json()
     assert resolved["state"] == "resolved" and resolved["resolved_by"] == "王工"
+    page.context.close()
+
+
+def test_pause_and_resume_a_rollout_from_its_page(console_ok: Console) -> None:
+    c = console_ok
+    release = ReleasePublic(
+        id="software-e2e", kind="software", version="9.9.9", release_counter=1, targets=[]
+    )
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)  # stays scheduled meanwhile
+    with c.served.controller.engine.begin() as conn:
+        rollout_id = rollouts.create_rollout(
+            conn=conn,
+            body=RolloutRequest(release=release.id, waves=[25, 100], start_at=later),
+            release=release,
+            actor="test",
+            source=None,
+            now=time.time(),
+        )
+    page = c.page()
+    page.goto(c.base + "/rollouts")
+    page.click(f'tr[data-rollout="{rollout_id}"] a')
+    page.wait_for_selector("#rollout-state")
+    stations = page.eval_on_selector_all("tr[data-progress]", "rs => rs.length")
+    assert stations == len(c.api.get(f"/api/rollouts/{rollout_id}").json()["stations"]) > 0
+    page.fill("#rollout-by", "李经理")
+    page.click('button[data-rollout-action="pause"]')
+    page.wait_for_selector('#rollout-state[data-state="paused"]', timeout=5000)
+    assert c.api.get(f"/api/rollouts/{rollout_id}").json()["state"] == "paused"
+    c.shot(page, "rollout-zh-1920")
+    page.click('button[data-rollout-action="resume"]')
+    page.wait_for_function(
+        "document.getElementById('rollout-state').dataset.state !== 'paused'", timeout=5000
+    )
+    assert c.api.get(f"/api/rollouts/{rollout_id}").json()["state"] in ("scheduled", "running")
+    page.click('button[data-rollout-action="abort"]')
+    page.wait_for_selector('#rollout-state[data-state="aborted"]', timeout=5000)
     page.context.close()
 
 
