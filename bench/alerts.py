@@ -136,7 +136,7 @@ def wait_listed(
     while time.monotonic() < deadline:
         reply = http.get("/api/alerts", params={"state": state, "station": station})
         reply.raise_for_status()
-        if any(item["condition"] == condition for item in reply.json()):
+        if any(item["condition"] == condition for item in reply.json()["items"]):
             return time.monotonic()
         time.sleep(0.01)
     return None

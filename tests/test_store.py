@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, event, exc, func, select
@@ -583,3 +584,41 @@ def test_a_failed_batch_puts_in_service_back(db_url: str) -> None:
     assert store.apply([_in(8, "telemetry", 3)], now=104.0).stored == {"telemetry": 1}  # type: ignore[list-item]
     assert _stored_in_service(store) is True
     engine.dispose()
+
+
+def test_a_birth_published_again_in_its_session_brings_only_new_versions(
+    tmp_path: Path,
+) -> None:
+    """An agent that swapped its catalogue in without a restart says so by publishing its
+    birth again in the same session: the versions are news, nothing else is, and an older
+    copy of the birth (redelivered) does not take them back."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    store = FleetStore(engine)
+    first = {"agent": "1.0.0", "catalogue": "2026.11"}
+    store.apply([_birth(ts=10.0, versions=first)], now=100.0)
+    store.apply([_message("telemetry", 1, host={"cpu_percent": 3.0})], now=105.0)
+    before = store.stations[STATION]
+    since, history = before.status_since, _history(engine)
+
+    newer = {"agent": "1.0.0", "catalogue": "2026.12"}
+    store.apply([_birth(ts=20.0, versions=newer, telemetry_interval=60)], now=110.0)
+    state = store.stations[STATION]
+    assert state.description["catalogue_version"] == "2026.12"
+    # the rest of the birth is not applied again: same interval, same status since
+    assert state.telemetry_interval == 10.0 and state.status_since == since
+    store.apply([_birth(ts=10.0, versions=first)], now=120.0)  # the older copy, redelivered
+    assert store.stations[STATION].description["catalogue_version"] == "2026.12"
+    assert _history(engine) == history
+    # and it is what the station row says after a restart
+    assert FleetStore(engine).stations[STATION].description["catalogue_version"] == "2026.12"
+    # a birth of a dead session revives nothing and changes nothing
+    store.apply([_death_of(5)], now=130.0)
+    store.apply([_birth(ts=30.0, versions={"agent": "1.0.0", "catalogue": "2027.01"})], now=131.0)
+    assert store.stations[STATION].description["catalogue_version"] == "2026.12"
+    assert not store.stations[STATION].online
+
+
+def _history(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(StationHistory.__table__))]  # type: ignore[attr-defined]

@@ -27,7 +27,6 @@ from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import DISTRICTS, Fleet
 from tests.conftest import LoopThread, Mosquitto, wait_until
 from tests.integration.fleet_helpers import make_fleet, served_controller, station_status
-from tests.test_alert_api import make_alert, put
 
 pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto]
 
@@ -335,36 +334,41 @@ def test_a_phone_never_scrolls_sideways(console_ok: Console, lang: str) -> None:
 
 def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> None:
     c = console_ok
-    station = c.api.get("/api/stations", params={"district": "Binhu"}).json()["items"][0]
-    alert_id = f"e2e-{uuid.uuid4().hex[:6]}"
-    # an alert as the writer opens one (its alert wiring is not on main yet)
-    put(
-        c.served.controller.engine,
-        make_alert(
-            alert_id,
-            station=station["id"],
-            district="Binhu",
-            site=station["site"],
-            opened_at=time.time(),
-        ),
+    # a real fault: the writer opens the alert
+    agent = next(
+        a
+        for a in c.fleet.agents
+        if c.api.get(f"/api/stations/{a.station}").json()["district"] == "Binhu"
     )
+    cash = next(s for s in agent.coordinator.sources if s.slot == "cash_acceptor")
+    c.loop.call(cash.break_now)  # type: ignore[attr-defined]
+
+    def opened() -> list[dict[str, Any]]:
+        found = c.api.get("/api/alerts", params={"station": agent.station, "state": "open"})
+        return list(found.json()["items"])
+
+    wait_until(lambda: bool(opened()), timeout=30)
+    alert_id = opened()[0]["id"]
     page = c.page()
     page.goto(c.base + "/alerts?district=Binhu")
     row = f'tr[data-alert="{alert_id}"]'
+    page.wait_for_selector(row, timeout=10000)  # the 5 s tick at the latest
     assert page.get_attribute(row, "data-state") == "open"
     assert "滨湖区" in page.inner_text(row)
     c.shot(page, "alerts-zh-1920")
     page.fill("#alert-by", "王工")
-    page.fill("#alert-note", "已通知网点补纸")
+    page.fill("#alert-note", "已通知网点处理")
     page.click(f'{row} button[data-alert-action="ack"]')
     page.wait_for_selector(f'{row}[data-state="acknowledged"]', timeout=5000)
     acked = c.api.get(f"/api/alerts/{alert_id}").json()
     assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "王工"
-    assert any(h.get("note") == "已通知网点补纸" for h in acked["history"]), acked["history"]
+    assert any(h.get("note") == "已通知网点处理" for h in acked["history"]), acked["history"]
     page.click(f'{row} button[data-alert-action="resolve"]')
     page.wait_for_selector(row, state="detached", timeout=5000)  # no longer unresolved
     resolved = c.api.get(f"/api/alerts/{alert_id}").json()
     assert resolved["state"] == "resolved" and resolved["resolved_by"] == "王工"
+    c.loop.call(cash.repair)  # type: ignore[attr-defined]
+    wait_until(lambda: station_status(c.api, agent.station) == "online", timeout=20)
     page.context.close()
 
 

@@ -128,7 +128,7 @@ def write_transition(conn: Connection, transition: Transition, now: float, **ext
     """
     values = {**alert_values(transition.alert, now), **extra}
     if transition.kind == "open" or transition.before is None:
-        conn.execute(insert(ALERT).values(level=0, **values))
+        conn.execute(insert(ALERT).values({"level": 0, **values}))
     else:
         before = alert_values(transition.before, now)
         matches = [ALERT.c.id == transition.before.id]

@@ -20,6 +20,7 @@ from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import engine_reader
 from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
+from kioskfleet.controller.notify.sender import Sender
 from kioskfleet.controller.pki import CaFiles, FleetCA, write_private
 from kioskfleet.controller.rollout_runner import RolloutRunner
 from kioskfleet.controller.tufrepo.service import Resigner, open_repository
@@ -80,6 +81,9 @@ class Controller:
             )
         #: judges the rollouts and reads their stations' progress (started with the rest)
         self.rollouts = RolloutRunner(self.engine, self.send_due)
+        #: delivers the notification outbox the writer fills (decision 27); only with
+        #: receivers configured: without any, the writer stores no notification rows
+        self.sender: Sender | None = None
 
     def start(self) -> None:
         """Upgrade the schema, start the writer, connect to the broker."""
@@ -95,6 +99,8 @@ class Controller:
                 retention=(settings.retention_days, settings.retention_interval),
                 sweep_interval=settings.sweep_interval,
                 tune_gc=settings.tune_gc,
+                alerts=settings.alerts,
+                offline_alert_after=settings.offline_alert_after,
             ),
             broker=settings.broker,
             client_id=settings.client_id,
@@ -107,16 +113,24 @@ class Controller:
             tls=self.tls,
         )
         self.ingest.start()
+        receivers = settings.alerts.receivers
+        if receivers.webhooks or receivers.alertmanagers:
+            self.sender = Sender(self.engine, receivers)
+            self.sender.start()
         self._send_waiting()
         self.rollouts.start()
         log.info("controller started: database %s, broker %s", self.engine.url, settings.broker)
 
     def stop(self) -> None:
-        """Finish the batch in hand, disconnect, close the database."""
+        """Finish the batch in hand, disconnect, stop sending notifications, close the
+        database."""
         self.live.close()
         self.rollouts.stop()
         if self.ingest is not None:
             self.ingest.stop()
+        if self.sender is not None:
+            self.sender.stop()
+            self.sender = None
         if self.tuf is not None:
             self.tuf.stop()
         self.engine.dispose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from pydantic import TypeAdapter
 from pydantic_core import to_json
 from sqlalchemy import Connection, Engine, insert, select, tuple_, update
 
+from kioskfleet.controller.alerting import Alerting
+from kioskfleet.controller.alerts.config import AlertsSettings
 from kioskfleet.controller.db import BulkRows, RawJSON
 from kioskfleet.controller.fleet import (
     is_degraded,
@@ -33,6 +36,7 @@ from kioskfleet.controller.models import (
     StationSession,
     Telemetry,
 )
+from kioskfleet.controller.notify.config import ReceiversSettings
 from kioskfleet.protocol.devices import DeviceStatus
 from kioskfleet.protocol.messages import (
     AgentMessage,
@@ -96,6 +100,9 @@ class StationState:
     description: dict[str, Any] = field(default_factory=dict)
     #: the technician's flag (decision 25), from the birth and ``service_state`` events
     in_service: bool = True
+    #: ``ts`` of the birth whose description is applied: a birth of the same session published
+    #: again later (new versions) updates the versions; an older copy does not. Memory only.
+    birth_ts: float | None = field(default=None, compare=False)
     #: (session, seq) of the ``service_state`` event that set ``in_service``: within a session
     #: an older event (a resent gap) or the session's birth (it predates every event) moves
     #: nothing after it. Memory only: after a restart the next event or birth counts.
@@ -166,6 +173,8 @@ class BatchOutcome:
     declared: dict[str, int] = field(default_factory=dict)
     #: status changes (station, old, new) for metrics and, later, alerts
     changes: list[tuple[str, str, str]] = field(default_factory=list)
+    #: alert transitions and escalations decided (and written) with the batch
+    alerts: int = 0
 
 
 class FleetStore:
@@ -173,9 +182,22 @@ class FleetStore:
 
     Args:
         engine: the migrated database.
+        alerts: the ``[alerts]`` rules (defaults when None).
+        receivers: where notifications go (rows stored with the alert changes; none when None).
+        offline_alert_after: seconds a station stays offline or silent before its alert.
+        started: the time it starts at (now; tests inject it): what fell due while the
+            controller was away is decided at the first sweep.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        alerts: AlertsSettings | None = None,
+        receivers: ReceiversSettings | None = None,
+        offline_alert_after: float = 120.0,
+        started: float | None = None,
+    ) -> None:
         self.engine = engine
         self.stations: dict[str, StationState] = {}
         self._ledgers: dict[tuple[str, int], SeqLedger] = {}
@@ -193,18 +215,27 @@ class FleetStore:
         #: station → (its last telemetry's devices, their JSON text)
         self._sent_devices: dict[str, tuple[dict[str, Any], str]] = {}
         self._load()
+        #: alerts decided after each batch and in the sweep (decision 27)
+        self.alerting = Alerting(
+            self.stations,
+            alerts or AlertsSettings(),
+            receivers or ReceiversSettings(),
+            offline_alert_after,
+        )
+        self.alerting.load(engine, time.time() if started is None else started)
 
     def _load(self) -> None:
         with self.engine.connect() as conn:
             for row in conn.execute(select(_STATION)).mappings():
                 self.stations[row["id"]] = _state_of(row)
 
-    def _reload_stale(self) -> None:
+    def _reload_stale(self, now: float) -> None:
         """After a failed transaction the database is the truth, not memory: it may hold the
         batch after all (the COMMIT went through, its answer was lost). Read back what that
         batch touched — one query for stations, one per 500 ledgers — so its retry finds what
         was stored (duplicates, acked) and stores what was not."""
         if not self._stale_stations and not self._stale_ledgers:
+            self.alerting.reload_stale(self.engine, now)
             return
         stations = sorted(self._stale_stations)
         keys = set(self._stale_ledgers)
@@ -232,6 +263,7 @@ class FleetStore:
                 self.gappy.pop(key, None)
         self._stale_stations.clear()
         self._stale_ledgers.clear()
+        self.alerting.reload_stale(self.engine, now)
 
     # -- the batch -----------------------------------------------------------------------------
     def apply(
@@ -245,12 +277,13 @@ class FleetStore:
         have gone through (its answer lost), so the same batch applied again is found stored
         (duplicates) if it was, and stored once if it was not.
         """
-        self._reload_stale()
+        self._reload_stale(now)
         undo = _Undo()
         try:
             return self._apply(messages, now, rejected, undo)
         except BaseException:
             undo.restore(self)
+            self.alerting.rollback(undo.stations)
             self._stale_stations.update(undo.stations)
             self._stale_ledgers.update(undo.ledgers)
             raise
@@ -296,6 +329,8 @@ class FleetStore:
             touched[station_id] = state
             return state
 
+        #: the newest host metrics of each station's current session in the batch
+        latest_hosts: dict[str, dict[str, Any]] = {}
         #: the newest devices (JSON text) a station's telemetry reported, turned into the
         #: station's picture once per batch (not once per message)
         latest_devices: dict[str, str] = {}
@@ -354,6 +389,8 @@ class FleetStore:
                     )
                 )
                 if current:
+                    if message.host:
+                        latest_hosts[station] = message.host
                     state.last_telemetry_at = now
                     state.silent_deadline = silent_deadline(now, state.telemetry_interval)
                     if message.devices:
@@ -396,6 +433,9 @@ class FleetStore:
             settle_devices(station)
         for state in touched.values():
             self._restatus(state, now, history, out, reason="message")
+        # alerts: from the pictures the batch changed (a replay or a backlog changes none)
+        self.alerting.begin()
+        plan = self.alerting.decide(touched.values(), latest_hosts, now)
 
         with self.engine.begin() as conn:
             if new_stations:
@@ -419,6 +459,10 @@ class FleetStore:
             if rejected:
                 increments["rejected"] = rejected
             self._bump(conn, increments)
+            if plan:
+                self.alerting.write(conn, plan, now)
+        self.alerting.commit()
+        out.alerts = len(plan.transitions) + len(plan.escalations)
         self._persisted.update(ledgers_touched)
         for key in out.acks:
             self._touched_at[key] = now
@@ -463,6 +507,16 @@ class FleetStore:
             message_session=message.session,
             birth=message.online,
         ):
+            if (
+                message.online
+                and state.online
+                and message.session == state.session
+                and message.ts >= (state.birth_ts or 0.0)
+            ):
+                # the session's birth published again: an agent says so when its versions
+                # changed (a catalogue swapped in without a restart); only they are news
+                state.birth_ts = message.ts
+                state.description = {**state.description, **_versions(message)}
             return  # a stale will or birth, the same one again, or a birth after its death
         state.session = message.session
         state.online = message.online
@@ -479,13 +533,13 @@ class FleetStore:
                 # a birth states the flag as the session began: an event of the same session
                 # already applied (it overtook the birth) is newer
                 state.in_service = message.in_service
+            state.birth_ts = message.ts
             state.description = {
                 "district": message.district,
                 "site": message.site,
                 "site_type": message.site_type,
                 "profile": message.profile,
-                "agent_version": message.versions.agent if message.versions else None,
-                "catalogue_version": message.versions.catalogue if message.versions else None,
+                **_versions(message),
             }
 
     def _restatus(
@@ -505,12 +559,14 @@ class FleetStore:
             state.status, state.status_since = status, now
 
     def sweep(self, now: float) -> list[tuple[str, str, str]]:
-        """Turn stations silent whose telemetry stopped; returns the status changes."""
-        self._reload_stale()
+        """Turn stations silent whose telemetry stopped, and decide what alerts fell due
+        (decision 27); returns the status changes."""
+        self._reload_stale(now)
         if now - self._evicted_at > 60:
             self._evict_idle_ledgers(now)
         out = BatchOutcome()
         history: list[dict[str, Any]] = []
+        before: dict[str, StationState] = {}
         for state in self.stations.values():
             if (
                 state.online
@@ -518,17 +574,33 @@ class FleetStore:
                 and state.silent_deadline is not None
                 and now > state.silent_deadline
             ):
+                before[state.id] = copy.copy(state)
                 self._restatus(state, now, history, out, reason="no_telemetry")
-        if out.changes:
-            with self.engine.begin() as conn:
-                for station_id, _, new in out.changes:
-                    state = self.stations[station_id]
-                    conn.execute(
-                        update(_STATION)
-                        .where(_STATION.c.id == station_id)
-                        .values(status=new, status_since=state.status_since)
-                    )
-                self._bulk.insert(conn, _HISTORY, history)
+        alerting = self.alerting
+        try:
+            alerting.refresh(self.engine, now)
+            alerting.begin()
+            plan = alerting.sweep(now, [station for station, _, _ in out.changes])
+            if out.changes or plan:
+                with self.engine.begin() as conn:
+                    for station_id, _, new in out.changes:
+                        state = self.stations[station_id]
+                        conn.execute(
+                            update(_STATION)
+                            .where(_STATION.c.id == station_id)
+                            .values(status=new, status_since=state.status_since)
+                        )
+                    if history:
+                        self._bulk.insert(conn, _HISTORY, history)
+                    if plan:
+                        alerting.write(conn, plan, now)
+            alerting.commit()
+        except BaseException:
+            # as after a failed batch: memory as it was, decided again at the next sweep
+            for station_id, state in before.items():
+                self.stations[station_id] = state
+            alerting.rollback(before)
+            raise
         return out.changes
 
     def gaps(self, now: float, min_age: float) -> list[tuple[str, int, list[tuple[int, int]]]]:
@@ -671,6 +743,15 @@ def _apply_service_state(state: StationState, session: int, seq: int, event: Eve
         return
     state.in_service = value
     state.service_mark = (session, seq)
+
+
+def _versions(birth: StateMessage) -> dict[str, str | None]:
+    """The versions a birth reports, as station columns."""
+    versions = birth.versions
+    return {
+        "agent_version": versions.agent if versions else None,
+        "catalogue_version": versions.catalogue if versions else None,
+    }
 
 
 def _status_entry(status: DeviceStatus, before: dict[str, Any] | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+from kioskfleet.controller.config import AlertsSection
 from kioskfleet.controller.db import make_engine
 from kioskfleet.controller.retention import apply_retention
 from kioskfleet.controller.store import BatchOutcome, FleetStore, StoredMessage
@@ -50,6 +51,10 @@ class WriterConfig:
     #: seconds a gap must be old before the MQTT side asks for it again
     gap_grace: float = 3.0
     tune_gc: bool = True
+    #: the ``[alerts]`` section: rules, and the receivers notification rows are stored for
+    alerts: AlertsSection = field(default_factory=AlertsSection)
+    #: seconds a station stays offline or silent before its alert opens
+    offline_alert_after: float = 120.0
 
 
 @dataclass
@@ -115,7 +120,12 @@ class Writer:
     def __init__(self, config: WriterConfig) -> None:
         self.config = config
         self.engine = make_engine(config.db_url)
-        self.store = FleetStore(self.engine)
+        self.store = FleetStore(
+            self.engine,
+            alerts=config.alerts,
+            receivers=config.alerts.receivers,
+            offline_alert_after=config.offline_alert_after,
+        )
         self._next_retention = time.monotonic() + 60.0
 
     def close(self) -> None:
