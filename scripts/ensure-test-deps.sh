@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure what the test suites need is installed: Mosquitto (the tests start private brokers
-# with deploy/mosquitto/mosquitto.conf), Chromium (dashboard tests), Prometheus Alertmanager
+# with deploy/mosquitto/mosquitto.conf), Chromium and a Chinese font (the console's browser
+# tests: screenshots show Chinese, not boxes), Prometheus Alertmanager
 # (the notification tests start a private one) and Prometheus with promtool (the metrics,
 # rules and Grafana dashboards are checked against a private one). Installs through the
 # system's package manager when missing; changes nothing when everything is there.
@@ -9,6 +10,7 @@ set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
+{ fc-list :lang=zh 2>/dev/null | grep -qi "noto sans cjk"; } || need+=(fonts-noto-cjk)
 [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
 { [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || need+=(prometheus)
 

@@ -359,7 +359,8 @@ def _controller(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except PkiError as err:  # the [fleet_ca] files: missing, unreadable, not belonging together
         return _refuse("controller", err)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # the console's event streams never end by themselves: a stop waits at most 5 s for them
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
 
 

@@ -112,6 +112,7 @@ class ServedController:
 
     def stop(self) -> None:
         """Stop serving, then stop the controller."""
+        self.controller.live.close()  # open event streams end, so the server can stop
         self.server.should_exit = True
         self._thread.join(10)
         self.controller.stop()

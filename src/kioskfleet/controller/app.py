@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from kioskfleet import __version__
 from kioskfleet.controller.api.routes import (
@@ -16,6 +17,7 @@ from kioskfleet.controller.api.routes import (
     figures,
     fleet,
     health,
+    live,
     maintenance,
     pages,
     releases,
@@ -57,10 +59,12 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
         silences,
         maintenance,
         audit,
+        live,
         pages,
         tuf,
         releases,
         rollouts,
     ):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     return app

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, or_, select
 
 from kioskfleet.controller import alertviews
 from kioskfleet.controller.fleet import STATUSES
@@ -128,11 +128,13 @@ def list_stations(
     filters: Mapping[str, str | bool | None],
     limit: int,
     offset: int,
+    q: str | None = None,
 ) -> StationList:
     """CONTRACT §4 ``/api/stations``: filtered, paged, ordered by id.
 
     ``filters`` maps a column (``district``, ``site``, ``site_type``, ``profile``, ``status``,
-    ``in_service``) to the value it must have; None leaves that column free.
+    ``in_service``) to the value it must have; None leaves that column free. ``q`` keeps the
+    stations whose id or site contains it, ignoring case (``%`` and ``_`` are plain text).
     """
     query = select(*_LISTED)
     counted = select(func.count()).select_from(_S)
@@ -140,10 +142,34 @@ def list_stations(
         if value is not None:
             query = query.where(_S.c[column] == value)
             counted = counted.where(_S.c[column] == value)
+    if q:
+        needle = q.lower()
+        matches = or_(
+            func.lower(_S.c.id).contains(needle, autoescape=True),
+            func.lower(func.coalesce(_S.c.site, "")).contains(needle, autoescape=True),
+        )
+        query = query.where(matches)
+        counted = counted.where(matches)
     total = int(conn.execute(counted).scalar_one())
     rows = conn.execute(query.order_by(_S.c.id).limit(limit).offset(offset))
     # one validation of the whole page, in pydantic's core (cheaper than a model per row)
     return StationList.model_validate({"items": [_listed(row) for row in rows], "total": total})
+
+
+def station_choices(*, conn: Connection) -> dict[str, list[str]]:
+    """The districts and site types stations have (the console's filter choices)."""
+    return {
+        column: [
+            value
+            for (value,) in conn.execute(
+                select(_S.c[column])
+                .where(_S.c[column].is_not(None))
+                .distinct()
+                .order_by(_S.c[column])
+            )
+        ]
+        for column in ("district", "site_type")
+    }
 
 
 def get_station(*, conn: Connection, station_id: str, history: int = 50) -> StationDetail | None:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from kioskfleet.controller import commands, identity
 from kioskfleet.controller.brokeracl import BrokerControl, kick
 from kioskfleet.controller.config import Settings
+from kioskfleet.controller.console.live import Broadcaster, Change
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import engine_reader
 from kioskfleet.controller.ingest import Ingest
@@ -57,6 +58,8 @@ class Controller:
         self.engine: Engine = make_engine(settings.db_url)
         self.metrics = Metrics()
         self.ingest: Ingest | None = None
+        #: status changes for the console's live stream (``GET /api/events``)
+        self.live = Broadcaster()
         #: the signed update repository, when the settings have a ``[tuf]`` section
         self.tuf: Resigner | None = None
         if settings.tuf is not None:
@@ -121,6 +124,7 @@ class Controller:
     def stop(self) -> None:
         """Finish the batch in hand, disconnect, stop sending notifications, close the
         database."""
+        self.live.close()
         self.rollouts.stop()
         if self.ingest is not None:
             self.ingest.stop()
@@ -256,7 +260,9 @@ class Controller:
 
     def _on_changes(self, changes: list[tuple[str, str, str]]) -> None:
         """Status changes the writer committed: a station back from offline (its birth, or a
-        message of a new session) gets the commands that waited for it."""
+        message of a new session) gets the commands that waited for it; every change goes to
+        the console's live stream."""
+        self.live.publish([Change(station, old, new) for station, old, new in changes])
         back = {station for station, old, new in changes if old == "offline" and new != "offline"}
         if not back:
             return

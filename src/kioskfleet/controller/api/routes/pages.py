@@ -1,16 +1,376 @@
-"""The operators' dashboard (a static page that reads the API)."""
+"""The operators' console: server-rendered pages (Jinja2) and the fragments they refresh.
 
+Each page is a template extending ``base.html`` (navigation, language switch, live status)
+and includes one ``_<page>_body.html`` fragment, which ``/fragments/<page>`` renders alone:
+the page swaps it in (htmx) whenever the live stream (``GET /api/events``) reports a change.
+A page reads the database through the same functions as the API (``crud``), so it shows the
+API's numbers. The language is the ``lang`` cookie (Simplified Chinese by default).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
 from pathlib import Path
+from typing import Annotated, Any, cast, get_args
+from urllib.parse import urlencode
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Cookie, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Connection, func, select
+
+from kioskfleet.controller import alertviews, crud, rollouts
+from kioskfleet.controller.alertrows import ALERT
+from kioskfleet.controller.api.deps import ConnDep, ControllerDep
+from kioskfleet.controller.console import i18n
+from kioskfleet.controller.console.overview import Overview, overview
+from kioskfleet.controller.fleetmetrics import ACTIVE_ALERT_STATES
+from kioskfleet.controller.models import Station
+from kioskfleet.controller.rollout_plan import Progress
+from kioskfleet.controller.service import Controller
+from kioskfleet.protocol.commands import COMMAND_NAMES
+from kioskfleet.protocol.stations import StationStatus
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
-_STATIC = Path(__file__).resolve().parents[2] / "static"
+_HERE = Path(__file__).resolve().parents[2]
+STATIC = _HERE / "static"
+templates = Jinja2Templates(directory=_HERE / "templates")
+#: stations per page of the list
+PAGE = 50
+#: what a station page offers as buttons (``restart_device`` is per device, ``install`` is a
+#: rollout's job)
+STATION_COMMANDS = tuple(
+    name for name in COMMAND_NAMES if name not in ("install", "restart_device", "resend")
+)
+
+LangCookie = Annotated[str | None, Cookie(alias=i18n.COOKIE)]
+
+
+def _local(value: dt.datetime | None) -> str:
+    """A time as Wuxi reads it (UTC+8, no daylight saving)."""
+    if value is None:
+        return "—"
+    return value.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S")
+
+
+templates.env.filters["local"] = _local
+
+
+def _render(
+    request: Request, name: str, lang: str | None, context: dict[str, Any], status: int = 200
+) -> HTMLResponse:
+    t = i18n.Translator(i18n.chosen(lang))
+    return templates.TemplateResponse(
+        request,
+        name,
+        {"t": t, "lang": t.lang, "path": request.url.path, **context},
+        status_code=status,
+    )
+
+
+@router.get("/favicon.ico")
+def favicon() -> FileResponse:
+    """The console's icon (browsers ask for it even when the page names another)."""
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+
+@router.get("/lang/{lang}")
+def choose_language(lang: str, back: str = "/") -> Response:
+    """Keep ``lang`` in a cookie (a year), then go back where the switch was pressed."""
+    target = back if back.startswith("/") and not back.startswith("//") else "/"
+    response = RedirectResponse(target, status_code=303)
+    if lang in i18n.LANGUAGES:
+        response.set_cookie(i18n.COOKIE, lang, max_age=365 * 86400, samesite="lax")
+    return response
+
+
+_STATION = Station.__table__  # type: ignore[attr-defined]
+
+
+class _SharedOverview:
+    """The overview read once for every open page: it reads the whole station table (a
+    quarter second at 10,000 stations, docs/benchmarks.md), and every open overview asks for
+    it on each event. Read again when the stations' count or their newest status change, or
+    the unresolved alerts' count or newest opening, differs from the read's (cheap queries:
+    so a page never shows older statuses or alert counts than the API; a new station, which
+    is no status change, counts too), or when it is older than ``max_age`` seconds (supplies
+    change without a status change)."""
+
+    def __init__(self, max_age: float = 5.0) -> None:
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._key: tuple[Any, ...] | None = None
+        self._at = 0.0
+        self._value: Overview | None = None
+
+    def get(self, conn: Connection, controller: Controller) -> Overview:
+        stations = select(func.count(), func.max(_STATION.c.status_since))
+        alerts = select(func.count(), func.max(ALERT.c.opened_at)).where(
+            ALERT.c.state.in_(ACTIVE_ALERT_STATES)
+        )
+        key = (*conn.execute(stations).one(), *conn.execute(alerts).one())
+        with self._lock:
+            now = time.monotonic()
+            if self._value is None or self._key != key or now - self._at > self.max_age:
+                self._value = overview(conn, controller.settings.districts)
+                self._key, self._at = key, now
+            return self._value
+
+
+_CREATE_LOCK = threading.Lock()
+
+
+def _overview(request: Request, conn: Connection, controller: Controller) -> dict[str, Any]:
+    state = request.app.state
+    with _CREATE_LOCK:  # one per app (an app serves one controller)
+        shared: _SharedOverview | None = getattr(state, "shared_overview", None)
+        if shared is None:
+            shared = state.shared_overview = _SharedOverview()
+    return {"o": shared.get(conn, controller)}
 
 
 @router.get("/", response_class=HTMLResponse)
-def dashboard() -> HTMLResponse:
-    """Fleet by district, refreshing itself."""
-    return HTMLResponse((_STATIC / "index.html").read_text(encoding="utf-8"))
+def overview_page(
+    request: Request, conn: ConnDep, controller: ControllerDep, lang: LangCookie = None
+) -> HTMLResponse:
+    """The fleet by district, alerts, site types, supplies; live."""
+    return _render(request, "overview.html", lang, _overview(request, conn, controller))
+
+
+@router.get("/fragments/overview", response_class=HTMLResponse)
+def overview_fragment(
+    request: Request, conn: ConnDep, controller: ControllerDep, lang: LangCookie = None
+) -> HTMLResponse:
+    return _render(request, "_overview_body.html", lang, _overview(request, conn, controller))
+
+
+def _stations(
+    conn: Connection,
+    *,
+    district: str | None,
+    site_type: str | None,
+    status: str | None,
+    q: str | None,
+    offset: int,
+) -> dict[str, Any]:
+    # a form sends every field, empty ones too: empty, or not a status, means "all"
+    status = status if status in get_args(StationStatus) else None
+    filters: dict[str, str | bool | None] = {
+        "district": district or None,
+        "site_type": site_type or None,
+        "status": status,
+    }
+    found = crud.list_stations(conn=conn, filters=filters, limit=PAGE, offset=offset, q=(q or None))
+    chosen = {"district": district, "site_type": site_type, "status": status, "q": q}
+    query = {k: v for k, v in chosen.items() if v}
+    return {
+        "found": found,
+        "chosen": chosen,
+        "offset": offset,
+        "page": PAGE,
+        "query": urlencode(query),
+        "prev": urlencode({**query, "offset": max(0, offset - PAGE)}),
+        "next": urlencode({**query, "offset": offset + PAGE}),
+        "choices": crud.station_choices(conn=conn),
+    }
+
+
+@router.get("/stations", response_class=HTMLResponse)
+def stations_page(
+    request: Request,
+    conn: ConnDep,
+    district: str | None = None,
+    site_type: str | None = None,
+    status: str | None = None,
+    q: Annotated[str | None, Query(max_length=64)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    """Stations with filters and search."""
+    context = _stations(
+        conn, district=district, site_type=site_type, status=status, q=q, offset=offset
+    )
+    return _render(request, "stations.html", lang, context)
+
+
+@router.get("/fragments/stations", response_class=HTMLResponse)
+def stations_fragment(
+    request: Request,
+    conn: ConnDep,
+    district: str | None = None,
+    site_type: str | None = None,
+    status: str | None = None,
+    q: Annotated[str | None, Query(max_length=64)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    context = _stations(
+        conn, district=district, site_type=site_type, status=status, q=q, offset=offset
+    )
+    return _render(request, "_stations_body.html", lang, context)
+
+
+def _station(conn: Connection, station_id: str) -> dict[str, Any] | None:
+    station = crud.get_station(conn=conn, station_id=station_id)
+    if station is None:
+        return None
+    return {"s": station, "commands": STATION_COMMANDS}
+
+
+@router.get("/stations/{station_id}", response_class=HTMLResponse)
+def station_page(
+    request: Request, conn: ConnDep, station_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    """One station: devices, supplies, telemetry charts, history, alerts, versions, commands."""
+    context = _station(conn, station_id[:64])
+    if context is None:
+        return _render(request, "missing.html", lang, {"id": station_id[:64]}, status=404)
+    return _render(request, "station.html", lang, context)
+
+
+@router.get("/fragments/stations/{station_id}", response_class=HTMLResponse)
+def station_fragment(
+    request: Request, conn: ConnDep, station_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    context = _station(conn, station_id[:64])
+    if context is None:
+        return _render(request, "missing.html", lang, {"id": station_id[:64]}, status=404)
+    return _render(request, "_station_body.html", lang, context)
+
+
+#: alert states the queue filters by (``active``: open and acknowledged, the default)
+ALERT_STATES = ("active", "open", "acknowledged", "resolved")
+SEVERITIES = ("critical", "warning", "info")
+
+
+def _alerts(
+    conn: Connection,
+    *,
+    district: str | None,
+    severity: str | None,
+    state: str | None,
+    offset: int,
+) -> dict[str, Any]:
+    state = state if state in ALERT_STATES else "active"
+    severity = severity if severity in SEVERITIES else None
+    found = alertviews.list_alerts(
+        conn=conn,
+        state=cast(alertviews.AlertStateFilter, state),
+        filters={"district": district or None, "severity": severity},
+        limit=PAGE,
+        offset=offset,
+    )
+    chosen = {"district": district, "severity": severity, "state": state}
+    query = {k: v for k, v in chosen.items() if v}
+    return {
+        "found": found,
+        "chosen": chosen,
+        "offset": offset,
+        "page": PAGE,
+        "query": urlencode(query),
+        "prev": urlencode({**query, "offset": max(0, offset - PAGE)}),
+        "next": urlencode({**query, "offset": offset + PAGE}),
+        "choices": crud.station_choices(conn=conn),
+        "states": ALERT_STATES,
+        "severities": SEVERITIES,
+    }
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alerts_page(
+    request: Request,
+    conn: ConnDep,
+    district: str | None = None,
+    severity: str | None = None,
+    state: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    """The alerts queue: filters by district, severity and state; acknowledge, resolve."""
+    context = _alerts(conn, district=district, severity=severity, state=state, offset=offset)
+    return _render(request, "alerts.html", lang, context)
+
+
+@router.get("/fragments/alerts", response_class=HTMLResponse)
+def alerts_fragment(
+    request: Request,
+    conn: ConnDep,
+    district: str | None = None,
+    severity: str | None = None,
+    state: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    context = _alerts(conn, district=district, severity=severity, state=state, offset=offset)
+    return _render(request, "_alerts_body.html", lang, context)
+
+
+#: stations a rollout page lists (the failed first); the API has them all
+ROLLOUT_STATIONS_SHOWN = 200
+PROGRESS = get_args(Progress)
+#: what a person may do to a rollout in each state (the API answers 409 otherwise)
+ROLLOUT_ACTIONS: dict[str, tuple[str, ...]] = {
+    "scheduled": ("pause", "abort"),
+    "running": ("pause", "abort"),
+    "paused": ("resume", "abort"),
+}
+
+
+@router.get("/rollouts", response_class=HTMLResponse)
+def rollouts_page(
+    request: Request,
+    conn: ConnDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    """Rollouts, newest first, with their progress."""
+    found = rollouts.list_rollouts(conn=conn, limit=PAGE, offset=offset)
+    return _render(request, "rollouts.html", lang, {"found": found, "progress": PROGRESS})
+
+
+@router.get("/fragments/rollouts", response_class=HTMLResponse)
+def rollouts_fragment(
+    request: Request,
+    conn: ConnDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    lang: LangCookie = None,
+) -> HTMLResponse:
+    found = rollouts.list_rollouts(conn=conn, limit=PAGE, offset=offset)
+    return _render(request, "_rollouts_body.html", lang, {"found": found, "progress": PROGRESS})
+
+
+def _rollout(conn: Connection, rollout_id: str) -> dict[str, Any] | None:
+    found = rollouts.get_rollout(conn=conn, rollout_id=rollout_id[:32])
+    if found is None:
+        return None
+    worst = sorted(found.stations, key=lambda s: (s.progress not in ("failed", "rolled_back"),))
+    return {
+        "r": found,
+        "progress": PROGRESS,
+        "shown": worst[:ROLLOUT_STATIONS_SHOWN],
+        "actions": ROLLOUT_ACTIONS.get(found.state, ()),
+    }
+
+
+@router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
+def rollout_page(
+    request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    """One rollout: its waves, each station's progress, pause / resume / abort."""
+    context = _rollout(conn, rollout_id)
+    if context is None:
+        return _render(request, "missing.html", lang, {"id": rollout_id[:32]}, status=404)
+    return _render(request, "rollout.html", lang, context)
+
+
+@router.get("/fragments/rollouts/{rollout_id}", response_class=HTMLResponse)
+def rollout_fragment(
+    request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    context = _rollout(conn, rollout_id)
+    if context is None:
+        return _render(request, "missing.html", lang, {"id": rollout_id[:32]}, status=404)
+    return _render(request, "_rollout_body.html", lang, context)

@@ -35,10 +35,19 @@ def list_stations(
     profile: str | None = None,
     status: StationStatus | None = None,
     in_service: bool | None = None,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            description="search: stations whose id or site contains this, ignoring case",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> StationList:
-    """Stations, filtered by district, site, site type, profile, status or in service; paged."""
+    """Stations, filtered by district, site, site type, profile, status or in service, and
+    searched by `q` (in the id or the site); paged."""
     filters: dict[str, str | bool | None] = {
         "district": district,
         "site": site,
@@ -47,7 +56,7 @@ def list_stations(
         "status": status,
         "in_service": in_service,
     }
-    return crud.list_stations(conn=conn, filters=filters, limit=limit, offset=offset)
+    return crud.list_stations(conn=conn, filters=filters, limit=limit, offset=offset, q=q)
 
 
 @router.get("/{station_id}", responses=_NOT_FOUND)
