@@ -358,3 +358,31 @@ class AgentPayloads:
             "counters": counters,
         }
         return json.dumps(body, separators=(",", ":")).encode()
+
+
+def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Wait until the controller at ``base`` answers ``/healthz`` with 200."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the controller exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the controller did not become healthy")
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

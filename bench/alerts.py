@@ -44,7 +44,9 @@ from _support import (
     log,
     percentile,
     postgres_available,
+    terminate,
     throwaway_postgres,
+    wait_healthy,
 )
 
 from kioskfleet.fleetsim.fleet import wuxi_fleet
@@ -166,27 +168,6 @@ def run_probe(
     return samples
 
 
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the controller exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError("the controller did not become healthy")
-
-
 def wait_online(http: httpx.Client, expected: int, timeout: float) -> int:
     """Wait until the summary counts ``expected`` stations online (or degraded)."""
     deadline = time.monotonic() + timeout
@@ -249,7 +230,7 @@ def main() -> int:
         controller = subprocess.Popen(
             [KIOSKFLEET, "controller"], env=env, stdout=ctl_log, stderr=ctl_log, cwd=work
         )
-        stack.callback(_terminate, controller)
+        stack.callback(terminate, controller)
         wait_healthy(base, controller)
         duration = 180 + args.probes * len(FAULTS) * 2 * args.timeout / args.workers
         sim_log = (work / "simulate.log").open("wb")
@@ -270,7 +251,7 @@ def main() -> int:
             stderr=sim_log,
             cwd=work,
         )
-        stack.callback(_terminate, simulator)
+        stack.callback(terminate, simulator)
 
         publisher = Publisher(broker.url)
         stack.callback(publisher.close)

@@ -47,7 +47,9 @@ from _support import (
     start_py_spy,
     stop_py_spy,
     summarize_collapsed,
+    terminate,
     throwaway_postgres,
+    wait_healthy,
 )
 
 KIOSKFLEET = str(Path(sys.executable).with_name("kioskfleet"))
@@ -128,20 +130,6 @@ class Sampler(threading.Thread):
         return out
 
 
-def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the controller exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the controller did not become healthy")
-
-
 #: the routes a dashboard polls while the fleet reports, timed side by side
 ROUTES = ("summary", "list", "detail")
 
@@ -195,7 +183,7 @@ def main() -> int:
         controller = subprocess.Popen(
             [KIOSKFLEET, "controller"], env=env, stdout=ctl_log, stderr=ctl_log, cwd=work
         )
-        stack.callback(_terminate, controller)
+        stack.callback(terminate, controller)
         wait_healthy(base, controller)
         log(f"controller up at {base}, broker {broker.url}, database {args.db}")
 
@@ -215,7 +203,7 @@ def main() -> int:
         if args.processes:
             sim_cmd += ["--processes", str(args.processes)]
         simulator = subprocess.Popen(sim_cmd, stdout=subprocess.PIPE, stderr=sim_log, cwd=work)
-        stack.callback(_terminate, simulator)
+        stack.callback(terminate, simulator)
         assert broker.proc is not None
         pids = {"controller": controller.pid, "simulator": simulator.pid}
         pids["mosquitto"] = broker.proc.pid
@@ -453,16 +441,6 @@ def _batch_stats(base: str) -> dict[str, float]:
         "stored_per_batch": round(values.get("messages", 0.0) / count, 2),
         "ms_per_batch": round(values.get("sum", 0.0) / count * 1000, 2),
     }
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 if __name__ == "__main__":
