@@ -108,7 +108,9 @@ matchers = st.lists(
             "matchers": matchers | json_values,
             "author": texts | json_values,
             "reason": texts | json_values,
-            "duration_s": st.floats(allow_nan=False) | st.integers(-10, 10**8) | json_values,
+            "duration_s": st.floats(allow_nan=False, allow_infinity=False)
+            | st.integers(-10, 10**8)
+            | json_values,
             "expires_at": st.sampled_from(["2099-01-01T00:00:00Z", "2000-01-01T00:00:00Z", "soon"])
             | json_values,
             "starts_at": st.sampled_from(["2099-01-01T00:00:00Z", "2000-01-01T00:00:00+08:00"]),
