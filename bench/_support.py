@@ -16,12 +16,17 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 PG_ADMIN_URL = os.environ.get("KIOSKFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+#: the kioskfleet command of this environment
+KIOSKFLEET = str(Path(sys.executable).with_name("kioskfleet"))
 
 
 def free_port() -> int:
@@ -386,3 +391,42 @@ def terminate(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@dataclass
+class ControllerRun:
+    """A private Mosquitto, a database and ``kioskfleet controller`` serving on a free port."""
+
+    broker: Mosquitto
+    db_url: str
+    base: str
+    proc: subprocess.Popen[bytes]
+
+
+def start_controller(stack: contextlib.ExitStack, work: Path, db: str) -> ControllerRun:
+    """Start the broker (deploy/ configuration), a throw-away database (``sqlite`` in
+    ``work`` or ``postgres``) and the controller, all stopped when ``stack`` closes; returns
+    once the controller answers ``/healthz``."""
+    broker = Mosquitto(work / "mosquitto").start()
+    stack.callback(broker.stop)
+    db_url = stack.enter_context(
+        throwaway_postgres()
+        if db == "postgres"
+        else contextlib.nullcontext(f"sqlite:///{work / 'controller.db'}")
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "KIOSKFLEET_DB_URL": db_url,
+        "KIOSKFLEET_MQTT_URL": broker.url,
+        "KIOSKFLEET_LISTEN": f"127.0.0.1:{port}",
+    }
+    ctl_log = (work / "controller.log").open("wb")
+    stack.callback(ctl_log.close)
+    proc = subprocess.Popen(
+        [KIOSKFLEET, "controller"], env=env, stdout=ctl_log, stderr=ctl_log, cwd=work
+    )
+    stack.callback(terminate, proc)
+    base = f"http://127.0.0.1:{port}"
+    wait_healthy(base, proc)
+    return ControllerRun(broker, db_url, base, proc)

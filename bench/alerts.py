@@ -24,35 +24,31 @@ import argparse
 import concurrent.futures
 import contextlib
 import json
-import os
 import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
 from _support import (
-    Mosquitto,
+    KIOSKFLEET,
     StationPayloads,
-    free_port,
     log,
     percentile,
     postgres_available,
+    start_controller,
     terminate,
-    throwaway_postgres,
-    wait_healthy,
 )
 
 from kioskfleet.fleetsim.fleet import wuxi_fleet
 from kioskfleet.protocol.topics import station_topic
 
-KIOSKFLEET = str(Path(sys.executable).with_name("kioskfleet"))
 #: (fault, the printer's state and paper supply while it lasts)
 FAULTS = (
     ("paper_out", "user_error", "out"),
@@ -211,27 +207,8 @@ def main() -> int:
     simulated = args.stations - args.probes
     with tempfile.TemporaryDirectory(prefix="kf-bench-alerts-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        broker = Mosquitto(work / "mosquitto").start()
-        stack.callback(broker.stop)
-        db_url = stack.enter_context(
-            throwaway_postgres()
-            if args.db == "postgres"
-            else nullcontext(f"sqlite:///{work / 'controller.db'}")
-        )
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "KIOSKFLEET_DB_URL": db_url,
-            "KIOSKFLEET_MQTT_URL": broker.url,
-            "KIOSKFLEET_LISTEN": f"127.0.0.1:{port}",
-        }
-        ctl_log = (work / "controller.log").open("wb")
-        controller = subprocess.Popen(
-            [KIOSKFLEET, "controller"], env=env, stdout=ctl_log, stderr=ctl_log, cwd=work
-        )
-        stack.callback(terminate, controller)
-        wait_healthy(base, controller)
+        run = start_controller(stack, work, args.db)
+        broker, base = run.broker, run.base
         duration = 180 + args.probes * len(FAULTS) * 2 * args.timeout / args.workers
         sim_log = (work / "simulate.log").open("wb")
         simulator = subprocess.Popen(

@@ -23,36 +23,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import resource
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 from _support import (
-    Mosquitto,
-    free_port,
+    KIOSKFLEET,
     log,
     mean,
     percentile,
     postgres_available,
+    start_controller,
     start_py_spy,
     stop_py_spy,
     summarize_collapsed,
     terminate,
-    throwaway_postgres,
-    wait_healthy,
 )
-
-KIOSKFLEET = str(Path(sys.executable).with_name("kioskfleet"))
 
 
 class Sampler(threading.Thread):
@@ -164,27 +158,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="kf-bench-fleet-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        broker = Mosquitto(work / "mosquitto").start()
-        stack.callback(broker.stop)
-        db_url = stack.enter_context(
-            throwaway_postgres()
-            if args.db == "postgres"
-            else nullcontext(f"sqlite:///{work / 'controller.db'}")
-        )
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "KIOSKFLEET_DB_URL": db_url,
-            "KIOSKFLEET_MQTT_URL": broker.url,
-            "KIOSKFLEET_LISTEN": f"127.0.0.1:{port}",
-        }
-        ctl_log = (work / "controller.log").open("wb")
-        controller = subprocess.Popen(
-            [KIOSKFLEET, "controller"], env=env, stdout=ctl_log, stderr=ctl_log, cwd=work
-        )
-        stack.callback(terminate, controller)
-        wait_healthy(base, controller)
+        run = start_controller(stack, work, args.db)
+        broker, db_url, base, controller = run.broker, run.db_url, run.base, run.proc
         log(f"controller up at {base}, broker {broker.url}, database {args.db}")
 
         sim_log = (work / "simulate.log").open("wb")
