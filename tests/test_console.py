@@ -38,6 +38,7 @@ from kioskfleet.controller.tufrepo.releases import ReleasePublic
 from kioskfleet.fleetsim.fleet import DISTRICTS, SITE_TYPES
 from kioskfleet.protocol.devices import DeviceKind, DeviceState
 from kioskfleet.protocol.stations import StationStatus
+from tests.conftest import AUTH, TEST_TOKEN
 from tests.test_alert_api import T1, make_alert, put
 from tests.test_api import _birth, fill
 
@@ -112,7 +113,9 @@ def test_an_unknown_catalogue_is_a_clear_error() -> None:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[FastAPI]:
-    settings = Settings(db_url=f"sqlite:///{tmp_path / 'controller.db'}")
+    settings = Settings(
+        bootstrap_token=TEST_TOKEN, db_url=f"sqlite:///{tmp_path / 'controller.db'}"
+    )
     controller = Controller(settings)  # never started: no broker, no ingest
     migrate(controller.engine)
     fill(controller.engine)
@@ -124,7 +127,7 @@ def get(app: FastAPI, path: str, cookies: dict[str, str] | None = None, **params
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://controller", cookies=cookies
+            transport=transport, headers=AUTH, base_url="http://controller", cookies=cookies
         ) as client:
             return await client.get(path, params=params)
 
@@ -269,7 +272,9 @@ def test_changes_reach_every_subscriber_from_another_thread() -> None:
 
 
 def test_the_controllers_change_reports_feed_the_stream(tmp_path: Path) -> None:
-    controller = Controller(Settings(db_url=f"sqlite:///{tmp_path / 'c.db'}"))
+    controller = Controller(
+        Settings(bootstrap_token=TEST_TOKEN, db_url=f"sqlite:///{tmp_path / 'c.db'}")
+    )
     migrate(controller.engine)
 
     async def run() -> Change | None:
@@ -310,7 +315,9 @@ def test_q_searches_alike_on_both_databases(
 
 
 def test_the_shared_overview_is_read_again_when_a_station_arrives(tmp_path: Path) -> None:
-    settings = Settings(db_url=f"sqlite:///{tmp_path / 'controller.db'}")
+    settings = Settings(
+        bootstrap_token=TEST_TOKEN, db_url=f"sqlite:///{tmp_path / 'controller.db'}"
+    )
     controller = Controller(settings)
     migrate(controller.engine)
     fill(controller.engine)
