@@ -31,30 +31,34 @@ TEST_TOKEN = "kioskfleet-test-bootstrap-0123456789"
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 
 
-def person_auth(
-    app: Any, name: str, role: str = "admin", districts: Sequence[str] = ()
-) -> dict[str, str]:
-    """``Authorization`` headers with an API token of account ``name`` of ``app``'s
-    controller, the account made (with ``role`` and ``districts``) on first use."""
+def person_token(engine: Any, name: str, role: str = "admin", districts: Sequence[str] = ()) -> str:
+    """A new API token of account ``name`` in the controller database ``engine``, the account
+    made (with ``role`` and ``districts``) on first use."""
     from kioskfleet.controller import people
 
+    with engine.begin() as conn:
+        if people.get_account(conn=conn, name=name) is None:
+            people.create_account(
+                conn=conn,
+                name=name,
+                role=role,  # type: ignore[arg-type]
+                districts=districts,
+                password=None,
+                actor="test",
+                now=time.time(),
+            )
+        issued = people.issue_token(
+            conn=conn, account=name, ttl_s=86400, actor="test", now=time.time()
+        )
+    return issued.token
+
+
+def person_auth(app: Any, name: str) -> dict[str, str]:
+    """``Authorization`` headers with an API token of admin ``name`` of ``app``'s
+    controller (:func:`person_token`; one token per app and name)."""
     tokens: dict[str, str] = app.state.__dict__.setdefault("test_tokens", {})
     if name not in tokens:
-        with app.state.controller.engine.begin() as conn:
-            if people.get_account(conn=conn, name=name) is None:
-                people.create_account(
-                    conn=conn,
-                    name=name,
-                    role=role,  # type: ignore[arg-type]
-                    districts=districts,
-                    password=None,
-                    actor="test",
-                    now=time.time(),
-                )
-            issued = people.issue_token(
-                conn=conn, account=name, ttl_s=86400, actor="test", now=time.time()
-            )
-        tokens[name] = issued.token
+        tokens[name] = person_token(app.state.controller.engine, name)
     return {"Authorization": f"Bearer {tokens[name]}"}
 
 

@@ -25,7 +25,7 @@ from kioskfleet.controller.rollouts import RolloutRequest
 from kioskfleet.controller.tufrepo.releases import ReleasePublic
 from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import DISTRICTS, Fleet
-from tests.conftest import LoopThread, Mosquitto, wait_until
+from tests.conftest import TEST_TOKEN, LoopThread, Mosquitto, person_token, wait_until
 from tests.integration.fleet_helpers import make_fleet, served_controller, station_status
 
 pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto]
@@ -65,8 +65,16 @@ class Console:
     base: str
     errors: list[str] = field(default_factory=list)
 
-    def page(self, width: int = 1920, height: int = 1080, lang: str | None = None) -> Any:
-        context = self.browser.new_context(viewport={"width": width, "height": height})
+    def page(
+        self, width: int = 1920, height: int = 1080, lang: str | None = None, person: str = ""
+    ) -> Any:
+        """A browser page whose every request carries an API token: of admin ``person``, or
+        the bootstrap admin's."""
+        token = person_token(self.served.controller.engine, person) if person else TEST_TOKEN
+        context = self.browser.new_context(
+            viewport={"width": width, "height": height},
+            extra_http_headers={"Authorization": f"Bearer {token}"},
+        )
         if lang is not None:
             context.add_cookies([{"name": "lang", "value": lang, "url": self.base}])
         page = context.new_page()
@@ -349,7 +357,7 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
 
     wait_until(lambda: bool(opened()), timeout=30)
     alert_id = opened()[0]["id"]
-    page = c.page()
+    page = c.page(person="王工")
     page.goto(c.base + "/alerts?district=Binhu")
     row = f'tr[data-alert="{alert_id}"]'
     page.wait_for_selector(row, timeout=10000)  # the 5 s tick at the latest
@@ -387,7 +395,7 @@ def test_pause_and_resume_a_rollout_from_its_page(console_ok: Console) -> None:
             source=None,
             now=time.time(),
         )
-    page = c.page()
+    page = c.page(person="李经理")
     page.goto(c.base + "/rollouts")
     page.click(f'tr[data-rollout="{rollout_id}"] a')
     page.wait_for_selector("#rollout-state")
