@@ -24,6 +24,7 @@ from sqlalchemy import Connection, func, select
 from kioskfleet.controller import alertviews, crud, rollouts
 from kioskfleet.controller.alertrows import ALERT
 from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, open_to
+from kioskfleet.controller.api.params import Offset
 from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.overview import Overview, overview
 from kioskfleet.controller.fleetmetrics import ACTIVE_ALERT_STATES
@@ -186,7 +187,7 @@ def stations_page(
     site_type: str | None = None,
     status: str | None = None,
     q: Annotated[str | None, Query(max_length=64)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     """Stations with filters and search."""
@@ -204,7 +205,7 @@ def stations_fragment(
     site_type: str | None = None,
     status: str | None = None,
     q: Annotated[str | None, Query(max_length=64)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     context = _stations(
@@ -286,7 +287,7 @@ def alerts_page(
     district: str | None = None,
     severity: str | None = None,
     state: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     """The alerts queue: filters by district, severity and state; acknowledge, resolve."""
@@ -301,7 +302,7 @@ def alerts_fragment(
     district: str | None = None,
     severity: str | None = None,
     state: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     context = _alerts(conn, district=district, severity=severity, state=state, offset=offset)
@@ -323,7 +324,7 @@ ROLLOUT_ACTIONS: dict[str, tuple[str, ...]] = {
 def rollouts_page(
     request: Request,
     conn: ConnDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     """Rollouts, newest first, with their progress."""
@@ -335,7 +336,7 @@ def rollouts_page(
 def rollouts_fragment(
     request: Request,
     conn: ConnDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     found = rollouts.list_rollouts(conn=conn, limit=PAGE, offset=offset)
