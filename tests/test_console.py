@@ -5,6 +5,7 @@ database the real ``FleetStore`` filled, the live stream's fan-out, and ``q`` on
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import string
 import threading
@@ -41,6 +42,7 @@ from kioskfleet.protocol.stations import StationStatus
 from tests.test_alert_api import T1, make_alert, put
 from tests.test_api import _birth, fill
 
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 TEMPLATES = Path(__file__).resolve().parents[1] / "src/kioskfleet/controller/templates"
 
 
@@ -165,6 +167,33 @@ def test_the_overview_shows_the_summarys_numbers_in_chinese(app: FastAPI) -> Non
     # the live fragment is the same body
     fragment = get(app, "/fragments/overview").text
     assert tile_numbers(fragment) == tile_numbers(html)
+
+
+def test_the_overview_shows_the_availability_today_that_the_api_computes(app: FastAPI) -> None:
+    html = get(app, "/").text
+    period = dict(re.findall(r'data-today-(from|to)="([^"]+)"', html))
+    start, end = (dt.datetime.fromisoformat(period[k]).timestamp() for k in ("from", "to"))
+    # today: from midnight in Wuxi (UTC+8) to when it was computed, moments ago
+    assert dt.datetime.fromtimestamp(start, SHANGHAI).time() == dt.time(0, 0)
+    assert 0 < end - start <= 86400 and time.time() - end < 60
+    shown = dict(re.findall(r'data-availability="([^"]+)" data-value="([^"]*)"', html))
+    api = get(app, "/api/availability", by="district", **period).json()
+    expected = {item["district"]: item["availability"] for item in api["items"]}
+    # fill()'s degraded and offline stations: not every district is fully available
+    assert expected and min(expected.values()) < 1.0
+    for district, availability in expected.items():
+        assert float(shown[district]) == pytest.approx(availability, abs=1e-9), district
+    # the fleet: its districts' online seconds over their seconds, as a district's
+    online = sum(item["online_s"] for item in api["items"])
+    whole = sum(item["period_s"] for item in api["items"])
+    assert float(shown["fleet"]) == pytest.approx(online / whole, abs=1e-9)
+    # a district without a station shows a dash, and each share in percent
+    empty = next(name for name, _ in DISTRICTS if name not in expected)
+    assert shown[empty] == ""
+    tile = re.search(rf'data-availability="{empty}"[^>]*>[^<]*<b>([^<]*)</b>', html)
+    assert tile is not None and tile[1] == "—"
+    assert f"{expected['Binhu'] * 100:.1f}%" in html
+    assert "今日可用率" in html
 
 
 def test_english_when_the_cookie_says_so(app: FastAPI) -> None:

@@ -21,11 +21,11 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Connection, func, select
 
-from kioskfleet.controller import alertviews, crud, rollouts
+from kioskfleet.controller import alertviews, crud, figures, rollouts
 from kioskfleet.controller.alertrows import ALERT
 from kioskfleet.controller.api.deps import ConnDep, ControllerDep
 from kioskfleet.controller.console import i18n
-from kioskfleet.controller.console.overview import Overview, overview
+from kioskfleet.controller.console.overview import Overview, Today, overview, today
 from kioskfleet.controller.fleetmetrics import ACTIVE_ALERT_STATES
 from kioskfleet.controller.models import Station
 from kioskfleet.controller.rollout_plan import Progress
@@ -56,7 +56,19 @@ def _local(value: dt.datetime | None) -> str:
     return value.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _percent(value: float | None) -> str:
+    """A share as the console shows it (one decimal), a dash when there is none."""
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _iso(value: float) -> str:
+    """Unix seconds as ISO 8601 in UTC: what ``from`` / ``to`` of the API take."""
+    return dt.datetime.fromtimestamp(value, dt.UTC).isoformat()
+
+
 templates.env.filters["local"] = _local
+templates.env.filters["percent"] = _percent
+templates.env.filters["iso"] = _iso
 
 
 def _render(
@@ -97,16 +109,23 @@ class _SharedOverview:
     the unresolved alerts' count or newest opening, differs from the read's (cheap queries:
     so a page never shows older statuses or alert counts than the API; a new station, which
     is no status change, counts too), or when it is older than ``max_age`` seconds (supplies
-    change without a status change)."""
+    change without a status change).
 
-    def __init__(self, max_age: float = 5.0) -> None:
+    The availability today is computed on its own clock: again when it is older than
+    ``today_max_age`` seconds or the day (Asia/Shanghai) has turned, not on every status
+    change. It sums every station's day (as ``/api/availability`` does), a figure that a
+    minute moves by little, at a cost like the overview's own read (docs/benchmarks.md)."""
+
+    def __init__(self, max_age: float = 5.0, today_max_age: float = 60.0) -> None:
         self.max_age = max_age
+        self.today_max_age = today_max_age
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._at = 0.0
         self._value: Overview | None = None
+        self._today: Today | None = None
 
-    def get(self, conn: Connection, controller: Controller) -> Overview:
+    def get(self, conn: Connection, controller: Controller) -> tuple[Overview, Today]:
         stations = select(func.count(), func.max(_STATION.c.status_since))
         alerts = select(func.count(), func.max(ALERT.c.opened_at)).where(
             ALERT.c.state.in_(ACTIVE_ALERT_STATES)
@@ -117,7 +136,14 @@ class _SharedOverview:
             if self._value is None or self._key != key or now - self._at > self.max_age:
                 self._value = overview(conn, controller.settings.districts)
                 self._key, self._at = key, now
-            return self._value
+            wall = time.time()
+            if (
+                self._today is None
+                or wall - self._today.end > self.today_max_age
+                or figures.day_start(wall) != self._today.start
+            ):
+                self._today = today(conn, wall)
+            return self._value, self._today
 
 
 _CREATE_LOCK = threading.Lock()
@@ -129,7 +155,8 @@ def _overview(request: Request, conn: Connection, controller: Controller) -> dic
         shared: _SharedOverview | None = getattr(state, "shared_overview", None)
         if shared is None:
             shared = state.shared_overview = _SharedOverview()
-    return {"o": shared.get(conn, controller)}
+    found, day = shared.get(conn, controller)
+    return {"o": found, "today": day}
 
 
 @router.get("/", response_class=HTMLResponse)
