@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from kioskfleet.controller import crud, rollouts
+from kioskfleet.controller.alerts.model import TransitionKind
 from kioskfleet.controller.api.routes.pages import (
     ALERT_STATES,
     ROLLOUT_ACTIONS,
@@ -30,7 +31,7 @@ from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.live import Broadcaster, Change
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import SUPPLY_LEVELS
-from kioskfleet.controller.public import CommandState
+from kioskfleet.controller.public import CommandState, Resolution
 from kioskfleet.controller.rollout_plan import Progress, RolloutState
 from kioskfleet.controller.rollouts import RolloutRequest
 from kioskfleet.controller.service import Controller
@@ -83,6 +84,9 @@ FAMILIES: dict[str, list[str]] = {
     "alertstate": list(ALERT_STATES),
     "rolloutstate": list(get_args(RolloutState)),
     "progress": list(get_args(Progress)),
+    # what an alert's history line did (the writer's escalation too), how it was resolved
+    "alertaction": [*get_args(TransitionKind), "escalate"],
+    "resolution": list(get_args(Resolution)),
     "rollouts": sorted({a for actions in ROLLOUT_ACTIONS.values() for a in actions}),
 }
 
@@ -403,6 +407,58 @@ def test_the_alerts_queue_lists_and_filters_what_the_api_lists(app: FastAPI) -> 
         for sev in ("critical", "warning", "info")
     }
     assert sum(shown.values()) == get(app, "/api/fleet/summary").json()["open_alerts"]
+
+
+def post(app: FastAPI, path: str, body: dict[str, Any]) -> Any:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://controller") as client:
+            return await client.post(path, json=body)
+
+    return asyncio.run(run())
+
+
+def test_an_alerts_page_shows_its_history_with_who_and_their_notes(app: FastAPI) -> None:
+    controller: Controller = app.state.controller
+    put(controller.engine, make_alert("h1", station="wx-binhu-gov-02", condition="cover_open"))
+    # the queue links each alert to its page
+    assert 'href="/alerts/h1"' in get(app, "/alerts").text
+    acked = post(app, "/api/alerts/h1/ack", {"by": "王工", "note": "已通知网点"})
+    assert acked.status_code == 200, acked.text
+    page = get(app, "/alerts/h1")
+    assert page.status_code == 200
+    html = page.text
+    assert 'id="alert-state" data-state="acknowledged"' in html
+    history = re.findall(
+        r'<tr data-action="(\w+)"><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>'
+        r'<td class="note">([^<]*)</td>',
+        html,
+    )
+    api = get(app, "/api/alerts/h1").json()["history"]
+    assert [h[0] for h in history] == [h["action"] for h in api]
+    assert ("acknowledge", "确认", "王工", "已通知网点") in history
+    # still to do: resolve (no second acknowledgement)
+    assert 'data-alert-action="resolve" data-alert-id="h1"' in html
+    assert 'data-alert-action="ack"' not in html
+    assert get(app, "/fragments/alerts/h1").text.count("已通知网点") == 1
+    english = get(app, "/alerts/h1", cookies={"lang": "en"}).text
+    assert "acknowledged" in english and "History" in english
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/alerts/nope", "没有告警 nope"),
+        ("/fragments/alerts/nope", "没有告警 nope"),
+        ("/rollouts/nope", "没有发布 nope"),
+        ("/stations/nope", "没有站点 nope"),
+    ],
+)
+def test_an_unknown_alert_rollout_or_station_is_a_404_that_says_which(
+    app: FastAPI, path: str, says: str
+) -> None:
+    page = get(app, path)
+    assert page.status_code == 404 and says in page.text
 
 
 def test_the_shared_overview_is_read_again_when_an_alert_opens(app: FastAPI) -> None:

@@ -142,6 +142,23 @@ def totals(page: Any) -> dict[str, int]:
     )
 
 
+def availability(page: Any) -> dict[str, float]:
+    """ "fleet" and each district with a station → the availability today the page shows
+    (its data-value; the text is that in percent)."""
+    shown: dict[str, float] = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('[data-availability]')]
+            .filter(e => e.dataset.value !== '')
+            .map(e => [e.dataset.availability, Number(e.dataset.value)]))"""
+    )
+    texts = page.eval_on_selector_all(
+        "[data-availability]", "es => es.map(e => [e.dataset.availability, e.innerText])"
+    )
+    for name, text in texts:
+        want = f"{shown[name] * 100:.1f}%" if name in shown else "—"
+        assert want in text, (name, text)
+    return shown
+
+
 def settled(api: httpx.Client) -> dict[str, Any]:
     """The summary once two reads a moment apart agree (no change in flight)."""
     while True:
@@ -172,6 +189,19 @@ def test_overview_shows_the_api_numbers_in_chinese(console_ok: Console) -> None:
         "[data-alerts]", "es => es.map(e => Number(e.querySelector('b').textContent))"
     )
     assert len(alerts) == 3 and sum(alerts) == summary["open_alerts"]
+    # availability today: what /api/availability gives for the period the page names
+    shown = availability(page)
+    period = page.evaluate(
+        "() => { const d = document.querySelector('.totals').dataset;"
+        " return {from: d.todayFrom, to: d.todayTo}; }"
+    )
+    api = c.api.get("/api/availability", params={"by": "district", **period}).json()
+    assert {i["district"]: i["availability"] for i in api["items"]} == pytest.approx(
+        {k: v for k, v in shown.items() if k != "fleet"}, abs=1e-9
+    )
+    online = sum(i["online_s"] for i in api["items"])
+    assert shown["fleet"] == pytest.approx(online / sum(i["period_s"] for i in api["items"]))
+    assert "今日可用率" in page.inner_text(".totals")
     text = page.inner_text("body")
     for name in CHINESE_DISTRICTS:
         assert name in text
@@ -301,11 +331,11 @@ def test_wall_screen_shows_the_eight_districts_without_scrolling(console_ok: Con
     page = c.page(1920, 1080)
     page.goto(c.base + "/")
     boxes = page.eval_on_selector_all(
-        ".district, .totals [data-key]",
+        ".district, .totals [data-key], .totals [data-availability]",
         "es => es.map(e => { const r = e.getBoundingClientRect(); "
         "return [r.left, r.top, r.right, r.bottom]; })",
     )
-    assert len(boxes) == 8 + 5
+    assert len(boxes) == 8 + 5 + 1  # tiles (with their availability), totals, availability
     for left, top, right, bottom in boxes:
         assert left >= 0 and top >= 0 and right <= 1920 and bottom <= 1080
     assert page.evaluate("document.documentElement.scrollWidth") <= 1920

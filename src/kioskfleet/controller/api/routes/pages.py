@@ -71,6 +71,11 @@ templates.env.filters["percent"] = _percent
 templates.env.filters["iso"] = _iso
 
 
+def _missing(request: Request, lang: str | None, key: str, name: str) -> HTMLResponse:
+    """The 404 page: "no <thing> <name>" by its catalogue ``key``."""
+    return _render(request, "missing.html", lang, {"what": key, "id": name[:64]}, status=404)
+
+
 def _render(
     request: Request, name: str, lang: str | None, context: dict[str, Any], status: int = 200
 ) -> HTMLResponse:
@@ -254,7 +259,7 @@ def station_page(
     """One station: devices, supplies, telemetry charts, history, alerts, versions, commands."""
     context = _station(conn, station_id[:64])
     if context is None:
-        return _render(request, "missing.html", lang, {"id": station_id[:64]}, status=404)
+        return _missing(request, lang, "station.not_found", station_id)
     return _render(request, "station.html", lang, context)
 
 
@@ -264,7 +269,7 @@ def station_fragment(
 ) -> HTMLResponse:
     context = _station(conn, station_id[:64])
     if context is None:
-        return _render(request, "missing.html", lang, {"id": station_id[:64]}, status=404)
+        return _missing(request, lang, "station.not_found", station_id)
     return _render(request, "_station_body.html", lang, context)
 
 
@@ -335,6 +340,33 @@ def alerts_fragment(
     return _render(request, "_alerts_body.html", lang, context)
 
 
+def _alert(conn: Connection, alert_id: str) -> dict[str, Any] | None:
+    found = alertviews.get_alert(conn=conn, alert_id=alert_id[:64])
+    return None if found is None else {"a": found}
+
+
+@router.get("/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_page(
+    request: Request, conn: ConnDep, alert_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    """One alert: what, where, since when, its history with who and their notes;
+    acknowledge, resolve."""
+    context = _alert(conn, alert_id)
+    if context is None:
+        return _missing(request, lang, "alerts.not_found", alert_id)
+    return _render(request, "alert.html", lang, context)
+
+
+@router.get("/fragments/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_fragment(
+    request: Request, conn: ConnDep, alert_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    context = _alert(conn, alert_id)
+    if context is None:
+        return _missing(request, lang, "alerts.not_found", alert_id)
+    return _render(request, "_alert_body.html", lang, context)
+
+
 #: stations a rollout page lists (the failed first); the API has them all
 ROLLOUT_STATIONS_SHOWN = 200
 PROGRESS = get_args(Progress)
@@ -389,7 +421,7 @@ def rollout_page(
     """One rollout: its waves, each station's progress, pause / resume / abort."""
     context = _rollout(conn, rollout_id)
     if context is None:
-        return _render(request, "missing.html", lang, {"id": rollout_id[:32]}, status=404)
+        return _missing(request, lang, "rollouts.not_found", rollout_id)
     return _render(request, "rollout.html", lang, context)
 
 
@@ -399,5 +431,5 @@ def rollout_fragment(
 ) -> HTMLResponse:
     context = _rollout(conn, rollout_id)
     if context is None:
-        return _render(request, "missing.html", lang, {"id": rollout_id[:32]}, status=404)
+        return _missing(request, lang, "rollouts.not_found", rollout_id)
     return _render(request, "_rollout_body.html", lang, context)
