@@ -31,6 +31,7 @@ from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.live import Broadcaster, Change
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import SUPPLY_LEVELS
+from kioskfleet.controller.models import RolloutStationRow
 from kioskfleet.controller.public import CommandState, Resolution
 from kioskfleet.controller.rollout_plan import Progress, RolloutState
 from kioskfleet.controller.rollouts import RolloutRequest
@@ -510,3 +511,52 @@ def test_the_rollout_pages_show_waves_progress_and_what_may_be_done(app: FastAPI
     assert 'data-state="paused"' in fragment
     assert re.findall(r'data-rollout-action="(\w+)"', fragment) == ["resume", "abort"]
     assert get(app, "/rollouts/nope").status_code == 404
+
+
+def test_a_rollouts_stations_filtered_by_wave_and_progress(app: FastAPI) -> None:
+    controller: Controller = app.state.controller
+    release = ReleasePublic(
+        id="software-1", kind="software", version="1.2.3", release_counter=1, targets=[]
+    )
+    with controller.engine.begin() as conn:
+        rollout_id = rollouts.create_rollout(
+            conn=conn,
+            body=RolloutRequest(release="software-1", waves=[50, 100], canary=False),
+            release=release,
+            actor="test",
+            source=None,
+            now=time.time(),
+        )
+    api = get(app, f"/api/rollouts/{rollout_id}").json()
+    failed = api["stations"][-1]
+    with controller.engine.begin() as conn:
+        conn.execute(
+            RolloutStationRow.__table__.update()  # type: ignore[attr-defined]
+            .where(
+                RolloutStationRow.rollout_id == rollout_id,
+                RolloutStationRow.station == failed["station"],
+            )
+            .values(progress="failed", error="health probe failed")
+        )
+
+    def listed(**params: str) -> tuple[list[tuple[str, str]], str]:
+        html = get(app, f"/rollouts/{rollout_id}", **params).text
+        return re.findall(r'<tr data-station="([^"]+)" data-progress="(\w+)"', html), html
+
+    every, html = listed()
+    assert every[0] == (failed["station"], "failed")  # the failed first
+    assert f'href="/rollouts/{rollout_id}?wave={failed["wave"]}&amp;progress=failed"' in html
+    only, html = listed(progress="failed")
+    assert only == [(failed["station"], "failed")] and "符合条件 1 个" in html
+    assert f'hx-get="/fragments/rollouts/{rollout_id}?progress=failed"' in html
+    one_wave, _ = listed(wave="1")
+    assert sorted(s for s, _ in one_wave) == sorted(
+        s["station"] for s in api["stations"] if s["wave"] == 1
+    )
+    assert 0 < len(one_wave) < len(api["stations"])
+    fragment = get(app, f"/fragments/rollouts/{rollout_id}", wave="1", progress="pending").text
+    shown = re.findall(r'<tr data-station="([^"]+)" data-progress="(\w+)"', fragment)
+    assert sorted(shown) == sorted(one_wave)  # wave 1 is all pending
+    # a progress that is none of the vocabulary is no filter; a wave out of range a 422
+    assert listed(progress="nonsense")[0] == every
+    assert get(app, f"/rollouts/{rollout_id}", wave="x").status_code == 422

@@ -401,25 +401,49 @@ def rollouts_fragment(
     return _render(request, "_rollouts_body.html", lang, {"found": found, "progress": PROGRESS})
 
 
-def _rollout(conn: Connection, rollout_id: str) -> dict[str, Any] | None:
+def _rollout(
+    conn: Connection, rollout_id: str, *, wave: int | None = None, progress: str | None = None
+) -> dict[str, Any] | None:
+    """One rollout and the stations its page lists: those of ``wave`` and ``progress`` when
+    given (a wave table's cell links there), the failed and rolled back first, at most
+    :data:`ROLLOUT_STATIONS_SHOWN`."""
     found = rollouts.get_rollout(conn=conn, rollout_id=rollout_id[:32])
     if found is None:
         return None
-    worst = sorted(found.stations, key=lambda s: (s.progress not in ("failed", "rolled_back"),))
+    progress = progress if progress in PROGRESS else None
+    chosen = [
+        s
+        for s in found.stations
+        if (wave is None or s.wave == wave) and (progress is None or s.progress == progress)
+    ]
+    worst = sorted(chosen, key=lambda s: (s.progress not in ("failed", "rolled_back"),))
+    query = {k: v for k, v in {"wave": wave, "progress": progress}.items() if v is not None}
     return {
         "r": found,
         "progress": PROGRESS,
         "shown": worst[:ROLLOUT_STATIONS_SHOWN],
+        "matching": len(chosen),
+        "chosen": {"wave": wave, "progress": progress},
+        "query": urlencode(query),
         "actions": ROLLOUT_ACTIONS.get(found.state, ()),
     }
 
 
+WaveParam = Annotated[int | None, Query(ge=-1, le=100)]
+
+
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
 def rollout_page(
-    request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
+    request: Request,
+    conn: ConnDep,
+    rollout_id: str,
+    wave: WaveParam = None,
+    progress: str | None = None,
+    lang: LangCookie = None,
 ) -> HTMLResponse:
-    """One rollout: its waves, each station's progress, pause / resume / abort."""
-    context = _rollout(conn, rollout_id)
+    """One rollout: its waves, each station's progress (filtered by wave and progress),
+    pause / resume / abort."""
+    context = _rollout(conn, rollout_id, wave=wave, progress=progress)
     if context is None:
         return _missing(request, lang, "rollouts.not_found", rollout_id)
     return _render(request, "rollout.html", lang, context)
@@ -427,9 +451,14 @@ def rollout_page(
 
 @router.get("/fragments/rollouts/{rollout_id}", response_class=HTMLResponse)
 def rollout_fragment(
-    request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
+    request: Request,
+    conn: ConnDep,
+    rollout_id: str,
+    wave: WaveParam = None,
+    progress: str | None = None,
+    lang: LangCookie = None,
 ) -> HTMLResponse:
-    context = _rollout(conn, rollout_id)
+    context = _rollout(conn, rollout_id, wave=wave, progress=progress)
     if context is None:
         return _missing(request, lang, "rollouts.not_found", rollout_id)
     return _render(request, "_rollout_body.html", lang, context)
