@@ -24,6 +24,7 @@ from kioskfleet.controller.api.routes.pages import (
     ALERT_STATES,
     ROLLOUT_ACTIONS,
     STATION_COMMANDS,
+    _SharedOverview,
 )
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
@@ -41,6 +42,7 @@ from kioskfleet.controller.tufrepo.releases import ReleasePublic
 from kioskfleet.fleetsim.fleet import DISTRICTS, SITE_TYPES
 from kioskfleet.protocol.devices import DeviceKind, DeviceState
 from kioskfleet.protocol.stations import StationStatus
+from tests.conftest import wait_until
 from tests.test_alert_api import T1, make_alert, put
 from tests.test_api import _birth, fill
 
@@ -560,3 +562,23 @@ def test_a_rollouts_stations_filtered_by_wave_and_progress(app: FastAPI) -> None
     # a progress that is none of the vocabulary is no filter; a wave out of range a 422
     assert listed(progress="nonsense")[0] == every
     assert get(app, f"/rollouts/{rollout_id}", wave="x").status_code == 422
+
+
+def test_availability_today_is_computed_again_in_the_background(app: FastAPI) -> None:
+    """Once stale, a request gets the availability the pages have (no wait) and a thread
+    computes it again; the next pages show the new one."""
+    app.state.shared_overview = _SharedOverview(today_max_age=0.2)
+
+    def period() -> tuple[str, str]:
+        html = get(app, "/fragments/overview").text
+        found = re.search(r'data-today-from="([^"]+)" data-today-to="([^"]+)"', html)
+        assert found is not None
+        return found[1], found[2]
+
+    start, first = period()
+    assert period() == (start, first)  # fresh: shared as it is
+    time.sleep(0.3)
+    assert period() == (start, first)  # stale: still shown while the thread computes
+    wait_until(lambda: period()[1] > first, timeout=10)
+    assert period()[0] == start  # the same day
+    assert dt.datetime.fromisoformat(period()[1]) > dt.datetime.fromisoformat(first)

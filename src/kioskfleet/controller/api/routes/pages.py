@@ -10,6 +10,7 @@ API's numbers. The language is the ``lang`` cookie (Simplified Chinese by defaul
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Cookie, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from kioskfleet.controller import alertviews, crud, figures, rollouts
 from kioskfleet.controller.alertrows import ALERT
@@ -33,6 +35,7 @@ from kioskfleet.controller.service import Controller
 from kioskfleet.protocol.commands import COMMAND_NAMES
 from kioskfleet.protocol.stations import StationStatus
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
 _HERE = Path(__file__).resolve().parents[2]
@@ -116,10 +119,12 @@ class _SharedOverview:
     is no status change, counts too), or when it is older than ``max_age`` seconds (supplies
     change without a status change).
 
-    The availability today is computed on its own clock: again when it is older than
-    ``today_max_age`` seconds or the day (Asia/Shanghai) has turned, not on every status
-    change. It sums every station's day (as ``/api/availability`` does), a figure that a
-    minute moves by little, at a cost like the overview's own read (docs/benchmarks.md)."""
+    The availability today is computed on its own clock, not on every status change: it
+    sums every station's day (as ``/api/availability`` does), a second or more at 10,000
+    stations (docs/benchmarks.md), and a minute moves it by little. Once it is older than
+    ``today_max_age`` seconds, a thread computes it again while the pages go on showing the
+    one they have; only the first request, and the first after midnight (Asia/Shanghai), wait
+    for it."""
 
     def __init__(self, max_age: float = 5.0, today_max_age: float = 60.0) -> None:
         self.max_age = max_age
@@ -129,6 +134,7 @@ class _SharedOverview:
         self._at = 0.0
         self._value: Overview | None = None
         self._today: Today | None = None
+        self._refreshing = False
 
     def get(self, conn: Connection, controller: Controller) -> tuple[Overview, Today]:
         stations = select(func.count(), func.max(_STATION.c.status_since))
@@ -142,13 +148,31 @@ class _SharedOverview:
                 self._value = overview(conn, controller.settings.districts)
                 self._key, self._at = key, now
             wall = time.time()
-            if (
-                self._today is None
-                or wall - self._today.end > self.today_max_age
-                or figures.day_start(wall) != self._today.start
-            ):
+            if self._today is None or figures.day_start(wall) != self._today.start:
                 self._today = today(conn, wall)
+            elif wall - self._today.end > self.today_max_age and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(
+                    target=self._refresh_today,
+                    args=(controller.engine,),
+                    name="overview-availability",
+                    daemon=True,
+                ).start()
             return self._value, self._today
+
+    def _refresh_today(self, engine: Engine) -> None:
+        """Compute the availability today on a connection of its own, then share it."""
+        try:
+            with engine.connect() as conn:
+                fresh = today(conn, time.time())
+            with self._lock:
+                if self._today is None or fresh.end > self._today.end:
+                    self._today = fresh
+        except SQLAlchemyError as err:  # the pages keep the one they have; tried again soon
+            log.warning("console: cannot compute the availability today: %s", err)
+        finally:
+            with self._lock:
+                self._refreshing = False
 
 
 _CREATE_LOCK = threading.Lock()
