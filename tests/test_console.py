@@ -582,3 +582,21 @@ def test_availability_today_is_computed_again_in_the_background(app: FastAPI) ->
     wait_until(lambda: period()[1] > first, timeout=10)
     assert period()[0] == start  # the same day
     assert dt.datetime.fromisoformat(period()[1]) > dt.datetime.fromisoformat(first)
+
+
+def test_availability_today_costlier_to_compute_is_computed_less_often(app: FastAPI) -> None:
+    """Stale after ``today_cost_share`` times what it took (here: far beyond the bound),
+    within its bounds (here: a minute)."""
+    app.state.shared_overview = _SharedOverview(
+        today_min_age=0.0, today_max_age=60.0, today_cost_share=1e6
+    )
+    first = get(app, "/fragments/overview").text
+    time.sleep(0.5)
+    get(app, "/fragments/overview")
+    time.sleep(0.5)
+    again = get(app, "/fragments/overview").text
+
+    def period(html: str) -> list[str]:
+        return re.findall(r'data-today-(?:from|to)="([^"]+)"', html)
+
+    assert period(again) == period(first)

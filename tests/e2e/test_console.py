@@ -7,7 +7,6 @@ prints).
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import time
@@ -20,13 +19,16 @@ from typing import Any
 import httpx
 import pytest
 
-from kioskfleet.controller import rollouts
-from kioskfleet.controller.rollouts import RolloutRequest
-from kioskfleet.controller.tufrepo.releases import ReleasePublic
+from kioskfleet.controller.tufrepo.service import create_demo_repository
 from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import DISTRICTS, Fleet
 from tests.conftest import LoopThread, Mosquitto, wait_until
-from tests.integration.fleet_helpers import make_fleet, served_controller, station_status
+from tests.integration.fleet_helpers import (
+    make_fleet,
+    scheduled_rollout,
+    served_controller,
+    station_status,
+)
 
 pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto]
 
@@ -98,7 +100,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     loop = LoopThread()
     db = tmp_path_factory.mktemp("db") / "c.db"
     try:
-        with served_controller(f"sqlite:///{db}", broker.url) as (served, api):
+        tuf = create_demo_repository(tmp_path_factory.mktemp("tuf"))
+        with served_controller(f"sqlite:///{db}", broker.url, tuf=tuf) as (served, api):
             fleet = make_fleet(loop, broker.url, STATIONS, interval=1.0)
             try:
                 wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == STATIONS)
@@ -390,6 +393,7 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
     page.fill("#alert-note", "已通知网点处理")
     page.click(f'{row} button[data-alert-action="ack"]')
     page.wait_for_selector(f'{row}[data-state="acknowledged"]', timeout=5000)
+    assert "已确认" in page.inner_text("#alert-result")  # the answer's state, in Chinese
     acked = c.api.get(f"/api/alerts/{alert_id}").json()
     assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "王工"
     assert any(h.get("note") == "已通知网点处理" for h in acked["history"]), acked["history"]
@@ -397,6 +401,22 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
     page.wait_for_selector(row, state="detached", timeout=5000)  # no longer unresolved
     resolved = c.api.get(f"/api/alerts/{alert_id}").json()
     assert resolved["state"] == "resolved" and resolved["resolved_by"] == "王工"
+    # its page: the history with who and the note, as the API has it
+    page.goto(c.base + f"/alerts/{alert_id}")
+    page.wait_for_selector('#alert-state[data-state="resolved"]')
+    lines = page.eval_on_selector_all(
+        "tr[data-action]",
+        "rs => rs.map(r => [r.dataset.action, r.querySelector('.note').textContent])",
+    )
+    assert [a for a, _ in lines] == [h["action"] for h in resolved["history"]]
+    assert ["acknowledge", "已通知网点处理"] in lines
+    assert "王工" in page.inner_text("table.alert-history")
+    c.shot(page, "alert-zh-1920")
+    phone = c.page(390, 844)
+    phone.goto(c.base + f"/alerts/{alert_id}")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    c.shot(phone, "alert-zh-390")
+    phone.context.close()
     c.loop.call(cash.repair)  # type: ignore[attr-defined]
     wait_until(lambda: station_status(c.api, agent.station) == "online", timeout=20)
     page.context.close()
@@ -404,28 +424,30 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
 
 def test_pause_and_resume_a_rollout_from_its_page(console_ok: Console) -> None:
     c = console_ok
-    release = ReleasePublic(
-        id="software-e2e", kind="software", version="9.9.9", release_counter=1, targets=[]
-    )
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)  # stays scheduled meanwhile
-    with c.served.controller.engine.begin() as conn:
-        rollout_id = rollouts.create_rollout(
-            conn=conn,
-            body=RolloutRequest(release=release.id, waves=[25, 100], start_at=later),
-            release=release,
-            actor="test",
-            source=None,
-            now=time.time(),
-        )
+    # through the API: a release published, a rollout to the fleet starting in an hour (it
+    # stays scheduled meanwhile: nothing is installed on the simulated kiosks)
+    stations = sorted(a.station for a in c.fleet.agents)
+    rollout_id = scheduled_rollout(c.api, stations, version="9.9.9-e2e", waves=(25, 100))
     page = c.page()
     page.goto(c.base + "/rollouts")
     page.click(f'tr[data-rollout="{rollout_id}"] a')
     page.wait_for_selector("#rollout-state")
-    stations = page.eval_on_selector_all("tr[data-progress]", "rs => rs.length")
-    assert stations == len(c.api.get(f"/api/rollouts/{rollout_id}").json()["stations"]) > 0
+    rows = page.eval_on_selector_all("tr[data-progress]", "rs => rs.length")
+    shown = c.api.get(f"/api/rollouts/{rollout_id}").json()
+    assert rows == len(shown["stations"]) == len(stations)
+    # a wave's count opens its stations
+    wave = min(w["wave"] for w in shown["wave_summary"] if w["wave"] >= 1)
+    page.click(f'tr[data-wave="{wave}"] td:nth-child(3) a')
+    page.wait_for_selector("#rollout-filter")
+    assert page.eval_on_selector_all(
+        "tr[data-station]", "rs => rs.map(r => r.dataset.station)"
+    ) == [s["station"] for s in shown["stations"] if s["wave"] == wave]
+    page.click("#rollout-filter a")
+    page.wait_for_selector("#rollout-filter", state="detached")
     page.fill("#rollout-by", "李经理")
     page.click('button[data-rollout-action="pause"]')
     page.wait_for_selector('#rollout-state[data-state="paused"]', timeout=5000)
+    assert "已暂停" in page.inner_text("#rollout-result")
     assert c.api.get(f"/api/rollouts/{rollout_id}").json()["state"] == "paused"
     c.shot(page, "rollout-zh-1920")
     page.click('button[data-rollout-action="resume"]')

@@ -6,7 +6,6 @@ variables replaced by a real district and a real station — with data."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import shutil
@@ -19,9 +18,8 @@ import httpx
 import pytest
 
 from kioskfleet.controller.tufrepo.service import create_demo_repository
-from kioskfleet.updates.software import build_software
 from tests.conftest import LoopThread, Mosquitto, free_port, wait_until
-from tests.integration.fleet_helpers import make_fleet, served_controller
+from tests.integration.fleet_helpers import make_fleet, scheduled_rollout, served_controller
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.mosquitto]
 
@@ -138,32 +136,6 @@ def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for p in dashboard["panels"]:
         yield p
         yield from p.get("panels", [])  # rows
-
-
-def scheduled_rollout(api: httpx.Client, stations: list[str]) -> str:
-    """A rollout of a new software release to ``stations`` through the API (a release
-    published, the rollout created), starting in an hour: it stays ``scheduled``, every
-    station ``pending``, so the rollouts dashboard has a rollout to show and the fleet stays
-    as it is."""
-    data = build_software("9.9.9", {"bin/agent": b"agent 9.9.9\n"})
-    published = api.post(
-        "/api/releases",
-        data={"kind": "software", "version": "9.9.9"},
-        files={"file": ("release.tar.gz", data, "application/gzip")},
-    )
-    assert published.status_code == 201, published.text
-    start = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    created = api.post(
-        "/api/rollouts",
-        json={
-            "release": published.json()["id"],
-            "target": {"stations": stations},
-            "waves": [50, 100],
-            "start_at": start.isoformat(),
-        },
-    )
-    assert created.status_code == 201, created.text
-    return str(created.json()["id"])
 
 
 def test_every_grafana_panel_query_returns_data_from_prometheus_scraping_a_fleet(

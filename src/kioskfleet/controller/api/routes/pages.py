@@ -30,7 +30,7 @@ from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.overview import Overview, Today, overview, today
 from kioskfleet.controller.fleetmetrics import ACTIVE_ALERT_STATES
 from kioskfleet.controller.models import Station
-from kioskfleet.controller.rollout_plan import Progress
+from kioskfleet.controller.rollout_plan import ROLLOUT_STATES, Progress
 from kioskfleet.controller.service import Controller
 from kioskfleet.protocol.commands import COMMAND_NAMES
 from kioskfleet.protocol.stations import StationStatus
@@ -86,7 +86,15 @@ def _render(
     return templates.TemplateResponse(
         request,
         name,
-        {"t": t, "lang": t.lang, "path": request.url.path, **context},
+        {
+            "t": t,
+            "lang": t.lang,
+            "path": request.url.path,
+            # what the pages' scripts show of an action's answer, in the page's language
+            "alert_states": {s: t(f"alertstate.{s}") for s in ALERT_STATES},
+            "rollout_states": {s: t(f"rolloutstate.{s}") for s in ROLLOUT_STATES},
+            **context,
+        },
         status_code=status,
     )
 
@@ -121,20 +129,39 @@ class _SharedOverview:
 
     The availability today is computed on its own clock, not on every status change: it
     sums every station's day (as ``/api/availability`` does), a second or more at 10,000
-    stations (docs/benchmarks.md), and a minute moves it by little. Once it is older than
-    ``today_max_age`` seconds, a thread computes it again while the pages go on showing the
-    one they have; only the first request, and the first after midnight (Asia/Shanghai), wait
-    for it."""
+    stations (docs/benchmarks.md). It is computed again once older than
+    ``today_cost_share`` times what its last computation took, within
+    [``today_min_age``, ``today_max_age``] seconds: every 5 s for a small fleet, every
+    half minute or so at 10,000 stations, so that it never takes more than about a
+    twentieth of a core. A thread computes it while the pages go on showing the one they
+    have; only the first request, and the first after midnight (Asia/Shanghai), wait for
+    it."""
 
-    def __init__(self, max_age: float = 5.0, today_max_age: float = 60.0) -> None:
+    def __init__(
+        self,
+        max_age: float = 5.0,
+        today_min_age: float = 5.0,
+        today_max_age: float = 60.0,
+        today_cost_share: float = 20.0,
+    ) -> None:
         self.max_age = max_age
+        self.today_min_age = today_min_age
         self.today_max_age = today_max_age
+        self.today_cost_share = today_cost_share
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._at = 0.0
         self._value: Overview | None = None
         self._today: Today | None = None
+        self._took = 0.0
         self._refreshing = False
+
+    def _today_now(self, conn: Connection) -> Today:
+        """Compute the availability today, and note how long that took."""
+        began = time.monotonic()
+        fresh = today(conn, time.time())
+        self._took = time.monotonic() - began
+        return fresh
 
     def get(self, conn: Connection, controller: Controller) -> tuple[Overview, Today]:
         stations = select(func.count(), func.max(_STATION.c.status_since))
@@ -148,9 +175,12 @@ class _SharedOverview:
                 self._value = overview(conn, controller.settings.districts)
                 self._key, self._at = key, now
             wall = time.time()
+            stale_after = min(
+                self.today_max_age, max(self.today_min_age, self.today_cost_share * self._took)
+            )
             if self._today is None or figures.day_start(wall) != self._today.start:
-                self._today = today(conn, wall)
-            elif wall - self._today.end > self.today_max_age and not self._refreshing:
+                self._today = self._today_now(conn)
+            elif wall - self._today.end > stale_after and not self._refreshing:
                 self._refreshing = True
                 threading.Thread(
                     target=self._refresh_today,
@@ -164,7 +194,7 @@ class _SharedOverview:
         """Compute the availability today on a connection of its own, then share it."""
         try:
             with engine.connect() as conn:
-                fresh = today(conn, time.time())
+                fresh = self._today_now(conn)
             with self._lock:
                 if self._today is None or fresh.end > self._today.end:
                     self._today = fresh
