@@ -7,7 +7,9 @@ The station table is filled the way the controller fills it: births of the simul
 fleet applied by the store (``FleetStore.apply``), every profile's devices with supplies;
 then a mix of states is written into the rows (1 in 10 stations degraded by a printer out of
 paper, 1 in 20 silent, 1 in 25 offline, paper low and cashboxes high here and there) and
-``--alerts`` active alerts and 200 notifications are inserted.
+``--alerts`` active alerts and 200 notifications are inserted; ``--rollouts`` rollouts to the
+whole fleet are created by the rollouts module (the newest running), and reading them
+(``fleetmetrics.read_rollouts``) is timed on its own.
 
     flock /tmp/kioskfleet-bench.lock .venv/bin/python bench/metrics_scrape.py \\
         --stations 1000 10000 --out bench/results/2026-11-30/metrics-scrape.json
@@ -35,18 +37,22 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select, text, update
 
+from kioskfleet.controller import rollouts
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import migrate
 from kioskfleet.controller.fleetmetrics import (
     STATUS_NUMBER,
+    FleetSnapshot,
     families,
     fleet_exposition,
+    read_rollouts,
     read_snapshot,
 )
-from kioskfleet.controller.models import AlertRow, Notification, Station
+from kioskfleet.controller.models import AlertRow, Notification, RolloutRow, Station
 from kioskfleet.controller.service import Controller
 from kioskfleet.controller.store import FleetStore
+from kioskfleet.controller.tufrepo.releases import ReleasePublic
 from kioskfleet.fleetsim.fleet import wuxi_fleet
 from kioskfleet.protocol import decode_agent_message
 from kioskfleet.protocol.devices import slot_kind
@@ -240,11 +246,40 @@ def render_all_by_client(snap: Any) -> bytes:
     return generate_latest(registry)
 
 
-def measure(db_url: str, count: int, number: int, alerts: int) -> dict[str, Any]:
+def add_rollouts(engine: Engine, count: int) -> None:
+    """``count`` rollouts of a made-up release to every station, the newest running."""
+    release = ReleasePublic(
+        id="software-bench", kind="software", version="9.9.9", release_counter=1, targets=[]
+    )
+    table = RolloutRow.__table__  # type: ignore[attr-defined]
+    for n in range(count):
+        with engine.begin() as conn:
+            rollout_id = rollouts.create_rollout(
+                conn=conn,
+                body=rollouts.RolloutRequest(release=release.id),
+                release=release,
+                actor="bench",
+                source=None,
+                now=time.time() - (count - n) * 60,
+            )
+            if n == count - 1:
+                conn.execute(
+                    update(table).where(table.c.id == rollout_id).values(state="running", wave=1)
+                )
+
+
+def measure(
+    db_url: str, count: int, number: int, alerts: int, rollout_count: int
+) -> dict[str, Any]:
     settings = Settings(db_url=db_url)
     controller = Controller(settings)
     populate(controller.engine, count, alerts)
     engine = controller.engine
+    add_rollouts(engine, rollout_count)
+
+    def read_rollouts_alone() -> None:
+        with engine.connect() as conn:
+            read_rollouts(conn, FleetSnapshot(), time.time())
 
     def read() -> Any:
         with engine.connect() as conn:
@@ -271,7 +306,10 @@ def measure(db_url: str, count: int, number: int, alerts: int) -> dict[str, Any]
         "series_per_station_families": len(per_station),
         "series_aggregates_and_counters": len(series) - len(per_station),
         "bytes": len(body.encode()),
+        "rollouts": rollout_count,
+        "series_rollout_families": sum(1 for s in series if s.startswith("kioskfleet_rollout")),
         "read_ms": ms(read, number),
+        "read_rollouts_ms": ms(read_rollouts_alone, number),
         "read_json_each_ms": ms(lambda: read_json_each(engine), number),
         "families_render_ms": ms(lambda: fleet_exposition(snap), number),
         "render_all_by_client_ms": ms(lambda: render_all_by_client(snap), number),
@@ -298,6 +336,7 @@ def main() -> None:
     parser.add_argument("--stations", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--number", type=int, default=5, help="scrapes per timing repeat")
     parser.add_argument("--alerts", type=int, default=600, help="alerts inserted (2/3 active)")
+    parser.add_argument("--rollouts", type=int, default=3, help="rollouts to the whole fleet")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     kinds = ["sqlite"] + (["postgresql"] if postgres_available() is None else [])
@@ -305,7 +344,7 @@ def main() -> None:
     for count in args.stations:
         for kind in kinds:
             with database(kind) as url:
-                result = measure(url, count, args.number, args.alerts)
+                result = measure(url, count, args.number, args.alerts, args.rollouts)
             results.append(result)
             print(
                 f"{result['db']:<10} {count:>6} stations: {result['series']:>6} series "
@@ -314,7 +353,9 @@ def main() -> None:
                 f"{result['bytes']:>9,} bytes; GET /metrics median "
                 f"{result['get_metrics_ms'][0]:7.1f} ms (min {result['get_metrics_ms'][1]:.1f}); "
                 f"read {result['read_ms'][0]:6.1f} ms (json_each: "
-                f"{result['read_json_each_ms'][0]:.1f}), render "
+                f"{result['read_json_each_ms'][0]:.1f}; its rollouts alone "
+                f"{result['read_rollouts_ms'][0]:.1f}, {result['series_rollout_families']} "
+                f"series), render "
                 f"{result['families_render_ms'][0]:6.1f} ms (all by prometheus_client: "
                 f"{result['render_all_by_client_ms'][0]:.1f})",
                 flush=True,

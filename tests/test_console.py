@@ -5,6 +5,7 @@ database the real ``FleetStore`` filled, the live stream's fan-out, and ``q`` on
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import string
 import threading
@@ -18,10 +19,12 @@ import pytest
 from fastapi import FastAPI
 
 from kioskfleet.controller import crud, rollouts
+from kioskfleet.controller.alerts.model import TransitionKind
 from kioskfleet.controller.api.routes.pages import (
     ALERT_STATES,
     ROLLOUT_ACTIONS,
     STATION_COMMANDS,
+    _SharedOverview,
 )
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
@@ -29,7 +32,8 @@ from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.live import Broadcaster, Change
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import SUPPLY_LEVELS
-from kioskfleet.controller.public import CommandState
+from kioskfleet.controller.models import RolloutStationRow
+from kioskfleet.controller.public import CommandState, Resolution
 from kioskfleet.controller.rollout_plan import Progress, RolloutState
 from kioskfleet.controller.rollouts import RolloutRequest
 from kioskfleet.controller.service import Controller
@@ -38,10 +42,11 @@ from kioskfleet.controller.tufrepo.releases import ReleasePublic
 from kioskfleet.fleetsim.fleet import DISTRICTS, SITE_TYPES
 from kioskfleet.protocol.devices import DeviceKind, DeviceState
 from kioskfleet.protocol.stations import StationStatus
-from tests.conftest import AUTH, TEST_TOKEN
+from tests.conftest import AUTH, TEST_TOKEN, acting, wait_until
 from tests.test_alert_api import T1, make_alert, put
 from tests.test_api import _birth, fill
 
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 TEMPLATES = Path(__file__).resolve().parents[1] / "src/kioskfleet/controller/templates"
 
 
@@ -82,6 +87,9 @@ FAMILIES: dict[str, list[str]] = {
     "alertstate": list(ALERT_STATES),
     "rolloutstate": list(get_args(RolloutState)),
     "progress": list(get_args(Progress)),
+    # what an alert's history line did (the writer's escalation too), how it was resolved
+    "alertaction": [*get_args(TransitionKind), "escalate"],
+    "resolution": list(get_args(Resolution)),
     "rollouts": sorted({a for actions in ROLLOUT_ACTIONS.values() for a in actions}),
 }
 
@@ -168,6 +176,33 @@ def test_the_overview_shows_the_summarys_numbers_in_chinese(app: FastAPI) -> Non
     # the live fragment is the same body
     fragment = get(app, "/fragments/overview").text
     assert tile_numbers(fragment) == tile_numbers(html)
+
+
+def test_the_overview_shows_the_availability_today_that_the_api_computes(app: FastAPI) -> None:
+    html = get(app, "/").text
+    period = dict(re.findall(r'data-today-(from|to)="([^"]+)"', html))
+    start, end = (dt.datetime.fromisoformat(period[k]).timestamp() for k in ("from", "to"))
+    # today: from midnight in Wuxi (UTC+8) to when it was computed, moments ago
+    assert dt.datetime.fromtimestamp(start, SHANGHAI).time() == dt.time(0, 0)
+    assert 0 < end - start <= 86400 and time.time() - end < 60
+    shown = dict(re.findall(r'data-availability="([^"]+)" data-value="([^"]*)"', html))
+    api = get(app, "/api/availability", by="district", **period).json()
+    expected = {item["district"]: item["availability"] for item in api["items"]}
+    # fill()'s degraded and offline stations: not every district is fully available
+    assert expected and min(expected.values()) < 1.0
+    for district, availability in expected.items():
+        assert float(shown[district]) == pytest.approx(availability, abs=1e-9), district
+    # the fleet: its districts' online seconds over their seconds, as a district's
+    online = sum(item["online_s"] for item in api["items"])
+    whole = sum(item["period_s"] for item in api["items"])
+    assert float(shown["fleet"]) == pytest.approx(online / whole, abs=1e-9)
+    # a district without a station shows a dash, and each share in percent
+    empty = next(name for name, _ in DISTRICTS if name not in expected)
+    assert shown[empty] == ""
+    tile = re.search(rf'data-availability="{empty}"[^>]*>[^<]*<b>([^<]*)</b>', html)
+    assert tile is not None and tile[1] == "—"
+    assert f"{expected['Binhu'] * 100:.1f}%" in html
+    assert "今日可用率" in html
 
 
 def test_english_when_the_cookie_says_so(app: FastAPI) -> None:
@@ -383,6 +418,60 @@ def test_the_alerts_queue_lists_and_filters_what_the_api_lists(app: FastAPI) -> 
     assert sum(shown.values()) == get(app, "/api/fleet/summary").json()["open_alerts"]
 
 
+def post(app: FastAPI, path: str, body: dict[str, Any]) -> Any:
+    """``body`` posted as the person its ``by`` names (an admin of that name)."""
+
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://controller") as client:
+            return await client.post(path, **acting(app, {"json": body}))
+
+    return asyncio.run(run())
+
+
+def test_an_alerts_page_shows_its_history_with_who_and_their_notes(app: FastAPI) -> None:
+    controller: Controller = app.state.controller
+    put(controller.engine, make_alert("h1", station="wx-binhu-gov-02", condition="cover_open"))
+    # the queue links each alert to its page
+    assert 'href="/alerts/h1"' in get(app, "/alerts").text
+    acked = post(app, "/api/alerts/h1/ack", {"by": "王工", "note": "已通知网点"})
+    assert acked.status_code == 200, acked.text
+    page = get(app, "/alerts/h1")
+    assert page.status_code == 200
+    html = page.text
+    assert 'id="alert-state" data-state="acknowledged"' in html
+    history = re.findall(
+        r'<tr data-action="(\w+)"><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>'
+        r'<td class="note">([^<]*)</td>',
+        html,
+    )
+    api = get(app, "/api/alerts/h1").json()["history"]
+    assert [h[0] for h in history] == [h["action"] for h in api]
+    assert ("acknowledge", "确认", "王工", "已通知网点") in history
+    # still to do: resolve (no second acknowledgement)
+    assert 'data-alert-action="resolve" data-alert-id="h1"' in html
+    assert 'data-alert-action="ack"' not in html
+    assert get(app, "/fragments/alerts/h1").text.count("已通知网点") == 1
+    english = get(app, "/alerts/h1", cookies={"lang": "en"}).text
+    assert "acknowledged" in english and "History" in english
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/alerts/nope", "没有告警 nope"),
+        ("/fragments/alerts/nope", "没有告警 nope"),
+        ("/rollouts/nope", "没有发布 nope"),
+        ("/stations/nope", "没有站点 nope"),
+    ],
+)
+def test_an_unknown_alert_rollout_or_station_is_a_404_that_says_which(
+    app: FastAPI, path: str, says: str
+) -> None:
+    page = get(app, path)
+    assert page.status_code == 404 and says in page.text
+
+
 def test_the_shared_overview_is_read_again_when_an_alert_opens(app: FastAPI) -> None:
     controller: Controller = app.state.controller
 
@@ -432,3 +521,91 @@ def test_the_rollout_pages_show_waves_progress_and_what_may_be_done(app: FastAPI
     assert 'data-state="paused"' in fragment
     assert re.findall(r'data-rollout-action="(\w+)"', fragment) == ["resume", "abort"]
     assert get(app, "/rollouts/nope").status_code == 404
+
+
+def test_a_rollouts_stations_filtered_by_wave_and_progress(app: FastAPI) -> None:
+    controller: Controller = app.state.controller
+    release = ReleasePublic(
+        id="software-1", kind="software", version="1.2.3", release_counter=1, targets=[]
+    )
+    with controller.engine.begin() as conn:
+        rollout_id = rollouts.create_rollout(
+            conn=conn,
+            body=RolloutRequest(release="software-1", waves=[50, 100], canary=False),
+            release=release,
+            actor="test",
+            source=None,
+            now=time.time(),
+        )
+    api = get(app, f"/api/rollouts/{rollout_id}").json()
+    failed = api["stations"][-1]
+    with controller.engine.begin() as conn:
+        conn.execute(
+            RolloutStationRow.__table__.update()  # type: ignore[attr-defined]
+            .where(
+                RolloutStationRow.rollout_id == rollout_id,
+                RolloutStationRow.station == failed["station"],
+            )
+            .values(progress="failed", error="health probe failed")
+        )
+
+    def listed(**params: str) -> tuple[list[tuple[str, str]], str]:
+        html = get(app, f"/rollouts/{rollout_id}", **params).text
+        return re.findall(r'<tr data-station="([^"]+)" data-progress="(\w+)"', html), html
+
+    every, html = listed()
+    assert every[0] == (failed["station"], "failed")  # the failed first
+    assert f'href="/rollouts/{rollout_id}?wave={failed["wave"]}&amp;progress=failed"' in html
+    only, html = listed(progress="failed")
+    assert only == [(failed["station"], "failed")] and "符合条件 1 个" in html
+    assert f'hx-get="/fragments/rollouts/{rollout_id}?progress=failed"' in html
+    one_wave, _ = listed(wave="1")
+    assert sorted(s for s, _ in one_wave) == sorted(
+        s["station"] for s in api["stations"] if s["wave"] == 1
+    )
+    assert 0 < len(one_wave) < len(api["stations"])
+    fragment = get(app, f"/fragments/rollouts/{rollout_id}", wave="1", progress="pending").text
+    shown = re.findall(r'<tr data-station="([^"]+)" data-progress="(\w+)"', fragment)
+    assert sorted(shown) == sorted(one_wave)  # wave 1 is all pending
+    # a progress that is none of the vocabulary is no filter; a wave out of range a 422
+    assert listed(progress="nonsense")[0] == every
+    assert get(app, f"/rollouts/{rollout_id}", wave="x").status_code == 422
+
+
+def test_availability_today_is_computed_again_in_the_background(app: FastAPI) -> None:
+    """Once stale, a request gets the availability the pages have (no wait) and a thread
+    computes it again; the next pages show the new one."""
+    # a second of freshness: the two first reads fall within it even on a loaded machine
+    app.state.shared_overview = _SharedOverview(today_max_age=1.0)
+
+    def period() -> tuple[str, str]:
+        html = get(app, "/fragments/overview").text
+        found = re.search(r'data-today-from="([^"]+)" data-today-to="([^"]+)"', html)
+        assert found is not None
+        return found[1], found[2]
+
+    start, first = period()
+    assert period() == (start, first)  # fresh: shared as it is
+    time.sleep(1.2)
+    assert period() == (start, first)  # stale: still shown while the thread computes
+    wait_until(lambda: period()[1] > first, timeout=10)
+    assert period()[0] == start  # the same day
+    assert dt.datetime.fromisoformat(period()[1]) > dt.datetime.fromisoformat(first)
+
+
+def test_availability_today_costlier_to_compute_is_computed_less_often(app: FastAPI) -> None:
+    """Stale after ``today_cost_share`` times what it took (here: far beyond the bound),
+    within its bounds (here: a minute)."""
+    app.state.shared_overview = _SharedOverview(
+        today_min_age=0.0, today_max_age=60.0, today_cost_share=1e6
+    )
+    first = get(app, "/fragments/overview").text
+    time.sleep(0.5)
+    get(app, "/fragments/overview")
+    time.sleep(0.5)
+    again = get(app, "/fragments/overview").text
+
+    def period(html: str) -> list[str]:
+        return re.findall(r'data-today-(?:from|to)="([^"]+)"', html)
+
+    assert period(again) == period(first)

@@ -62,6 +62,7 @@ def test_the_dashboards_are_what_build_py_writes() -> None:
         "district.json",
         "station.json",
         "alerts.json",
+        "rollouts.json",
     }
 
 
@@ -87,11 +88,12 @@ def test_a_dashboard_names_only_exported_metrics_its_variables_and_our_datasourc
     assert len(ids) == len(set(ids))
 
 
-def test_the_district_and_station_dashboards_have_their_variables() -> None:
+def test_the_drill_down_dashboards_have_their_variables() -> None:
     by_uid = {load(p)["uid"]: load(p) for p in DASHBOARDS}
     variables = {uid: [v["name"] for v in d["templating"]["list"]] for uid, d in by_uid.items()}
     assert variables["kioskfleet-district"] == ["district"]
     assert variables["kioskfleet-station"] == ["district", "station"]
+    assert variables["kioskfleet-rollouts"] == ["rollout"]
     # each query of a drill-down is about its variable
     for expr in exprs(by_uid["kioskfleet-district"]):
         assert "$district" in expr, expr

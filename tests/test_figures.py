@@ -20,6 +20,7 @@ from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import migrate
 from kioskfleet.controller.models import Station, StationHistory
+from kioskfleet.controller.public import AvailabilityItem
 from kioskfleet.controller.service import Controller
 from tests.conftest import TEST_TOKEN
 from tests.test_alert_api import call, check, make_alert, put
@@ -434,3 +435,39 @@ def test_the_database_sums_what_the_reference_computes(
             changes=[(at, s) for at, s in changes if at > P],
         )
     assert {i.station: (i.period_s, i.online_s) for i in got.items} == expected
+
+
+@pytest.mark.parametrize(
+    ("now", "start"),
+    [
+        # Wuxi's midnight is 16:00 UTC the day before (UTC+8 all year)
+        ("2026-11-30T05:30:00+00:00", "2026-11-29T16:00:00+00:00"),
+        ("2026-11-29T16:00:00+00:00", "2026-11-29T16:00:00+00:00"),
+        ("2026-11-29T15:59:59.999+00:00", "2026-11-28T16:00:00+00:00"),
+        ("2026-07-01T00:00:00+08:00", "2026-06-30T16:00:00+00:00"),
+        ("2027-01-01T01:00:00+00:00", "2026-12-31T16:00:00+00:00"),
+    ],
+)
+def test_today_starts_at_midnight_in_shanghai(now: str, start: str) -> None:
+    at = datetime.fromisoformat(now).timestamp()
+    assert figures.day_start(at) == datetime.fromisoformat(start).timestamp()
+
+
+def test_groups_combined_weigh_by_their_stations_time() -> None:
+    def item(stations: int, period: float, online: float) -> AvailabilityItem:
+        return AvailabilityItem(
+            district="d",
+            site=None,
+            station=None,
+            stations=stations,
+            period_s=period,
+            online_s=online,
+            availability=online / period if period else None,
+        )
+
+    # not the mean of 1.0 and 0.0: the second group existed ten times as long
+    assert figures.combined([item(1, 100.0, 100.0), item(10, 1000.0, 0.0)]) == pytest.approx(
+        100 / 1100
+    )
+    assert figures.combined([]) is None
+    assert figures.combined([item(0, 0.0, 0.0)]) is None

@@ -13,17 +13,28 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
+from kioskfleet.controller import rollouts
 from kioskfleet.controller.alerts.config import SEVERITIES
 from kioskfleet.controller.config import WUXI_DISTRICTS, Settings
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import (
+    ROLLOUT_RECENT_S,
+    ROLLOUTS_EXPORTED,
     STATUS_NUMBER,
     StationPoint,
     engine_reader,
     station_exposition,
 )
 from kioskfleet.controller.metrics import REJECT_REASONS, Metrics
-from kioskfleet.controller.models import AlertRow, Notification, Station
+from kioskfleet.controller.models import (
+    AlertRow,
+    Notification,
+    RolloutRow,
+    RolloutStationRow,
+    Station,
+)
+from kioskfleet.controller.rollout_plan import PROGRESS, ROLLOUT_STATES
+from kioskfleet.controller.tufrepo.releases import ReleasePublic
 from kioskfleet.fleetsim.fleet import DISTRICTS
 from kioskfleet.protocol.devices import DEVICE_KINDS, DEVICE_STATES
 from kioskfleet.protocol.stations import SITE_TYPES, STATION_STATUSES
@@ -34,6 +45,8 @@ Samples = dict[tuple[tuple[str, str], ...], float]
 _S = Station.__table__  # type: ignore[attr-defined]
 _A = AlertRow.__table__  # type: ignore[attr-defined]
 _N = Notification.__table__  # type: ignore[attr-defined]
+_R = RolloutRow.__table__  # type: ignore[attr-defined]
+_RS = RolloutStationRow.__table__  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -170,6 +183,14 @@ def test_a_fresh_controller_exports_every_family_with_zeros(engine: Engine) -> N
     # no station yet: the per-station families are declared and empty
     assert got["kioskfleet_station_status"] == {}
     assert got["kioskfleet_station_last_seen_timestamp_seconds"] == {}
+    # rollouts: every state at zero; no rollout, so no per-rollout series
+    assert got["kioskfleet_rollouts"] == {labels(state=s): 0.0 for s in ROLLOUT_STATES}
+    for name in (
+        "kioskfleet_rollout_info",
+        "kioskfleet_rollout_wave",
+        "kioskfleet_rollout_stations",
+    ):
+        assert got[name] == {}, name
 
 
 def test_fleet_numbers_one_series_per_station_and_label_values(engine: Engine) -> None:
@@ -350,3 +371,86 @@ def test_odd_device_json_in_a_row_does_not_break_the_scrape(engine: Engine) -> N
     assert devices[labels(district="Binhu", device="printer", state='["not", "a", "state"]')] == 1
     assert devices[labels(district="Binhu", device="card_reader", state="unknown")] == 1
     assert got["kioskfleet_station_status"] == {labels(station="wx-odd-1", district="Binhu"): 0}
+
+
+def _rollout(engine: Engine, *, state: str, age: float, stations: list[str]) -> str:
+    """A rollout created by the rollouts module to ``stations``, then put in ``state`` as of
+    ``age`` seconds ago (its last change)."""
+    now = time.time()
+    release = ReleasePublic(
+        id="software-r1", kind="software", version="1.0.0", release_counter=1, targets=[]
+    )
+    with engine.begin() as conn:
+        rollout_id = rollouts.create_rollout(
+            conn=conn,
+            body=rollouts.RolloutRequest(
+                release=release.id, target=rollouts.RolloutTarget(stations=stations)
+            ),
+            release=release,
+            actor="test",
+            source=None,
+            now=now - age,
+        )
+        conn.execute(
+            _R.update()
+            .where(_R.c.id == rollout_id)
+            .values(state=state, wave=1 if state != "scheduled" else -1, updated_at=now - age)
+        )
+    return rollout_id
+
+
+def test_rollouts_by_state_and_the_active_or_recent_ones_by_progress(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(_S.insert(), [station(f"wx-r-{n}", "Binhu", "online") for n in range(3)])
+    ids = ["wx-r-0", "wx-r-1", "wx-r-2"]
+    running = _rollout(engine, state="running", age=10, stations=ids)
+    with engine.begin() as conn:
+        conn.execute(
+            _RS.update()
+            .where(_RS.c.rollout_id == running, _RS.c.station == "wx-r-0")
+            .values(progress="healthy")
+        )
+    done = _rollout(engine, state="completed", age=ROLLOUT_RECENT_S - 600, stations=ids[:1])
+    old = _rollout(engine, state="aborted", age=ROLLOUT_RECENT_S + 600, stations=ids[:1])
+    got = scrape(engine)
+    assert got["kioskfleet_rollouts"] == {
+        labels(state=s): {"running": 1.0, "completed": 1.0, "aborted": 1.0}.get(s, 0.0)
+        for s in ROLLOUT_STATES
+    }
+    # the day-old aborted one is left out; the others with their release and state
+    assert got["kioskfleet_rollout_info"] == {
+        labels(rollout=running, release="software-r1", state="running"): 1.0,
+        labels(rollout=done, release="software-r1", state="completed"): 1.0,
+    }
+    assert old not in {dict(k)["rollout"] for k in got["kioskfleet_rollout_stations"]}
+    assert got["kioskfleet_rollout_wave"] == {
+        labels(rollout=running): 1.0,
+        labels(rollout=done): 1.0,
+    }
+    # every progress value, zeros included; the counts are the API's summary
+    with engine.connect() as conn:
+        api = rollouts.get_rollout(conn=conn, rollout_id=running)
+    assert api is not None
+    assert {
+        dict(k)["progress"]: v
+        for k, v in got["kioskfleet_rollout_stations"].items()
+        if dict(k)["rollout"] == running
+    } == {p: float(api.summary[p]) for p in PROGRESS}
+    assert api.summary["healthy"] == 1 and api.summary["pending"] == 2
+
+
+def test_per_rollout_series_are_bounded_the_active_ones_first(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(_S.insert(), [station("wx-r-0", "Binhu", "online")])
+    finished = [
+        _rollout(engine, state="completed", age=60 + n, stations=["wx-r-0"])
+        for n in range(ROLLOUTS_EXPORTED)
+    ]
+    # older than every finished one, but still active: exported before them
+    paused = _rollout(engine, state="paused", age=3600, stations=["wx-r-0"])
+    got = scrape(engine)
+    exported = {dict(k)["rollout"] for k in got["kioskfleet_rollout_info"]}
+    assert len(exported) == ROLLOUTS_EXPORTED
+    assert paused in exported and finished[-1] not in exported
+    assert len(got["kioskfleet_rollout_stations"]) == ROLLOUTS_EXPORTED * len(PROGRESS)
+    assert sum(got["kioskfleet_rollouts"].values()) == ROLLOUTS_EXPORTED + 1

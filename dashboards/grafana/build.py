@@ -710,11 +710,175 @@ def alerts() -> dict[str, Any]:
     )
 
 
+ROLLOUT_STATE_COLORS = {
+    "scheduled": "blue",
+    "running": "green",
+    "paused": "orange",
+    "aborted": "red",
+    "completed": "purple",
+}
+PROGRESS_COLORS = {
+    "pending": "text",
+    "deferred": "yellow",
+    "downloading": "blue",
+    "installed": "purple",
+    "healthy": "green",
+    "failed": "red",
+    "rolled_back": "orange",
+}
+
+
+def rollouts() -> dict[str, Any]:
+    r = 'rollout="$rollout"'
+    of_rollout = fleet("kioskfleet_rollout_stations", r)
+    panels = [
+        panel(
+            "stat",
+            "Rollouts by state",
+            [
+                target(
+                    f"sum by (state) ({fleet('kioskfleet_rollouts')})",
+                    "{{state}}",
+                    instant=True,
+                )
+            ],
+            (0, 0, 12, 5),
+            description="Every rollout the controller keeps (GET /api/rollouts).",
+            options=STAT,
+            overrides=color_overrides(ROLLOUT_STATE_COLORS),
+        ),
+        panel(
+            "stat",
+            "Its wave",
+            [target(fleet("kioskfleet_rollout_wave", r), "wave", instant=True)],
+            (12, 0, 4, 5),
+            description="-1: not started yet; 0: the canaries (one station per profile).",
+            options={**STAT, "textMode": "value"},
+        ),
+        panel(
+            "stat",
+            "Its stations healthy",
+            [
+                target(
+                    "sum("
+                    + fleet("kioskfleet_rollout_stations", r + ',progress="healthy"')
+                    + f") / sum({of_rollout})",
+                    "healthy",
+                    instant=True,
+                )
+            ],
+            (16, 0, 4, 5),
+            unit="percentunit",
+            limits=(0, 1),
+            options={**STAT, "textMode": "value"},
+        ),
+        panel(
+            "stat",
+            "Its stations failed or rolled back",
+            [
+                target(
+                    "sum("
+                    + fleet("kioskfleet_rollout_stations", r + ',progress=~"failed|rolled_back"')
+                    + f") / sum({of_rollout})",
+                    "failed",
+                    instant=True,
+                )
+            ],
+            (20, 0, 4, 5),
+            unit="percentunit",
+            limits=(0, 1),
+            thresholds=[
+                {"color": "green", "value": None},
+                {"color": "orange", "value": 0.05},
+                {"color": "red", "value": 0.2},
+            ],
+            options={**STAT, "textMode": "value"},
+        ),
+        panel(
+            "timeseries",
+            "Its stations by progress",
+            [target(f"sum by (progress) ({of_rollout})", "{{progress}}")],
+            (0, 5, 16, 9),
+            description="The selected rollout's stations as they move from pending through "
+            "downloading and installed to healthy (or failed, rolled back), wave by wave.",
+            custom=STACKED,
+            overrides=color_overrides(PROGRESS_COLORS),
+        ),
+        panel(
+            "timeseries",
+            "Its wave over time",
+            [target(fleet("kioskfleet_rollout_wave", r), "wave")],
+            (16, 5, 8, 9),
+            options={"legend": {"showLegend": False}},
+        ),
+        panel(
+            "table",
+            "Active and recent rollouts",
+            [
+                target(
+                    fleet("kioskfleet_rollout_wave")
+                    + " * on (rollout) group_left (release, state) "
+                    + fleet("kioskfleet_rollout_info"),
+                    "{{rollout}}",
+                    instant=True,
+                )
+            ],
+            (0, 14, 10, 9),
+            description="The active rollouts and those that changed in the last day (at "
+            "most 10; docs/metrics.md): release, state and current wave.",
+            options={"showHeader": True},
+            transformations=[
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "job": True},
+                        "renameByName": {"Value": "wave"},
+                    },
+                }
+            ],
+        ),
+        panel(
+            "bargauge",
+            "Stations by progress, each active or recent rollout",
+            [
+                target(
+                    f"sum by (rollout, progress) ({fleet('kioskfleet_rollout_stations')} > 0)",
+                    "{{rollout}} {{progress}}",
+                    instant=True,
+                )
+            ],
+            (10, 14, 14, 9),
+            options=BARS,
+        ),
+        panel(
+            "timeseries",
+            "Rollouts by state over time",
+            [target(f"sum by (state) ({fleet('kioskfleet_rollouts')})", "{{state}}")],
+            (0, 23, 24, 7),
+            custom=STACKED,
+            overrides=color_overrides(ROLLOUT_STATE_COLORS),
+        ),
+    ]
+    variables = [
+        variable("rollout", "Rollout", "label_values(kioskfleet_rollout_info, rollout)"),
+    ]
+    return dashboard(
+        "kioskfleet-rollouts",
+        "kioskfleet / Rollouts",
+        panels,
+        variables=variables,
+        description="Rollouts wave by wave: all of them by state; the active ones and those "
+        "that changed in the last day with their stations by progress. Each station's "
+        "progress and error are on the controller's rollout page (GET /api/rollouts/{id}).",
+    )
+
+
 DASHBOARDS = {
     "fleet-overview.json": overview,
     "district.json": district,
     "station.json": station,
     "alerts.json": alerts,
+    "rollouts.json": rollouts,
 }
 
 

@@ -7,7 +7,6 @@ prints).
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import time
@@ -20,13 +19,16 @@ from typing import Any
 import httpx
 import pytest
 
-from kioskfleet.controller import rollouts
-from kioskfleet.controller.rollouts import RolloutRequest
-from kioskfleet.controller.tufrepo.releases import ReleasePublic
+from kioskfleet.controller.tufrepo.service import create_demo_repository
 from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import DISTRICTS, Fleet
 from tests.conftest import TEST_TOKEN, LoopThread, Mosquitto, person_token, wait_until
-from tests.integration.fleet_helpers import make_fleet, served_controller, station_status
+from tests.integration.fleet_helpers import (
+    make_fleet,
+    scheduled_rollout,
+    served_controller,
+    station_status,
+)
 
 pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto]
 
@@ -106,7 +108,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     loop = LoopThread()
     db = tmp_path_factory.mktemp("db") / "c.db"
     try:
-        with served_controller(f"sqlite:///{db}", broker.url) as (served, api):
+        tuf = create_demo_repository(tmp_path_factory.mktemp("tuf"))
+        with served_controller(f"sqlite:///{db}", broker.url, tuf=tuf) as (served, api):
             fleet = make_fleet(loop, broker.url, STATIONS, interval=1.0)
             try:
                 wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == STATIONS)
@@ -150,6 +153,23 @@ def totals(page: Any) -> dict[str, int]:
     )
 
 
+def availability(page: Any) -> dict[str, float]:
+    """ "fleet" and each district with a station → the availability today the page shows
+    (its data-value; the text is that in percent)."""
+    shown: dict[str, float] = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('[data-availability]')]
+            .filter(e => e.dataset.value !== '')
+            .map(e => [e.dataset.availability, Number(e.dataset.value)]))"""
+    )
+    texts = page.eval_on_selector_all(
+        "[data-availability]", "es => es.map(e => [e.dataset.availability, e.innerText])"
+    )
+    for name, text in texts:
+        want = f"{shown[name] * 100:.1f}%" if name in shown else "—"
+        assert want in text, (name, text)
+    return shown
+
+
 def settled(api: httpx.Client) -> dict[str, Any]:
     """The summary once two reads a moment apart agree (no change in flight)."""
     while True:
@@ -180,6 +200,19 @@ def test_overview_shows_the_api_numbers_in_chinese(console_ok: Console) -> None:
         "[data-alerts]", "es => es.map(e => Number(e.querySelector('b').textContent))"
     )
     assert len(alerts) == 3 and sum(alerts) == summary["open_alerts"]
+    # availability today: what /api/availability gives for the period the page names
+    shown = availability(page)
+    period = page.evaluate(
+        "() => { const d = document.querySelector('.totals').dataset;"
+        " return {from: d.todayFrom, to: d.todayTo}; }"
+    )
+    api = c.api.get("/api/availability", params={"by": "district", **period}).json()
+    assert {i["district"]: i["availability"] for i in api["items"]} == pytest.approx(
+        {k: v for k, v in shown.items() if k != "fleet"}, abs=1e-9
+    )
+    online = sum(i["online_s"] for i in api["items"])
+    assert shown["fleet"] == pytest.approx(online / sum(i["period_s"] for i in api["items"]))
+    assert "今日可用率" in page.inner_text(".totals")
     text = page.inner_text("body")
     for name in CHINESE_DISTRICTS:
         assert name in text
@@ -309,11 +342,11 @@ def test_wall_screen_shows_the_eight_districts_without_scrolling(console_ok: Con
     page = c.page(1920, 1080)
     page.goto(c.base + "/")
     boxes = page.eval_on_selector_all(
-        ".district, .totals [data-key]",
+        ".district, .totals [data-key], .totals [data-availability]",
         "es => es.map(e => { const r = e.getBoundingClientRect(); "
         "return [r.left, r.top, r.right, r.bottom]; })",
     )
-    assert len(boxes) == 8 + 5
+    assert len(boxes) == 8 + 5 + 1  # tiles (with their availability), totals, availability
     for left, top, right, bottom in boxes:
         assert left >= 0 and top >= 0 and right <= 1920 and bottom <= 1080
     assert page.evaluate("document.documentElement.scrollWidth") <= 1920
@@ -368,6 +401,7 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
     page.fill("#alert-note", "已通知网点处理")
     page.click(f'{row} button[data-alert-action="ack"]')
     page.wait_for_selector(f'{row}[data-state="acknowledged"]', timeout=5000)
+    assert "已确认" in page.inner_text("#alert-result")  # the answer's state, in Chinese
     acked = c.api.get(f"/api/alerts/{alert_id}").json()
     assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "王工"
     assert any(h.get("note") == "已通知网点处理" for h in acked["history"]), acked["history"]
@@ -375,6 +409,22 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
     page.wait_for_selector(row, state="detached", timeout=5000)  # no longer unresolved
     resolved = c.api.get(f"/api/alerts/{alert_id}").json()
     assert resolved["state"] == "resolved" and resolved["resolved_by"] == "王工"
+    # its page: the history with who and the note, as the API has it
+    page.goto(c.base + f"/alerts/{alert_id}")
+    page.wait_for_selector('#alert-state[data-state="resolved"]')
+    lines = page.eval_on_selector_all(
+        "tr[data-action]",
+        "rs => rs.map(r => [r.dataset.action, r.querySelector('.note').textContent])",
+    )
+    assert [a for a, _ in lines] == [h["action"] for h in resolved["history"]]
+    assert ["acknowledge", "已通知网点处理"] in lines
+    assert "王工" in page.inner_text("table.alert-history")
+    c.shot(page, "alert-zh-1920")
+    phone = c.page(390, 844)
+    phone.goto(c.base + f"/alerts/{alert_id}")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    c.shot(phone, "alert-zh-390")
+    phone.context.close()
     c.loop.call(cash.repair)  # type: ignore[attr-defined]
     wait_until(lambda: station_status(c.api, agent.station) == "online", timeout=20)
     page.context.close()
@@ -382,28 +432,30 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
 
 def test_pause_and_resume_a_rollout_from_its_page(console_ok: Console) -> None:
     c = console_ok
-    release = ReleasePublic(
-        id="software-e2e", kind="software", version="9.9.9", release_counter=1, targets=[]
-    )
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)  # stays scheduled meanwhile
-    with c.served.controller.engine.begin() as conn:
-        rollout_id = rollouts.create_rollout(
-            conn=conn,
-            body=RolloutRequest(release=release.id, waves=[25, 100], start_at=later),
-            release=release,
-            actor="test",
-            source=None,
-            now=time.time(),
-        )
+    # through the API: a release published, a rollout to the fleet starting in an hour (it
+    # stays scheduled meanwhile: nothing is installed on the simulated kiosks)
+    stations = sorted(a.station for a in c.fleet.agents)
+    rollout_id = scheduled_rollout(c.api, stations, version="9.9.9-e2e", waves=(25, 100))
     page = c.page(person="李经理")
     page.goto(c.base + "/rollouts")
     page.click(f'tr[data-rollout="{rollout_id}"] a')
     page.wait_for_selector("#rollout-state")
-    stations = page.eval_on_selector_all("tr[data-progress]", "rs => rs.length")
-    assert stations == len(c.api.get(f"/api/rollouts/{rollout_id}").json()["stations"]) > 0
+    rows = page.eval_on_selector_all("tr[data-progress]", "rs => rs.length")
+    shown = c.api.get(f"/api/rollouts/{rollout_id}").json()
+    assert rows == len(shown["stations"]) == len(stations)
+    # a wave's count opens its stations
+    wave = min(w["wave"] for w in shown["wave_summary"] if w["wave"] >= 1)
+    page.click(f'tr[data-wave="{wave}"] td:nth-child(3) a')
+    page.wait_for_selector("#rollout-filter")
+    assert page.eval_on_selector_all(
+        "tr[data-station]", "rs => rs.map(r => r.dataset.station)"
+    ) == [s["station"] for s in shown["stations"] if s["wave"] == wave]
+    page.click("#rollout-filter a")
+    page.wait_for_selector("#rollout-filter", state="detached")
     page.fill("#rollout-by", "李经理")
     page.click('button[data-rollout-action="pause"]')
     page.wait_for_selector('#rollout-state[data-state="paused"]', timeout=5000)
+    assert "已暂停" in page.inner_text("#rollout-result")
     assert c.api.get(f"/api/rollouts/{rollout_id}").json()["state"] == "paused"
     c.shot(page, "rollout-zh-1920")
     page.click('button[data-rollout-action="resume"]')

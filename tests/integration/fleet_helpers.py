@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import threading
 import time
@@ -21,6 +22,7 @@ from kioskfleet.controller.config import Settings
 from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import Fleet, FleetSpec, wuxi_fleet
 from kioskfleet.protocol.broker_url import parse_broker_url
+from kioskfleet.updates.software import build_software
 from tests.conftest import AUTH, TEST_TOKEN, LoopThread, free_port, wait_until
 
 
@@ -193,3 +195,34 @@ def printer_only_agent(
             },
         }
     )
+
+
+def scheduled_rollout(
+    api: httpx.Client,
+    stations: list[str],
+    version: str = "9.9.9",
+    waves: tuple[int, ...] = (50, 100),
+) -> str:
+    """A rollout of a new software release to ``stations`` through the API (a release
+    published, the rollout created), starting in an hour: it stays ``scheduled``, every
+    station ``pending``, so the rollouts dashboard has a rollout to show and the fleet stays
+    as it is."""
+    data = build_software(version, {"bin/agent": f"agent {version}\n".encode()})
+    published = api.post(
+        "/api/releases",
+        data={"kind": "software", "version": version},
+        files={"file": ("release.tar.gz", data, "application/gzip")},
+    )
+    assert published.status_code == 201, published.text
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    created = api.post(
+        "/api/rollouts",
+        json={
+            "release": published.json()["id"],
+            "target": {"stations": stations},
+            "waves": list(waves),
+            "start_at": start.isoformat(),
+        },
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])

@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from kioskfleet.controller.tufrepo.service import create_demo_repository
 from tests.conftest import LoopThread, Mosquitto, free_port, wait_until
-from tests.integration.fleet_helpers import make_fleet, served_controller
+from tests.integration.fleet_helpers import make_fleet, scheduled_rollout, served_controller
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.mosquitto]
 
@@ -141,7 +142,8 @@ def test_every_grafana_panel_query_returns_data_from_prometheus_scraping_a_fleet
     mosquitto: Mosquitto, tmp_path: Path, loop_thread: LoopThread, prometheus_at: Any
 ) -> None:
     db_url = f"sqlite:///{tmp_path / 'controller.db'}"
-    with served_controller(db_url, mosquitto.url) as (_, api):
+    tuf = create_demo_repository(tmp_path / "tuf")
+    with served_controller(db_url, mosquitto.url, tuf=tuf) as (_, api):
         fleet = make_fleet(loop_thread, mosquitto.url, STATIONS, interval=1.0)
         try:
             ids = {a.station for a in fleet.agents}
@@ -153,6 +155,7 @@ def test_every_grafana_panel_query_returns_data_from_prometheus_scraping_a_fleet
                 )
 
             wait_until(all_online, timeout=30)
+            rollout = scheduled_rollout(api, sorted(ids))
             prom = prometheus_at(f"{api.base_url.host}:{api.base_url.port}")
 
             # enough scrapes for rate() over a minute, and the rules evaluated on them
@@ -177,6 +180,20 @@ def test_every_grafana_panel_query_returns_data_from_prometheus_scraping_a_fleet
                 for s in query(prom, 'kioskfleet_availability_ratio{job="kioskfleet"}')
             }
             assert by_district == dict.fromkeys(summary["districts"], 1.0)
+            # the rollout: by state, its release, wave and stations by progress as the API's
+            shown = api.get(f"/api/rollouts/{rollout}").json()
+            assert value(prom, 'kioskfleet_rollouts{job="kioskfleet",state="scheduled"}') == 1
+            [info] = query(prom, 'kioskfleet_rollout_info{job="kioskfleet"}')
+            assert info["metric"]["rollout"] == rollout
+            assert info["metric"]["release"] == shown["release"]
+            assert info["metric"]["state"] == shown["state"] == "scheduled"
+            assert value(prom, f'kioskfleet_rollout_wave{{rollout="{rollout}"}}') == -1
+            by_progress = {
+                s["metric"]["progress"]: float(s["value"][1])
+                for s in query(prom, f'kioskfleet_rollout_stations{{rollout="{rollout}"}}')
+            }
+            assert by_progress == {k: float(n) for k, n in shown["summary"].items()}
+            assert by_progress["pending"] == STATIONS
 
             # every rule evaluates without error; a healthy fleet fires none
             groups = httpx.get(f"{prom}/api/v1/rules", timeout=10).json()["data"]["groups"]
@@ -213,6 +230,7 @@ def test_every_grafana_panel_query_returns_data_from_prometheus_scraping_a_fleet
             variables = {
                 "district": district,
                 "station": station,
+                "rollout": rollout,
                 "__rate_interval": "1m",
                 "__interval": "1s",
             }
@@ -234,6 +252,6 @@ def test_every_grafana_panel_query_returns_data_from_prometheus_scraping_a_fleet
                         expr = substitute(t["expr"], variables)
                         assert query(prom, expr), f"{path.name} / {p['title']}: no data: {expr}"
                         checked += 1
-            assert checked >= 30
+            assert checked >= 40
         finally:
             loop_thread.run(fleet.stop())

@@ -16,7 +16,9 @@ Definitions (decision 42):
   the start of the period; a station registered during the period counts from its
   registration, one registered after it not at all. A site's or district's is the sum of its
   stations' online seconds over the sum of their seconds in the period, so every station
-  weighs by the time it existed. Stations are grouped by their district and site now.
+  weighs by the time it existed (:func:`combined` for several groups together, e.g. the
+  fleet). Stations are grouped by their district and site now.
+- "today" (the console's overview) is from midnight in Asia/Shanghai (:func:`day_start`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Float, Integer, and_, case, func, literal, select, union_all
 
@@ -34,6 +37,7 @@ from kioskfleet.controller.public import (
     AlertStats,
     Availability,
     AvailabilityBy,
+    AvailabilityItem,
 )
 
 _A = AlertRow.__table__  # type: ignore[attr-defined]
@@ -45,6 +49,26 @@ REPAIRED: Final = frozenset({"cleared", "by_person"})
 #: the status that counts as available
 AVAILABLE: Final = "online"
 _SEVERITY_ORDER: Final = {"critical": 0, "warning": 1, "info": 2}
+#: whose day "today" is: Wuxi's
+DAY_ZONE: Final = ZoneInfo("Asia/Shanghai")
+
+
+def day_start(now: float, zone: ZoneInfo = DAY_ZONE) -> float:
+    """Unix seconds of the midnight that began ``now``'s day in ``zone``: where "today"
+    starts for the people who read the figures."""
+    local = datetime.fromtimestamp(now, zone)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def combined(items: Iterable[AvailabilityItem]) -> float | None:
+    """The availability of several groups together (the fleet from its districts): their
+    online seconds over their seconds in the period, as one group's is computed; None when
+    no station existed in the period."""
+    period = online = 0.0
+    for item in items:
+        period += item.period_s
+        online += item.online_s
+    return online / period if period > 0 else None
 
 
 def durations(values: Sequence[float]) -> dict[str, Any]:

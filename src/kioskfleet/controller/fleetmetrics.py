@@ -1,5 +1,6 @@
 """The fleet as Prometheus sees it: aggregates by district and site type, one series per
-station in two bounded families, read at scrape time in a few queries (decision 41).
+station in two bounded families, the rollouts by state and the few recent ones by progress,
+read at scrape time in a few queries (decision 41).
 
 Cardinality is the design constraint. Everything that multiplies (device × state, supply ×
 level, severity × state) is aggregated by district; per station there is exactly one series
@@ -8,15 +9,17 @@ never multiplied by device or state. Every label combination of the known vocabu
 exported from the start, with zeros, so that dashboards and rules have data on a fresh fleet.
 
 :func:`read_snapshot` reads the database (one scan of the station table, one grouped query
-of active alerts, two counts of the outbox); :func:`fleet_exposition` turns a
-:class:`FleetSnapshot` into the text exposition (:func:`families` for the aggregates,
-:func:`station_exposition` for the per-station lines) and needs no database.
+of active alerts, two counts of the outbox, three small queries of the rollouts);
+:func:`fleet_exposition` turns a :class:`FleetSnapshot` into the text exposition
+(:func:`families` for the aggregates, :func:`station_exposition` for the per-station lines)
+and needs no database.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,11 +29,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic_core import from_json
-from sqlalchemy import Connection, Engine, Text, cast, func, select
+from sqlalchemy import Connection, Engine, Text, case, cast, func, or_, select
 
 from kioskfleet.controller.alerts.config import SEVERITIES
 from kioskfleet.controller.fleet import STATUSES
-from kioskfleet.controller.models import AlertRow, Notification, Station
+from kioskfleet.controller.models import (
+    AlertRow,
+    Notification,
+    RolloutRow,
+    RolloutStationRow,
+    Station,
+)
+from kioskfleet.controller.rollout_plan import ACTIVE, PROGRESS, ROLLOUT_STATES
 from kioskfleet.protocol.devices import (
     CASHBOX_LEVELS,
     DEVICE_KINDS,
@@ -45,6 +55,8 @@ log = logging.getLogger(__name__)
 _S = Station.__table__  # type: ignore[attr-defined]
 _A = AlertRow.__table__  # type: ignore[attr-defined]
 _N = Notification.__table__  # type: ignore[attr-defined]
+_R = RolloutRow.__table__  # type: ignore[attr-defined]
+_RS = RolloutStationRow.__table__  # type: ignore[attr-defined]
 
 #: ``kioskfleet_station_status``: a station's status as a number, worse is higher (the
 #: contract's precedence offline > silent > degraded > online), so ``max`` finds the worst
@@ -61,6 +73,25 @@ SUPPLY_LEVELS: Final[dict[str, tuple[str, ...]]] = {
 ACTIVE_ALERT_STATES: Final = ("open", "acknowledged")
 #: notification outbox states exported
 NOTIFICATION_STATES: Final = ("pending", "given_up")
+#: rollouts exported one by one (``kioskfleet_rollout_*{rollout=…}``): the active ones
+#: (scheduled, running, paused) and those that changed in the last day, newest first, at most
+#: this many: a bound on those families' series whatever the rollouts' history
+ROLLOUTS_EXPORTED: Final = 10
+#: how long a finished (completed or aborted) rollout stays exported, seconds
+ROLLOUT_RECENT_S: Final = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class RolloutPoint:
+    """What the per-rollout families need of one active or recent rollout."""
+
+    id: str
+    release: str
+    state: str
+    #: its current wave: -1 before it started, 0 the canaries
+    wave: int
+    #: progress → its stations
+    progress: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -91,14 +122,21 @@ class FleetSnapshot:
     alerts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     #: pending / given_up → notifications in the outbox
     notifications: Counter[str] = field(default_factory=Counter)
+    #: rollout state → rollouts (all of them)
+    rollouts: Counter[str] = field(default_factory=Counter)
+    #: the rollouts exported one by one (:data:`ROLLOUTS_EXPORTED`), newest first
+    recent_rollouts: list[RolloutPoint] = field(default_factory=list)
 
 
-def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSnapshot:
+def read_snapshot(
+    conn: Connection, *, districts: Sequence[str] = (), now: float | None = None
+) -> FleetSnapshot:
     """Read the fleet's numbers: one scan of the station table (its narrow columns and its
     devices' JSON text, decoded here by pydantic-core's parser: cheaper than SQL's
     ``json_each`` on either database, docs/benchmarks.md), one grouped query over active
     alerts (index on state), two counts of the notification outbox (the pending one on its
-    partial index)."""
+    partial index), the rollouts (:func:`read_rollouts`) as of ``now`` (default: the
+    clock)."""
     snap = FleetSnapshot(districts=districts)
     rows = conn.execute(
         select(
@@ -159,7 +197,34 @@ def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSn
     given_up = select(func.count()).where(_N.c.given_up_at.is_not(None))
     snap.notifications["pending"] = int(conn.execute(pending.select_from(_N)).scalar_one())
     snap.notifications["given_up"] = int(conn.execute(given_up.select_from(_N)).scalar_one())
+    read_rollouts(conn, snap, time.time() if now is None else now)
     return snap
+
+
+def read_rollouts(conn: Connection, snap: FleetSnapshot, now: float) -> None:
+    """Fill ``snap``'s rollouts: every rollout counted by state (a grouped query of a small
+    table), and the active or recent ones (at most :data:`ROLLOUTS_EXPORTED`, the active
+    first, newest first) with their stations counted by progress (one grouped query on the
+    ``rollout_station`` primary key's leading column)."""
+    for state, n in conn.execute(select(_R.c.state, func.count()).group_by(_R.c.state)):
+        snap.rollouts[state] += int(n)
+    active = _R.c.state.in_(sorted(ACTIVE))
+    rows = conn.execute(
+        select(_R.c.id, _R.c.release, _R.c.state, _R.c.wave)
+        .where(or_(active, _R.c.updated_at >= now - ROLLOUT_RECENT_S))
+        .order_by(case((active, 0), else_=1), _R.c.created_at.desc(), _R.c.id)
+        .limit(ROLLOUTS_EXPORTED)
+    ).all()
+    if not rows:
+        return
+    points = {row.id: RolloutPoint(row.id, row.release, row.state, int(row.wave)) for row in rows}
+    for rollout, progress, n in conn.execute(
+        select(_RS.c.rollout_id, _RS.c.progress, func.count())
+        .where(_RS.c.rollout_id.in_(list(points)))
+        .group_by(_RS.c.rollout_id, _RS.c.progress)
+    ):
+        points[rollout].progress[progress] += int(n)
+    snap.recent_rollouts.extend(points.values())
 
 
 def _label(value: Any) -> str | None:
@@ -277,7 +342,51 @@ def families(snap: FleetSnapshot) -> list[GaugeMetricFamily]:
     for state in NOTIFICATION_STATES:
         notifications.add_metric([state], snap.notifications.get(state, 0))
 
-    return [stations, availability, devices, supplies, alerts, notifications]
+    return [
+        stations,
+        availability,
+        devices,
+        supplies,
+        alerts,
+        notifications,
+        *rollout_families(snap),
+    ]
+
+
+def rollout_families(snap: FleetSnapshot) -> list[GaugeMetricFamily]:
+    """The rollouts' families: by state (every state, zeros included) and, for each active or
+    recent rollout only (:data:`ROLLOUTS_EXPORTED`), its release and state, its wave and its
+    stations by progress (every progress value, zeros included)."""
+    by_state = GaugeMetricFamily(
+        "kioskfleet_rollouts",
+        "Rollouts by state (scheduled, running, paused, aborted, completed)",
+        labels=["state"],
+    )
+    for state in _with_extra(ROLLOUT_STATES, snap.rollouts):
+        by_state.add_metric([state], snap.rollouts.get(state, 0))
+    info = GaugeMetricFamily(
+        "kioskfleet_rollout_info",
+        "1 for each active rollout and each that changed in the last day (at most "
+        f"{ROLLOUTS_EXPORTED}): its release and state",
+        labels=["rollout", "release", "state"],
+    )
+    wave = GaugeMetricFamily(
+        "kioskfleet_rollout_wave",
+        "The current wave of an active or recent rollout: -1 before it started, 0 the canaries",
+        labels=["rollout"],
+    )
+    stations = GaugeMetricFamily(
+        "kioskfleet_rollout_stations",
+        "Stations of an active or recent rollout by their progress (pending, deferred, "
+        "downloading, installed, healthy, failed, rolled_back)",
+        labels=["rollout", "progress"],
+    )
+    for point in snap.recent_rollouts:
+        info.add_metric([point.id, point.release, point.state], 1)
+        wave.add_metric([point.id], point.wave)
+        for progress in _with_extra(PROGRESS, point.progress):
+            stations.add_metric([point.id, progress], point.progress.get(progress, 0))
+    return [by_state, info, wave, stations]
 
 
 STATION_STATUS_HELP: Final = (

@@ -1,5 +1,6 @@
 """What the overview page shows, read in one go: the API's fleet summary (the same numbers as
-``/api/fleet/summary``) and the metrics' fleet snapshot (site types, supplies, alerts)."""
+``/api/fleet/summary``) and the metrics' fleet snapshot (site types, supplies, alerts); and
+the availability today, computed by the module behind ``/api/availability``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Final
 
 from sqlalchemy import Connection
 
-from kioskfleet.controller import crud
+from kioskfleet.controller import crud, figures
 from kioskfleet.controller.fleetmetrics import read_snapshot
 from kioskfleet.controller.public import FleetSummary, StationPublic, StatusCounts
 
@@ -37,6 +38,33 @@ class Overview:
     #: the tiles: the fleet's districts in their usual order (zeros where a district has no
     #: station yet), then any other district the stations name
     districts: list[tuple[str, StatusCounts]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Today:
+    """Availability since midnight in Asia/Shanghai: ``GET /api/availability?by=district``
+    over [``start``, ``end``) gives the same numbers."""
+
+    #: Unix seconds: midnight in Asia/Shanghai, and when it was computed
+    start: float
+    end: float
+    #: the whole fleet (its districts together, :func:`figures.combined`); None: no station
+    fleet: float | None
+    #: district → its availability (None: no station in the period)
+    districts: dict[str, float | None]
+
+
+def today(conn: Connection, now: float) -> Today:
+    """The availability from midnight (Asia/Shanghai) to ``now``, per district and for the
+    fleet, by :func:`figures.availability` (one way to compute it)."""
+    start = figures.day_start(now)
+    found = figures.availability(conn=conn, start=start, end=now, by="district")
+    return Today(
+        start=start,
+        end=now,
+        fleet=figures.combined(found.items),
+        districts={item.district or "": item.availability for item in found.items},
+    )
 
 
 def overview(conn: Connection, districts: Sequence[str] = ()) -> Overview:

@@ -102,6 +102,12 @@
     });
   }
 
+  // a state as the page's language names it (the element's data-states), else as sent
+  function named(el, state) {
+    const names = JSON.parse(el.dataset.states || "{}");
+    return names[state] || state;
+  }
+
   // -- alerts queue: acknowledge / resolve with a note ------------------------------------------
   const actor = document.getElementById("alert-actor");
   if (actor) {
@@ -123,7 +129,7 @@
       const answer = await r.json().catch(function () { return {}; });
       if (r.ok) {
         said.dataset.state = answer.state;
-        said.textContent = fill(actor.dataset.done, { id: id, state: answer.state });
+        said.textContent = fill(actor.dataset.done, { id: id, state: named(actor, answer.state) });
         note.value = "";
       } else {
         said.dataset.state = "error";
@@ -153,7 +159,7 @@
       });
       const answer = await r.json().catch(function () { return {}; });
       said.dataset.state = r.ok ? answer.state : "error";
-      said.textContent = r.ok ? fill(rollout.dataset.done, { id: id, state: answer.state })
+      said.textContent = r.ok ? fill(rollout.dataset.done, { id: id, state: named(rollout, answer.state) })
         : fill(rollout.dataset.failed, { id: id, error: r.status + " " + (answer.detail || "") });
       htmx.trigger("#body", "refresh");
     });

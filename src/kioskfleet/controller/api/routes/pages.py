@@ -10,6 +10,7 @@ API's numbers. The language is the ``lang`` cookie (Simplified Chinese by defaul
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from pathlib import Path
@@ -19,21 +20,23 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Cookie, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from kioskfleet.controller import alertviews, crud, rollouts
+from kioskfleet.controller import alertviews, crud, figures, rollouts
 from kioskfleet.controller.alertrows import ALERT
 from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, open_to
 from kioskfleet.controller.api.params import Offset
 from kioskfleet.controller.console import i18n
-from kioskfleet.controller.console.overview import Overview, overview
+from kioskfleet.controller.console.overview import Overview, Today, overview, today
 from kioskfleet.controller.fleetmetrics import ACTIVE_ALERT_STATES
 from kioskfleet.controller.models import Station
-from kioskfleet.controller.rollout_plan import Progress
+from kioskfleet.controller.rollout_plan import ROLLOUT_STATES, Progress
 from kioskfleet.controller.service import Controller
 from kioskfleet.protocol.commands import COMMAND_NAMES
 from kioskfleet.protocol.stations import StationStatus
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
 _HERE = Path(__file__).resolve().parents[2]
@@ -57,7 +60,24 @@ def _local(value: dt.datetime | None) -> str:
     return value.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _percent(value: float | None) -> str:
+    """A share as the console shows it (one decimal), a dash when there is none."""
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _iso(value: float) -> str:
+    """Unix seconds as ISO 8601 in UTC: what ``from`` / ``to`` of the API take."""
+    return dt.datetime.fromtimestamp(value, dt.UTC).isoformat()
+
+
 templates.env.filters["local"] = _local
+templates.env.filters["percent"] = _percent
+templates.env.filters["iso"] = _iso
+
+
+def _missing(request: Request, lang: str | None, key: str, name: str) -> HTMLResponse:
+    """The 404 page: "no <thing> <name>" by its catalogue ``key``."""
+    return _render(request, "missing.html", lang, {"what": key, "id": name[:64]}, status=404)
 
 
 def _render(
@@ -67,7 +87,15 @@ def _render(
     return templates.TemplateResponse(
         request,
         name,
-        {"t": t, "lang": t.lang, "path": request.url.path, **context},
+        {
+            "t": t,
+            "lang": t.lang,
+            "path": request.url.path,
+            # what the pages' scripts show of an action's answer, in the page's language
+            "alert_states": {s: t(f"alertstate.{s}") for s in ALERT_STATES},
+            "rollout_states": {s: t(f"rolloutstate.{s}") for s in ROLLOUT_STATES},
+            **context,
+        },
         status_code=status,
     )
 
@@ -98,16 +126,45 @@ class _SharedOverview:
     the unresolved alerts' count or newest opening, differs from the read's (cheap queries:
     so a page never shows older statuses or alert counts than the API; a new station, which
     is no status change, counts too), or when it is older than ``max_age`` seconds (supplies
-    change without a status change)."""
+    change without a status change).
 
-    def __init__(self, max_age: float = 5.0) -> None:
+    The availability today is computed on its own clock, not on every status change: it
+    sums every station's day (as ``/api/availability`` does), a second or more at 10,000
+    stations (docs/benchmarks.md). It is computed again once older than
+    ``today_cost_share`` times what its last computation took, within
+    [``today_min_age``, ``today_max_age``] seconds: every 5 s for a small fleet, every
+    half minute or so at 10,000 stations, so that it never takes more than about a
+    twentieth of a core. A thread computes it while the pages go on showing the one they
+    have; only the first request, and the first after midnight (Asia/Shanghai), wait for
+    it."""
+
+    def __init__(
+        self,
+        max_age: float = 5.0,
+        today_min_age: float = 5.0,
+        today_max_age: float = 60.0,
+        today_cost_share: float = 20.0,
+    ) -> None:
         self.max_age = max_age
+        self.today_min_age = today_min_age
+        self.today_max_age = today_max_age
+        self.today_cost_share = today_cost_share
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._at = 0.0
         self._value: Overview | None = None
+        self._today: Today | None = None
+        self._took = 0.0
+        self._refreshing = False
 
-    def get(self, conn: Connection, controller: Controller) -> Overview:
+    def _today_now(self, conn: Connection) -> Today:
+        """Compute the availability today, and note how long that took."""
+        began = time.monotonic()
+        fresh = today(conn, time.time())
+        self._took = time.monotonic() - began
+        return fresh
+
+    def get(self, conn: Connection, controller: Controller) -> tuple[Overview, Today]:
         stations = select(func.count(), func.max(_STATION.c.status_since))
         alerts = select(func.count(), func.max(ALERT.c.opened_at)).where(
             ALERT.c.state.in_(ACTIVE_ALERT_STATES)
@@ -118,7 +175,35 @@ class _SharedOverview:
             if self._value is None or self._key != key or now - self._at > self.max_age:
                 self._value = overview(conn, controller.settings.districts)
                 self._key, self._at = key, now
-            return self._value
+            wall = time.time()
+            stale_after = min(
+                self.today_max_age, max(self.today_min_age, self.today_cost_share * self._took)
+            )
+            if self._today is None or figures.day_start(wall) != self._today.start:
+                self._today = self._today_now(conn)
+            elif wall - self._today.end > stale_after and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(
+                    target=self._refresh_today,
+                    args=(controller.engine,),
+                    name="overview-availability",
+                    daemon=True,
+                ).start()
+            return self._value, self._today
+
+    def _refresh_today(self, engine: Engine) -> None:
+        """Compute the availability today on a connection of its own, then share it."""
+        try:
+            with engine.connect() as conn:
+                fresh = self._today_now(conn)
+            with self._lock:
+                if self._today is None or fresh.end > self._today.end:
+                    self._today = fresh
+        except SQLAlchemyError as err:  # the pages keep the one they have; tried again soon
+            log.warning("console: cannot compute the availability today: %s", err)
+        finally:
+            with self._lock:
+                self._refreshing = False
 
 
 _CREATE_LOCK = threading.Lock()
@@ -130,7 +215,8 @@ def _overview(request: Request, conn: Connection, controller: Controller) -> dic
         shared: _SharedOverview | None = getattr(state, "shared_overview", None)
         if shared is None:
             shared = state.shared_overview = _SharedOverview()
-    return {"o": shared.get(conn, controller)}
+    found, day = shared.get(conn, controller)
+    return {"o": found, "today": day}
 
 
 @router.get("/", response_class=HTMLResponse, dependencies=[READ])
@@ -228,7 +314,7 @@ def station_page(
     """One station: devices, supplies, telemetry charts, history, alerts, versions, commands."""
     context = _station(conn, station_id[:64])
     if context is None:
-        return _render(request, "missing.html", lang, {"id": station_id[:64]}, status=404)
+        return _missing(request, lang, "station.not_found", station_id)
     return _render(request, "station.html", lang, context)
 
 
@@ -238,7 +324,7 @@ def station_fragment(
 ) -> HTMLResponse:
     context = _station(conn, station_id[:64])
     if context is None:
-        return _render(request, "missing.html", lang, {"id": station_id[:64]}, status=404)
+        return _missing(request, lang, "station.not_found", station_id)
     return _render(request, "_station_body.html", lang, context)
 
 
@@ -309,6 +395,33 @@ def alerts_fragment(
     return _render(request, "_alerts_body.html", lang, context)
 
 
+def _alert(conn: Connection, alert_id: str) -> dict[str, Any] | None:
+    found = alertviews.get_alert(conn=conn, alert_id=alert_id[:64])
+    return None if found is None else {"a": found}
+
+
+@router.get("/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_page(
+    request: Request, conn: ConnDep, alert_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    """One alert: what, where, since when, its history with who and their notes;
+    acknowledge, resolve."""
+    context = _alert(conn, alert_id)
+    if context is None:
+        return _missing(request, lang, "alerts.not_found", alert_id)
+    return _render(request, "alert.html", lang, context)
+
+
+@router.get("/fragments/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_fragment(
+    request: Request, conn: ConnDep, alert_id: str, lang: LangCookie = None
+) -> HTMLResponse:
+    context = _alert(conn, alert_id)
+    if context is None:
+        return _missing(request, lang, "alerts.not_found", alert_id)
+    return _render(request, "_alert_body.html", lang, context)
+
+
 #: stations a rollout page lists (the failed first); the API has them all
 ROLLOUT_STATIONS_SHOWN = 200
 PROGRESS = get_args(Progress)
@@ -343,35 +456,64 @@ def rollouts_fragment(
     return _render(request, "_rollouts_body.html", lang, {"found": found, "progress": PROGRESS})
 
 
-def _rollout(conn: Connection, rollout_id: str) -> dict[str, Any] | None:
+def _rollout(
+    conn: Connection, rollout_id: str, *, wave: int | None = None, progress: str | None = None
+) -> dict[str, Any] | None:
+    """One rollout and the stations its page lists: those of ``wave`` and ``progress`` when
+    given (a wave table's cell links there), the failed and rolled back first, at most
+    :data:`ROLLOUT_STATIONS_SHOWN`."""
     found = rollouts.get_rollout(conn=conn, rollout_id=rollout_id[:32])
     if found is None:
         return None
-    worst = sorted(found.stations, key=lambda s: (s.progress not in ("failed", "rolled_back"),))
+    progress = progress if progress in PROGRESS else None
+    chosen = [
+        s
+        for s in found.stations
+        if (wave is None or s.wave == wave) and (progress is None or s.progress == progress)
+    ]
+    worst = sorted(chosen, key=lambda s: (s.progress not in ("failed", "rolled_back"),))
+    query = {k: v for k, v in {"wave": wave, "progress": progress}.items() if v is not None}
     return {
         "r": found,
         "progress": PROGRESS,
         "shown": worst[:ROLLOUT_STATIONS_SHOWN],
+        "matching": len(chosen),
+        "chosen": {"wave": wave, "progress": progress},
+        "query": urlencode(query),
         "actions": ROLLOUT_ACTIONS.get(found.state, ()),
     }
 
 
+WaveParam = Annotated[int | None, Query(ge=-1, le=100)]
+
+
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse, dependencies=[READ])
 def rollout_page(
-    request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
+    request: Request,
+    conn: ConnDep,
+    rollout_id: str,
+    wave: WaveParam = None,
+    progress: str | None = None,
+    lang: LangCookie = None,
 ) -> HTMLResponse:
-    """One rollout: its waves, each station's progress, pause / resume / abort."""
-    context = _rollout(conn, rollout_id)
+    """One rollout: its waves, each station's progress (filtered by wave and progress),
+    pause / resume / abort."""
+    context = _rollout(conn, rollout_id, wave=wave, progress=progress)
     if context is None:
-        return _render(request, "missing.html", lang, {"id": rollout_id[:32]}, status=404)
+        return _missing(request, lang, "rollouts.not_found", rollout_id)
     return _render(request, "rollout.html", lang, context)
 
 
 @router.get("/fragments/rollouts/{rollout_id}", response_class=HTMLResponse, dependencies=[READ])
 def rollout_fragment(
-    request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
+    request: Request,
+    conn: ConnDep,
+    rollout_id: str,
+    wave: WaveParam = None,
+    progress: str | None = None,
+    lang: LangCookie = None,
 ) -> HTMLResponse:
-    context = _rollout(conn, rollout_id)
+    context = _rollout(conn, rollout_id, wave=wave, progress=progress)
     if context is None:
-        return _render(request, "missing.html", lang, {"id": rollout_id[:32]}, status=404)
+        return _missing(request, lang, "rollouts.not_found", rollout_id)
     return _render(request, "_rollout_body.html", lang, context)
