@@ -92,12 +92,17 @@ def test_settings_the_contract_lists_are_accepted_and_parsed(tmp_path: Path) -> 
     )
     assert config.maintenance_window == MaintenanceWindow(start=time(1, 0), end=time(5, 0))
     assert str(config.maintenance_window) == "01:00-05:00"
+    # the birth states it (issue 11), as written
+    from kioskfleet.agent.service import identity_of
+
+    assert identity_of(config).maintenance_window == "01:00-05:00"
     assert config.update_root == tmp_path / "root.json"
     assert config.local_service is None
     assert config.local_service_token_file == tmp_path / "token"
     assert config.local_service_group == "kiosk"
     defaults = agent_config_from_dict(BASE)
     assert defaults.maintenance_window is None
+    assert identity_of(defaults).maintenance_window is None
     assert defaults.local_service == "127.0.0.1:8765"
     assert defaults.local_service_token_file is None
 

@@ -34,7 +34,11 @@ from kioskfleet.mqttclient import TlsSettings
 from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value
 from kioskfleet.protocol.devices import DriverName, SlotName
 from kioskfleet.protocol.explain import Loc, explain, one_line
-from kioskfleet.protocol.stations import SiteType, is_valid_station_id
+from kioskfleet.protocol.stations import (
+    MAINTENANCE_WINDOW_PATTERN,
+    SiteType,
+    is_valid_station_id,
+)
 
 
 class ConfigError(ValueError):
@@ -45,7 +49,7 @@ class ConfigError(ValueError):
 #: China has kept UTC+8 without daylight saving since 1991, so a fixed offset is exact and
 #: needs no time zone database (which Windows kiosks lack)
 SHANGHAI: Final = timezone(timedelta(hours=8), "Asia/Shanghai")
-_WINDOW: Final = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$")
+_WINDOW: Final = re.compile(MAINTENANCE_WINDOW_PATTERN)
 _WINDOW_ALLOWED: Final = "'HH:MM-HH:MM' in Asia/Shanghai time, e.g. '01:00-05:00'"
 
 # TOML gives every value its type: a number in quotes is a mistake, not a number. Lists and

@@ -55,6 +55,9 @@ def identity_of(config: AgentConfig) -> StationIdentity:
         telemetry_interval=config.telemetry_interval,
         catalogue_version=config.catalogue_version,
         required_devices=config.required_devices,
+        maintenance_window=(
+            None if config.maintenance_window is None else str(config.maintenance_window)
+        ),
     )
 
 
