@@ -229,7 +229,9 @@ def test_the_soak_policy_is_configurable_and_defaults_to_the_updaters() -> None:
         ({"soak": 60}, r"updates\.soak"),
     ],
 )
-def test_bad_soak_settings_are_refused_in_one_line(updates: dict[str, object], message: str) -> None:
+def test_bad_soak_settings_are_refused_in_one_line(
+    updates: dict[str, object], message: str
+) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         agent_config_from_dict({**BASE, "updates": updates})
     assert "\n" not in str(err.value)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import free_port
@@ -14,8 +17,10 @@ pytestmark = [pytest.mark.slow]
 
 
 def test_demo_runs_by_itself_and_prints_its_summary() -> None:
+    """…and, while it runs, shows its published releases and a finished rollout of its
+    software release to one district (the console's rollouts page reads the same)."""
     port = free_port()
-    run = subprocess.run(
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -28,11 +33,13 @@ def test_demo_runs_by_itself_and_prints_its_summary() -> None:
             "--port",
             str(port),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=180,
-        check=False,
     )
+    finished = _watch_rollouts(port, process)
+    stdout, stderr = process.communicate(timeout=180)
+    run = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, run.stdout
@@ -53,3 +60,29 @@ def test_demo_runs_by_itself_and_prints_its_summary() -> None:
     assert summary["sent"] == summary["ingested"]
     assert summary["sent"]["telemetry"] >= 30 * 5
     assert summary["unconfirmed"] == 0
+    # a finished rollout: every targeted station healthy on the demo's software release
+    assert finished is not None, "no completed rollout while the demo ran"
+    assert finished["release"] == "software-r1" and finished["created_by"] == "demo"
+    assert finished["summary"]["healthy"] == sum(finished["summary"].values()) > 0
+    assert finished["target"]["districts"]
+
+
+def _watch_rollouts(port: int, process: subprocess.Popen[str]) -> dict[str, Any] | None:
+    """The first completed rollout ``GET /api/rollouts`` lists while the demo runs (None if
+    none before it ends); the releases are checked once the API answers."""
+    releases_seen = False
+    while process.poll() is None:
+        time.sleep(0.5)
+        try:
+            listed = httpx.get(f"http://127.0.0.1:{port}/api/rollouts", timeout=5).json()
+            if not releases_seen:
+                releases = httpx.get(f"http://127.0.0.1:{port}/api/releases", timeout=5).json()
+                ids = {r["id"] for r in releases["items"]}
+                assert {"software-r1", "catalogue-r1"} <= ids
+                releases_seen = True
+        except httpx.HTTPError:
+            continue  # not serving yet, or stopping
+        done = [r for r in listed["items"] if r["state"] == "completed"]
+        if done:
+            return dict(done[0])
+    return None
