@@ -407,10 +407,12 @@ class ControllerRun:
     proc: subprocess.Popen[bytes]
 
 
-def start_controller(stack: contextlib.ExitStack, work: Path, db: str) -> ControllerRun:
+def start_controller(
+    stack: contextlib.ExitStack, work: Path, db: str, env: dict[str, str] | None = None
+) -> ControllerRun:
     """Start the broker (deploy/ configuration), a throw-away database (``sqlite`` in
-    ``work`` or ``postgres``) and the controller, all stopped when ``stack`` closes; returns
-    once the controller answers ``/healthz``."""
+    ``work`` or ``postgres``) and the controller (with ``env`` added to its environment),
+    all stopped when ``stack`` closes; returns once the controller answers ``/healthz``."""
     broker = Mosquitto(work / "mosquitto").start()
     stack.callback(broker.stop)
     db_url = stack.enter_context(
@@ -419,8 +421,9 @@ def start_controller(stack: contextlib.ExitStack, work: Path, db: str) -> Contro
         else contextlib.nullcontext(f"sqlite:///{work / 'controller.db'}")
     )
     port = free_port()
-    env = {
+    environment = {
         **os.environ,
+        **(env or {}),
         "KIOSKFLEET_DB_URL": db_url,
         "KIOSKFLEET_MQTT_URL": broker.url,
         "KIOSKFLEET_LISTEN": f"127.0.0.1:{port}",
@@ -429,7 +432,7 @@ def start_controller(stack: contextlib.ExitStack, work: Path, db: str) -> Contro
     ctl_log = (work / "controller.log").open("wb")
     stack.callback(ctl_log.close)
     proc = subprocess.Popen(
-        [KIOSKFLEET, "controller"], env=env, stdout=ctl_log, stderr=ctl_log, cwd=work
+        [KIOSKFLEET, "controller"], env=environment, stdout=ctl_log, stderr=ctl_log, cwd=work
     )
     stack.callback(terminate, proc)
     base = f"http://127.0.0.1:{port}"

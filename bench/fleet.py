@@ -14,6 +14,13 @@ table's statistics. At the end it checks that every station was online while the
 reported and that every message ``simulate`` counts as sent is in the summary's
 ``ingested``, exactly.
 
+With ``--rollout`` the controller hosts a signed update repository (the demo's kind: online
+release key allowed), a software release is published, the simulated stations run the real
+updater (``simulate --update-url … --update-root …``), and once every station is online a
+rollout of that release to all of them starts (canaries, 10/50/100 %, threshold 0.2): each
+station downloads through TUF from the controller, switches, restarts (a new agent session)
+and soaks. Its progress is sampled every 10 s into the timeline and its end state recorded.
+
     .venv/bin/python bench/fleet.py --stations 2000 --duration 300
     .venv/bin/python bench/fleet.py --stations 10000 --duration 300 --db postgres
 """
@@ -125,6 +132,89 @@ class Sampler(threading.Thread):
         return out
 
 
+class UpdateBench:
+    """``--rollout``: the repository, the release, the rollout and what became of it."""
+
+    def __init__(self, work: Path) -> None:
+        from kioskfleet.controller.tufrepo.service import create_demo_repository, open_repository
+
+        tuf = create_demo_repository(work / "tuf")
+        self.root = work / "update-root.json"
+        self.root.write_bytes(open_repository(tuf).root_bytes(1))
+        #: the controller's ``[tuf]`` section, as environment variables
+        self.env = {
+            "KIOSKFLEET_TUF__DIR": str(tuf.dir),
+            "KIOSKFLEET_TUF__ONLINE_KEYS": str(tuf.online_keys),
+            "KIOSKFLEET_TUF__ONLINE_RELEASE": "true",
+        }
+        self.release: str | None = None
+        self.rollout: str | None = None
+        self.started_at: float | None = None
+        self.completed_at: float | None = None
+
+    def publish(self, base: str) -> None:
+        """Upload a small software release (signed by the controller's online key)."""
+        from kioskfleet import __version__
+        from kioskfleet.updates.software import build_software
+
+        version = f"{__version__}-bench.1"
+        data = build_software(version, {"bin/kioskfleet-agent": f"agent {version}\n".encode()})
+        answer = httpx.post(
+            f"{base}/api/releases",
+            data={"kind": "software", "version": version},
+            files={"file": ("release.tar.gz", data, "application/gzip")},
+            timeout=60,
+        )
+        answer.raise_for_status()
+        self.release = str(answer.json()["id"])
+        log(f"release {self.release} published ({version})")
+
+    def start(self, http: httpx.Client, now: float) -> None:
+        """Start the rollout to every station (once)."""
+        if self.rollout is not None:
+            return
+        answer = http.post(
+            "/api/rollouts",
+            json={"release": self.release, "waves": [10, 50, 100], "failure_threshold": 0.2},
+            timeout=120,
+        )
+        answer.raise_for_status()
+        self.rollout, self.started_at = str(answer.json()["id"]), now
+        log(f"rollout {self.rollout} started at {now:.1f} s")
+
+    def sample(self, http: httpx.Client, now: float) -> dict[str, Any]:
+        """The rollout's state for the timeline (the list's entry: no per-station rows)."""
+        if self.rollout is None:
+            return {}
+        try:
+            items = http.get("/api/rollouts", params={"limit": 1}, timeout=30).json()["items"]
+        except httpx.HTTPError:
+            return {"rollout": "unanswered"}
+        mine = next((r for r in items if r["id"] == self.rollout), None)
+        if mine is None:
+            return {}
+        if mine["state"] == "completed" and self.completed_at is None:
+            self.completed_at = now
+        counts = {k: v for k, v in mine["summary"].items() if v}
+        return {"rollout": mine["state"], "wave": mine["wave"], "progress": counts}
+
+    def report(self, http: httpx.Client) -> dict[str, Any]:
+        """What became of the rollout by the end of the run."""
+        with http:
+            listed = http.get("/api/rollouts", params={"limit": 1}).json()["items"]
+        mine = next((r for r in listed if r["id"] == self.rollout), None)
+        return {
+            "release": self.release,
+            "id": self.rollout,
+            "started_at_s": None if self.started_at is None else round(self.started_at, 1),
+            "completed_at_s": None if self.completed_at is None else round(self.completed_at, 1),
+            "state": mine["state"] if mine else None,
+            "wave": mine["wave"] if mine else None,
+            "reason": mine["reason"] if mine else None,
+            "summary": mine["summary"] if mine else None,
+        }
+
+
 #: the routes a dashboard polls while the fleet reports, timed side by side
 ROUTES = ("summary", "list", "detail")
 
@@ -143,6 +233,11 @@ def main() -> int:
     parser.add_argument(
         "--profile", type=Path, help="py-spy controller and simulator for 30 s mid-run into DIR"
     )
+    parser.add_argument(
+        "--rollout",
+        action="store_true",
+        help="the updater in every station: roll a software release out to all of them",
+    )
     args = parser.parse_args()
     if args.db == "postgres" and (why := postgres_available()):
         raise SystemExit(f"PostgreSQL not reachable: {why}")
@@ -159,9 +254,12 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="kf-bench-fleet-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        run = start_controller(stack, work, args.db)
+        updates = UpdateBench(work) if args.rollout else None
+        run = start_controller(stack, work, args.db, updates.env if updates else None)
         broker, db_url, base, controller = run.broker, run.db_url, run.base, run.proc
         log(f"controller up at {base}, broker {broker.url}, database {args.db}")
+        if updates is not None:
+            updates.publish(base)
 
         sim_log = (work / "simulate.log").open("wb")
         sim_cmd = [
@@ -178,6 +276,8 @@ def main() -> int:
         ]
         if args.processes:
             sim_cmd += ["--processes", str(args.processes)]
+        if updates is not None:
+            sim_cmd += ["--update-url", f"{base}/tuf/", "--update-root", str(updates.root)]
         simulator = subprocess.Popen(sim_cmd, stdout=subprocess.PIPE, stderr=sim_log, cwd=work)
         stack.callback(terminate, simulator)
         assert broker.proc is not None
@@ -241,6 +341,8 @@ def main() -> int:
                         log(f"all {args.stations} stations online after {now:.1f} s")
                     if all_online_at is not None:
                         online_min = online if online_min is None else min(online_min, online)
+                    if updates is not None and all_online_at is not None:
+                        updates.start(http, now)
                 if summary is not None and (not timeline or now - timeline[-1]["t"] >= 10):
                     timeline.append(
                         {
@@ -249,6 +351,7 @@ def main() -> int:
                             "degraded": summary["degraded"],
                             "stations": summary["stations"],
                             "telemetry": summary["ingested"]["telemetry"],
+                            **(updates.sample(http, now) if updates is not None else {}),
                         }
                     )
                     log(json.dumps(timeline[-1]))
@@ -329,6 +432,8 @@ def main() -> int:
             "ingest_batches": batches,
             "timeline": timeline,
         }
+        if updates is not None:
+            result["rollout"] = updates.report(httpx.Client(base_url=base, timeout=60))
         if plans:
             result["plans"] = plans
         if profiles:

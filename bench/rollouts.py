@@ -4,8 +4,11 @@ A SQLite (or PostgreSQL) database with N stations (births written by the real Fl
 one software release, one rollout over all of them (canaries, 10/50/100). Timed, side by
 side in one run: creating the rollout (planning N stations), the runner's pass that starts
 the canaries, the pass that starts wave 1 (its install commands stored and audited), an idle
-pass (nothing new: the per-second cost while stations work), and reading N update events
-(one events message per station) in the pass that applies them.
+pass (nothing new: the per-second cost while stations work), and the ingest writer storing
+one events message per station in batches of 2,000 — with an ``update`` event (whose
+progress the writer writes in the batch's transaction, decision 49) against the same
+messages with an event of another type, alternated twice — then the pass that judges after
+them.
 
     PYTHONPATH=src .venv/bin/python bench/rollouts.py [--stations 10000] [--db sqlite|postgres]
 """
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 
 from _support import throwaway_postgres
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.models import RolloutStationRow
@@ -127,7 +130,7 @@ def main() -> None:
             )
             for s in canaries
         ]
-        store.apply(events, now=time.time())
+        runner.progressed(store.apply(events, now=time.time()).rollouts)
         began = time.perf_counter()
         started = runner.tick()
         timings[f"pass: start wave 1 ({started} installs stored)"] = time.perf_counter() - began
@@ -142,30 +145,42 @@ def main() -> None:
         began = time.perf_counter()
         eager.tick()
         timings["pass: idle, judged anyway (every 10 s)"] = time.perf_counter() - began
-        # every station reports downloading: one events message each, read in one pass
-        events = [
-            _message(
-                "events",
-                s,
-                seq=2,
-                events=[
-                    {
-                        "type": "update",
-                        "release": "software-r1",
-                        "rollout": rollout,
-                        "progress": "downloading",
-                    }
-                ],
-            )
-            for s in ids
-        ]
-        for start in range(0, len(events), 2000):
-            store.apply(events[start : start + 2000], now=time.time())
+        # every station sends one events message, in writer batches of 2,000: with an update
+        # event (progress written in the batch's transaction) or with another event, twice
+        kinds = {
+            "update": {
+                "type": "update",
+                "release": "software-r1",
+                "rollout": rollout,
+                "progress": "downloading",
+            },
+            "other": {"type": "door_opened", "panel": "service"},
+        }
+        reported: set[str] = set()
+        for seq, kind in enumerate(["other", "update", "other", "update"], start=2):
+            messages = [_message("events", s, seq=seq, events=[kinds[kind]]) for s in ids]
+            began = time.perf_counter()
+            for start in range(0, len(messages), 2000):
+                reported |= store.apply(messages[start : start + 2000], now=time.time()).rollouts
+            spent = time.perf_counter() - began
+            name = f"writer: {len(ids)} events messages, {kind} (seq {seq})"
+            timings[name] = spent
+        runner.progressed(reported)
         began = time.perf_counter()
         runner.tick()
-        timings[f"pass: read {len(events)} update events"] = time.perf_counter() - began
+        timings["pass: judged after every station reported"] = time.perf_counter() - began
+        with engine.connect() as conn:
+            written = conn.execute(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.rollout_id == rollout, table.c.progress == "downloading")
+            ).scalar_one()
         engine.dispose()
-    print(json.dumps({"stations": args.stations, "db": engine.dialect.name}))
+    print(
+        json.dumps(
+            {"stations": args.stations, "db": engine.dialect.name, "progress_written": written}
+        )
+    )
     for name, seconds in timings.items():
         print(f"{name:45s} {seconds * 1000:9.1f} ms")
 

@@ -92,12 +92,17 @@ def test_settings_the_contract_lists_are_accepted_and_parsed(tmp_path: Path) -> 
     )
     assert config.maintenance_window == MaintenanceWindow(start=time(1, 0), end=time(5, 0))
     assert str(config.maintenance_window) == "01:00-05:00"
+    # the birth states it (issue 11), as written
+    from kioskfleet.agent.service import identity_of
+
+    assert identity_of(config).maintenance_window == "01:00-05:00"
     assert config.update_root == tmp_path / "root.json"
     assert config.local_service is None
     assert config.local_service_token_file == tmp_path / "token"
     assert config.local_service_group == "kiosk"
     defaults = agent_config_from_dict(BASE)
     assert defaults.maintenance_window is None
+    assert identity_of(defaults).maintenance_window is None
     assert defaults.local_service == "127.0.0.1:8765"
     assert defaults.local_service_token_file is None
 
@@ -186,3 +191,47 @@ def test_the_local_service_token_file_and_group() -> None:
     )
     assert config.local_service_token_file == Path("/etc/kioskfleet/local-service.token")
     assert config.local_service_group == "kioskapp"
+
+
+def test_the_soak_policy_is_configurable_and_defaults_to_the_updaters() -> None:
+    from kioskfleet.agent.updater import SoakPolicy
+
+    assert agent_config_from_dict(BASE).updates.soak_policy() == SoakPolicy()
+    config = agent_config_from_dict(
+        {
+            **BASE,
+            "updates": {
+                "soak_s": 300,
+                "probe_interval_s": 10,
+                "health_timeout_s": 1800,
+                "max_failed_probes": 3,
+                "max_starts": 2,
+                "check_interval_s": 600,
+            },
+        }
+    )
+    assert config.updates.soak_policy() == SoakPolicy(
+        soak=300.0, interval=10.0, timeout=1800.0, max_failures=3, max_starts=2
+    )
+    assert config.updates.check_interval_s == 600.0
+
+
+@pytest.mark.parametrize(
+    ("updates", "message"),
+    [
+        ({"soak_s": -1}, r"updates\.soak_s: must be .*0"),
+        ({"soak_s": "2m"}, r"updates\.soak_s: must be a number"),
+        ({"probe_interval_s": 0}, r"updates\.probe_interval_s"),
+        ({"max_starts": 0}, r"updates\.max_starts"),
+        ({"max_failed_probes": 1.5}, r"updates\.max_failed_probes"),
+        ({"check_interval_s": 0.5}, r"updates\.check_interval_s"),
+        ({"soak_s": 900, "health_timeout_s": 600}, r"soak_s \(900\) must be shorter than"),
+        ({"soak": 60}, r"updates\.soak"),
+    ],
+)
+def test_bad_soak_settings_are_refused_in_one_line(
+    updates: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        agent_config_from_dict({**BASE, "updates": updates})
+    assert "\n" not in str(err.value)

@@ -42,7 +42,13 @@ def test_host_thresholds_have_two_levels() -> None:
     assert disk.severity(50) is None
     assert disk.severity(85) == "warning"
     assert disk.severity(99) == "critical"
-    assert {r.condition for r in rules.host} == {"disk", "memory", "temperature"}
+    assert {r.condition for r in rules.host} == {
+        "disk",
+        "memory",
+        "temperature",
+        "clock_skew",
+        "update_metadata_expired",
+    }
 
 
 def test_given_keys_update_the_defaults() -> None:

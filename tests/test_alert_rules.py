@@ -143,6 +143,13 @@ def test_busy_is_no_problem() -> None:
             {"temperature": "warning", "disk": "critical"},
         ),
         ({"temperature_c": 90.0}, {"temperature": "critical"}),
+        # the kiosk's clock off the controller's, either way (issue 11: 5 minutes)
+        ({"clock_skew_s": 299.9}, {}),
+        ({"clock_skew_s": -299.9}, {}),
+        ({"clock_skew_s": 3600.0}, {"clock_skew": "warning"}),
+        ({"clock_skew_s": -301.0}, {"clock_skew": "warning"}),
+        ({"update_metadata_expired": 0.0}, {}),
+        ({"update_metadata_expired": 1.0}, {"update_metadata_expired": "warning"}),
         ({}, {}),  # no metrics reported: nothing to judge
     ],
 )
@@ -152,6 +159,12 @@ def test_host_thresholds(host: dict[str, float], expected: dict[str, str]) -> No
     for (device_slot, _), condition in conditions.items():
         assert device_slot is None
         assert condition.details["value"] == host[condition.details["metric"]]
+
+
+def test_a_clock_behind_says_so_by_its_size() -> None:
+    (condition,) = found(host={"clock_skew_s": -3600.0}).values()
+    assert condition.details["summary"] == "|clock_skew_s| 3600 ≥ 300"
+    assert condition.details["value"] == -3600.0  # as reported: behind
 
 
 @pytest.mark.parametrize("status", ["offline", "silent"])

@@ -83,6 +83,7 @@ def fill(engine: Any) -> None:
                 versions={"agent": "0.1.0", "catalogue": "2026.11"},
                 devices={"printer": PRINTER, "card_reader": CARD_READER},
                 required_devices=["printer"],
+                maintenance_window="23:00-02:00",
             ),
             _birth("wx-binhu-gov-02", "Binhu", versions={"agent": "0.1.0"}),
             _birth("wx-liangxi-gov-01", "Liangxi", in_service=False),
@@ -265,6 +266,7 @@ def test_the_json_on_the_wire(app: FastAPI) -> None:
         "registered_at",
         "devices",
         "required_devices",
+        "maintenance_window",
         "history",
         "alerts",
     ]
@@ -278,6 +280,8 @@ def test_the_json_on_the_wire(app: FastAPI) -> None:
     card_reader = {**CARD_READER, "supplies": {}, "events": []}
     assert detail["devices"] == {"printer": PAPER_OUT, "card_reader": card_reader}
     assert detail["required_devices"] == ["printer"]
+    assert detail["maintenance_window"] == "23:00-02:00"  # as its birth said
+    assert get(app, "/api/stations/wx-binhu-gov-02").json()["maintenance_window"] is None
     assert [(h["status"], h["at"]) for h in detail["history"]] == [
         ("degraded", "2025-11-24T16:00:10.500000Z"),
         ("online", "2025-11-24T16:00:00.250000Z"),

@@ -225,6 +225,7 @@ def test_the_station_page_shows_devices_in_the_contracts_vocabulary(app: FastAPI
     html = get(app, "/stations/wx-binhu-gov-01").text
     assert 'data-state="user_error"' in html and "paper_out" in html
     assert 'data-command="restart_device" data-slot="printer"' in html
+    assert re.search(r'id="station-window">23:00-02:00 ', html)  # from its birth
     assert get(app, "/stations/nope").status_code == 404
     assert get(app, "/fragments/stations/nope").status_code == 404
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from typing import Any
 
 import httpx
 import pytest
@@ -23,8 +25,10 @@ def _status(url: str) -> int:
 
 
 def test_demo_runs_by_itself_and_prints_its_summary() -> None:
+    """…and, while it runs, shows its published releases and a finished rollout of its
+    software release to one district (the console's rollouts page reads the same)."""
     port = free_port()
-    demo = subprocess.Popen(
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -48,10 +52,11 @@ def test_demo_runs_by_itself_and_prints_its_summary() -> None:
         assert httpx.get(base + "/api/fleet/summary", timeout=10).status_code == 200
         answer = httpx.post(base + "/api/stations/x/commands", json={"name": "rebirth"})
         assert answer.status_code == 401
-        stdout, stderr = demo.communicate(timeout=180)
+        finished = _watch_rollouts(port, process)
+        stdout, stderr = process.communicate(timeout=180)
     finally:
-        demo.kill()
-    assert demo.returncode == 0, stderr[-3000:]
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
     # one account per role, with its password, on stderr
     for name, (role, districts) in DEMO_PEOPLE.items():
         (line,) = [line.split() for line in stderr.splitlines() if line.split()[:1] == [name]]
@@ -76,3 +81,29 @@ def test_demo_runs_by_itself_and_prints_its_summary() -> None:
     assert summary["sent"] == summary["ingested"]
     assert summary["sent"]["telemetry"] >= 30 * 5
     assert summary["unconfirmed"] == 0
+    # a finished rollout: every targeted station healthy on the demo's software release
+    assert finished is not None, "no completed rollout while the demo ran"
+    assert finished["release"] == "software-r1" and finished["created_by"] == "demo"
+    assert finished["summary"]["healthy"] == sum(finished["summary"].values()) > 0
+    assert finished["target"]["districts"]
+
+
+def _watch_rollouts(port: int, process: subprocess.Popen[str]) -> dict[str, Any] | None:
+    """The first completed rollout ``GET /api/rollouts`` lists while the demo runs (None if
+    none before it ends); the releases are checked once the API answers."""
+    releases_seen = False
+    while process.poll() is None:
+        time.sleep(0.5)
+        try:
+            listed = httpx.get(f"http://127.0.0.1:{port}/api/rollouts", timeout=5).json()
+            if not releases_seen:
+                releases = httpx.get(f"http://127.0.0.1:{port}/api/releases", timeout=5).json()
+                ids = {r["id"] for r in releases["items"]}
+                assert {"software-r1", "catalogue-r1"} <= ids
+                releases_seen = True
+        except httpx.HTTPError:
+            continue  # not serving yet, or stopping
+        done = [r for r in listed["items"] if r["state"] == "completed"]
+        if done:
+            return dict(done[0])
+    return None

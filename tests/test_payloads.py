@@ -50,6 +50,7 @@ IDENTITY = StationIdentity(
     telemetry_interval=15,
     catalogue_version="2025.11",
     required_devices=("printer", "cash_acceptor"),
+    maintenance_window="23:30-04:00",
 )
 STAMP = Stamp(STATION, 1_764_000_000_000, 7, 1_764_000_000.25)
 
@@ -98,6 +99,7 @@ def test_birth_roundtrips_with_the_full_description() -> None:
     assert decoded.telemetry_interval == 15.0 and decoded.keepalive == 30
     assert decoded.versions is not None and decoded.versions.catalogue == "2025.11"
     assert decoded.required_devices == ["printer", "cash_acceptor"]
+    assert decoded.maintenance_window == "23:30-04:00"
     assert decoded.devices == without_events(statuses)  # events travel in `events` only
     assert (decoded.session, decoded.seq) == (STAMP.session, 0)
 

@@ -75,12 +75,19 @@ def test_birth_needs_its_description_and_seq_zero() -> None:
         telemetry_interval=10,
     )
     assert decode_agent_message("state", STATION, json.dumps(birth).encode()).online
+    for window in ("01:00-05:00", "23:00-02:00"):
+        windowed = json.dumps({**birth, "maintenance_window": window}).encode()
+        assert decode_agent_message("state", STATION, windowed).maintenance_window == window
     will = envelope(seq=0, online=False)
     assert not decode_agent_message("state", STATION, json.dumps(will).encode()).online
     for broken in (
         {**birth, "district": None},
         {**birth, "seq": 3},
         {k: v for k, v in birth.items() if k != "profile"},
+        {**birth, "maintenance_window": "1:00-5:00"},
+        {**birth, "maintenance_window": "24:00-05:00"},
+        {**birth, "maintenance_window": "01:00"},
+        {**birth, "maintenance_window": 1},
     ):
         with pytest.raises(ProtocolError) as err:
             decode_agent_message("state", STATION, json.dumps(broken).encode())

@@ -1,7 +1,8 @@
 """Rollouts through the API (CONTRACT §4) without a broker: the controller is never started;
 its rollout runner's passes are called by the test (``tick``), the stations and their
-``update`` events are written by the real ``FleetStore`` into ``event_batch``, where the
-runner reads them. On SQLite and PostgreSQL."""
+``update`` events are written by the real ``FleetStore``, which writes the stations' rollout
+progress in the batch's transaction and names the rollouts in its outcome (what a running
+controller hands the runner). On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from sqlalchemy import select
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import migrate
-from kioskfleet.controller.models import Audit, CommandRecord, EventBatch, RolloutCursor
+from kioskfleet.controller.models import Audit, CommandRecord, RolloutStationRow
 from kioskfleet.controller.rollout_runner import RolloutRunner
 from kioskfleet.controller.service import Controller
-from kioskfleet.controller.store import FleetStore
+from kioskfleet.controller.store import BatchOutcome, FleetStore
 from kioskfleet.controller.tufrepo.service import create_demo_repository
 from kioskfleet.updates.software import build_software
 from tests.conftest import AUTH, TEST_TOKEN, acting
@@ -100,8 +101,15 @@ def runner(controller: Controller, clock: Clock) -> RolloutRunner:
 
 
 def report(
-    controller: Controller, station: str, seq: int, rollout: str, progress: str, **extra: Any
-) -> None:
+    controller: Controller,
+    station: str,
+    seq: int,
+    rollout: str,
+    progress: str,
+    run: RolloutRunner | None = None,
+    **extra: Any,
+) -> BatchOutcome:
+    """Store an ``update`` event as the writer does; tell ``run`` what the batch moved."""
     event = {
         "type": "update",
         "release": "software-r1",
@@ -109,10 +117,22 @@ def report(
         "progress": progress,
         **extra,
     }
-    FleetStore(controller.engine).apply(
+    outcome = FleetStore(controller.engine).apply(
         [_message("events", station, seq=seq, ts=T0 + 200 + seq, events=[event])],
         now=T0 + 200 + seq,
     )
+    if run is not None:
+        run.progressed(outcome.rollouts)
+    return outcome
+
+
+def progress(controller: Controller, rollout: str) -> dict[str, tuple[str, str | None]]:
+    """Each station's (progress, error) as stored."""
+    return {
+        row.station: (row.progress, row.error)
+        for row in rows(controller, RolloutStationRow)
+        if row.rollout_id == rollout
+    }
 
 
 def rows(controller: Controller, model: Any) -> list[Any]:
@@ -249,27 +269,72 @@ def test_a_rollout_goes_wave_by_wave_from_the_stations_events(
     assert listed["items"][0]["summary"]["rolled_back"] == 1
 
 
-def test_the_runner_resumes_reading_where_it_stopped(app: FastAPI, controller: Controller) -> None:
-    clock = Clock()
+def test_the_writer_stores_progress_with_the_events_that_carry_it(
+    app: FastAPI, controller: Controller
+) -> None:
+    """No runner pass: the row moves in the batch's own transaction, the newest by station
+    time wins, a late older event and an unknown rollout change nothing, and the outcome
+    names the rollouts concerned (what wakes the runner)."""
     release = publish(app, "1.0.0")
     rollout = call(
         app,
         "POST",
         "/api/rollouts",
-        json={"release": release, "target": {"stations": [STATIONS[0]]}},
+        json={"release": release, "target": {"stations": STATIONS[:2]}},
     ).json()["id"]
-    runner(controller, clock).tick()
-    report(controller, STATIONS[0], 1, rollout, "failed", error="disk full")
-    runner(controller, clock).tick()
-    (cursor,) = rows(controller, RolloutCursor)
-    assert cursor.value >= 1
-    # a new runner (a restarted controller) does not read the same events again
-    again = runner(controller, clock)
-    with controller.engine.begin() as conn:
-        from kioskfleet.controller.rollouts import read_progress
+    assert progress(controller, rollout)[STATIONS[0]] == ("pending", None)
+    first = report(controller, STATIONS[0], 1, rollout, "downloading")
+    assert first.rollouts == {rollout}
+    assert progress(controller, rollout)[STATIONS[0]] == ("downloading", None)
+    report(controller, STATIONS[0], 3, rollout, "failed", error="disk full")
+    report(controller, STATIONS[0], 2, rollout, "installed")  # older by station time
+    report(controller, STATIONS[1], 1, rollout, "deferred", reason="a citizen is paying")
+    assert progress(controller, rollout) == {
+        STATIONS[0]: ("failed", "disk full"),
+        STATIONS[1]: ("deferred", "deferred: a citizen is paying"),
+    }
+    # several events of one station in one message: the last one counts
+    events = [
+        {"type": "update", "release": release, "rollout": rollout, "progress": p}
+        for p in ("downloading", "installed", "healthy")
+    ] + [{"type": "update", "release": release, "rollout": None, "progress": "failed"}]
+    outcome = FleetStore(controller.engine).apply(
+        [_message("events", STATIONS[1], seq=9, ts=T0 + 900, events=events)], now=T0 + 900
+    )
+    assert outcome.rollouts == {rollout}
+    assert progress(controller, rollout)[STATIONS[1]] == ("healthy", None)
+    # the same message again is a duplicate: stored once, no progress written
+    again = FleetStore(controller.engine).apply(
+        [_message("events", STATIONS[1], seq=9, ts=T0 + 900, events=events)], now=T0 + 901
+    )
+    assert again.duplicates == 1 and again.rollouts == frozenset()
+    stray = report(controller, STATIONS[2], 1, "no-such-rollout", "healthy")
+    assert stray.rollouts == {"no-such-rollout"}
+    assert len(progress(controller, rollout)) == 2
+    assert progress(controller, "no-such-rollout") == {}
 
-        assert read_progress(conn=conn).batches == 0
-    again.tick()
+
+def test_a_report_wakes_the_runner_at_once(app: FastAPI, controller: Controller) -> None:
+    """A started runner judges a reported failure without waiting for its interval."""
+    release = publish(app, "1.0.0")
+    rollout = call(
+        app,
+        "POST",
+        "/api/rollouts",
+        json={"release": release, "target": {"stations": [STATIONS[0]]}, "canary": False},
+    ).json()["id"]
+    run = RolloutRunner(controller.engine, lambda stations: 0, interval=60.0, min_gap=0.0)
+    run.tick()
+    run.start()
+    try:
+        report(controller, STATIONS[0], 1, rollout, "failed", run, error="disk full")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if call(app, "GET", f"/api/rollouts/{rollout}").json()["state"] == "paused":
+                break
+            time.sleep(0.05)
+    finally:
+        run.stop()
     got = call(app, "GET", f"/api/rollouts/{rollout}").json()
     assert got["state"] == "paused"
     assert got["stations"][0]["error"] == "disk full"
@@ -331,22 +396,6 @@ def test_a_catalogue_rollout_sends_each_station_its_site_types_target(
     assert targets["wx-xishan-bank-01"] == "catalogue/bank_agent_branch-2026.12-r1.json"
     assert targets[STATIONS[0]] == "catalogue/government_service_center-2026.12-r1.json"
     assert call(app, "GET", f"/api/rollouts/{rollout}").json()["state"] == "running"
-
-
-def test_events_stored_before_the_first_pass_ever_are_not_read(
-    app: FastAPI, controller: Controller
-) -> None:
-    from kioskfleet.controller.rollouts import read_progress
-
-    for seq in range(1, 4):
-        report(controller, STATIONS[0], seq, "old-rollout", "healthy")
-    with controller.engine.begin() as conn:
-        assert read_progress(conn=conn).batches == 0  # the cursor starts at the newest stored batch
-    report(controller, STATIONS[0], 4, "old-rollout", "healthy")
-    with controller.engine.begin() as conn:
-        assert read_progress(conn=conn).batches == 1
-    (cursor,) = rows(controller, RolloutCursor)
-    assert cursor.value == max(r.id for r in rows(controller, EventBatch))
 
 
 def test_start_at_waits_and_the_deadline_fails_what_has_not_finished(
@@ -418,7 +467,7 @@ def test_a_large_wave_starts_over_several_passes_and_a_report_is_judged_at_once(
     assert [run.tick(), run.tick(), run.tick(), run.tick()] == [2, 2, 1, 0]
     assert len(rows(controller, CommandRecord)) == 5
     # judged a moment ago (not due again for 10 s), but a station reported: judged now
-    report(controller, STATIONS[0], 1, rollout, "failed", error="disk full")
+    report(controller, STATIONS[0], 1, rollout, "failed", run, error="disk full")
     clock.now += 1
     run.tick()
     assert call(app, "GET", f"/api/rollouts/{rollout}").json()["state"] == "paused"

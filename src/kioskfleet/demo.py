@@ -11,12 +11,14 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kioskfleet.agent.payloads import StationIdentity
     from kioskfleet.controller.people import Role
 
 log = logging.getLogger(__name__)
@@ -202,6 +204,21 @@ def run_demo(
             update_root=root,
         )
         final: dict[str, Any] = {}
+        # a release manager's first rollout: the software release to one district's stations
+        stopping = threading.Event()
+        district = demo_rollout_district(spec.stations)
+        rollout = threading.Thread(
+            target=start_demo_rollout,
+            args=(
+                served.controller,
+                district,
+                [s.station for s in spec.stations if s.district == district],
+                stopping,
+            ),
+            name="demo-rollout",
+            daemon=True,
+        )
+        rollout.start()
 
         async def before_shutdown(fleet: Any) -> None:
             # let the last confirmations and status changes land before reading the summary
@@ -213,6 +230,8 @@ def run_demo(
         except KeyboardInterrupt:
             result = None
         finally:
+            stopping.set()
+            rollout.join(5)
             served.stop()
             if broker is not None:
                 broker.stop()
@@ -332,6 +351,81 @@ def publish_demo_releases(controller: Any) -> bytes | None:
     log.warning("demo releases published: %s", ", ".join(r.id for r in created))
     root: bytes = repository.root_bytes(1)
     return root
+
+
+def demo_rollout_district(stations: Sequence[StationIdentity]) -> str:
+    """The district the demo rolls its software release out to: the one with most stations
+    (the first in name order among equals), so even a small demo fleet has a rollout."""
+    counts = Counter(s.district for s in stations)
+    return min(counts, key=lambda d: (-counts[d], d))
+
+
+def start_demo_rollout(
+    controller: Any,
+    district: str,
+    stations: Sequence[str],
+    stop: threading.Event,
+    timeout: float = 120.0,
+) -> str | None:
+    """Once every one of ``stations`` (those of ``district``) is online with its birth
+    stored, roll the demo's software release out to the district — canaries, then 50 % and
+    100 %, pausing above 20 % failed — as ``POST /api/rollouts`` would (the same function, by
+    ``demo``); the controller's rollout runner takes it from there, and the simulated
+    stations install, restart, soak and report through the real updater. The rollout's id;
+    None without a repository, when stopped, or when the stations did not all come in
+    ``timeout`` seconds."""
+    from sqlalchemy import func, select
+
+    from kioskfleet.controller import rollouts
+    from kioskfleet.controller.models import Station
+    from kioskfleet.controller.tufrepo.releases import list_releases
+
+    if controller.tuf is None or not stations:
+        return None
+    table = Station.__table__  # type: ignore[attr-defined]
+    ready = (
+        select(func.count())
+        .select_from(table)
+        .where(
+            table.c.id.in_(list(stations)),
+            table.c.status != "offline",
+            table.c.profile.is_not(None),  # its birth is in: the canaries are per profile
+        )
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        if stop.wait(0.5):
+            return None
+        with controller.engine.connect() as conn:
+            if conn.execute(ready).scalar_one() == len(stations):
+                break
+        if time.monotonic() > deadline:
+            log.error("demo rollout not started: %s's stations did not all come online", district)
+            return None
+    version = demo_software_version()
+    release = next(
+        r
+        for r in list_releases(controller.tuf.repository)
+        if r.kind == "software" and r.version == version
+    )
+    body = rollouts.RolloutRequest(
+        release=release.id,
+        target=rollouts.RolloutTarget(districts=[district]),
+        waves=[50, 100],
+        failure_threshold=0.2,
+    )
+    with controller.engine.begin() as conn:
+        rollout_id = rollouts.create_rollout(
+            conn=conn, body=body, release=release, actor="demo", source=None, now=time.time()
+        )
+    log.warning(
+        "demo rollout %s: %s to the %d stations of %s",
+        rollout_id,
+        release.id,
+        len(stations),
+        district,
+    )
+    return rollout_id
 
 
 def print_json(obj: dict[str, Any]) -> None:

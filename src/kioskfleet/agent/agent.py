@@ -36,6 +36,7 @@ from kioskfleet.agent.commands import (
     StationOps,
 )
 from kioskfleet.agent.devices import Coordinator, DeviceSource
+from kioskfleet.agent.freshness import UpdateFreshness
 from kioskfleet.agent.host import HostSampler
 from kioskfleet.agent.install import Installer, ToolsProvider, UpdateTools
 from kioskfleet.agent.mqtt import MqttLink
@@ -162,7 +163,11 @@ class StationAgent:
         self.updates: StationUpdates | None = None
         #: the updater and TUF client for ``install`` (built on first use; None: no updates)
         self.update_tools: ToolsProvider | None = None
-        self.installer = Installer(self.station, identity.site_type, self._update_tools)
+        #: expired update metadata and the clock's skew, reported in telemetry's ``host``
+        self.freshness = UpdateFreshness()
+        self.installer = Installer(
+            self.station, identity.site_type, self._update_tools, self.freshness
+        )
         #: command ids whose handler is running now
         self._running: set[str] = set()
         self._commands: dict[str, CommandHandler] = {
@@ -229,7 +234,10 @@ class StationAgent:
     # -- queueing ------------------------------------------------------------------------------
     def queue_telemetry(self) -> Entry | None:
         """Queue one telemetry message with host metrics and every device's status."""
-        host = self.host.sample() if self.host else {}
+        host: Mapping[str, float | None] = self.host.sample() if self.host else {}
+        update_health = self.freshness.host_metrics()
+        if update_health:
+            host = {**host, **update_health}
         return self._queue(
             "telemetry",
             lambda stamp: payloads.telemetry(

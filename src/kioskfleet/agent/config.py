@@ -29,12 +29,17 @@ from pydantic import (
     model_validator,
 )
 
+from kioskfleet.agent.updater.soak import SoakPolicy
 from kioskfleet.firmware_profiles import ProfileError, ProfileName, load_station_profile
 from kioskfleet.mqttclient import TlsSettings
 from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value
 from kioskfleet.protocol.devices import DriverName, SlotName
 from kioskfleet.protocol.explain import Loc, explain, one_line
-from kioskfleet.protocol.stations import SiteType, is_valid_station_id
+from kioskfleet.protocol.stations import (
+    MAINTENANCE_WINDOW_PATTERN,
+    SiteType,
+    is_valid_station_id,
+)
 
 
 class ConfigError(ValueError):
@@ -45,7 +50,7 @@ class ConfigError(ValueError):
 #: China has kept UTC+8 without daylight saving since 1991, so a fixed offset is exact and
 #: needs no time zone database (which Windows kiosks lack)
 SHANGHAI: Final = timezone(timedelta(hours=8), "Asia/Shanghai")
-_WINDOW: Final = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$")
+_WINDOW: Final = re.compile(MAINTENANCE_WINDOW_PATTERN)
 _WINDOW_ALLOWED: Final = "'HH:MM-HH:MM' in Asia/Shanghai time, e.g. '01:00-05:00'"
 
 # TOML gives every value its type: a number in quotes is a mistake, not a number. Lists and
@@ -147,6 +152,52 @@ class DeviceConfig(BaseModel):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
 
 
+#: the soak policy's defaults: the ``[updates]`` keys default to them
+_SOAK: Final = SoakPolicy()
+
+
+class UpdatesConfig(BaseModel):
+    """The ``[updates]`` section: how a new software release is watched before it is
+    committed (the updater's :class:`~kioskfleet.agent.updater.soak.SoakPolicy`), and how
+    often the update repository is asked whether its metadata is still fresh."""
+
+    model_config = _STRICT
+
+    #: seconds every health probe must pass for, in a row, before the release is committed
+    soak_s: Annotated[float, Field(ge=0, le=86400)] = _SOAK.soak
+    #: seconds between two health probes
+    probe_interval_s: Annotated[float, Field(gt=0, le=3600)] = _SOAK.interval
+    #: seconds after the trial began by which it must have soaked healthy (across restarts),
+    #: else it rolls back
+    health_timeout_s: Annotated[float, Field(gt=0, le=7 * 86400)] = _SOAK.timeout
+    #: failed probes in a row that roll back at once
+    max_failed_probes: Annotated[int, Field(ge=1, le=1000)] = _SOAK.max_failures
+    #: agent starts within one trial that roll back: the crash-loop limit
+    max_starts: Annotated[int, Field(ge=1, le=100)] = _SOAK.max_starts
+    #: seconds between two checks that the update metadata is fresh and the kiosk's clock
+    #: near the controller's (reported in telemetry; both become alerts)
+    check_interval_s: Annotated[float, Field(ge=1, le=7 * 86400)] = 3600.0
+
+    @model_validator(mode="after")
+    def _soak_fits_the_timeout(self) -> Self:
+        if self.soak_s >= self.health_timeout_s:
+            raise ValueError(
+                f"soak_s ({self.soak_s:g}) must be shorter than health_timeout_s "
+                f"({self.health_timeout_s:g}): a trial could never pass"
+            )
+        return self
+
+    def soak_policy(self) -> SoakPolicy:
+        """The updater's policy."""
+        return SoakPolicy(
+            soak=self.soak_s,
+            interval=self.probe_interval_s,
+            timeout=self.health_timeout_s,
+            max_failures=self.max_failed_probes,
+            max_starts=self.max_starts,
+        )
+
+
 class AgentConfig(BaseModel):
     """Everything a kiosk agent needs to know about itself."""
 
@@ -198,6 +249,8 @@ class AgentConfig(BaseModel):
         Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=500)] | None
     ) = None
     catalogue_version: _Label | None = None
+    #: the ``[updates]`` section: soak window, health timeout, crash-loop limit, checks
+    updates: UpdatesConfig = UpdatesConfig()
     #: the station profile's slots (when it is a shipped profile) overridden by the file's
     #: ``[devices.SLOT]`` tables; false: the file's tables only
     use_profile_devices: bool = True

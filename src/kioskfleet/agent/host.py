@@ -1,4 +1,5 @@
-"""Real host metrics from psutil, keyed as in :data:`kioskfleet.protocol.metrics.HOST_METRICS`."""
+"""Real host metrics from psutil, keyed as in
+:data:`kioskfleet.protocol.metrics.SAMPLED_METRICS`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import psutil
 
-from kioskfleet.protocol.metrics import HOST_METRIC_KEYS
+from kioskfleet.protocol.metrics import SAMPLED_METRIC_KEYS
 
 
 class HostSampler:
@@ -29,7 +30,7 @@ class HostSampler:
         self._at = -1e9
 
     def sample(self) -> dict[str, float | None]:
-        """Current host metrics; keys are exactly those of ``HOST_METRICS``."""
+        """Current host metrics; keys are exactly those of ``SAMPLED_METRICS``."""
         now = time.monotonic()
         if now - self._at < self.min_interval and self._last:
             return self._last
@@ -42,7 +43,7 @@ class HostSampler:
             "load_1m": os.getloadavg()[0],
             "agent_rss_mb": round(self._process.memory_info().rss / 2**20, 1),
         }
-        assert values.keys() == HOST_METRIC_KEYS
+        assert values.keys() == SAMPLED_METRIC_KEYS
         # a sensor driver may report NaN; the wire (JSON) and the controller do not take it
         values = {k: v if v is None or math.isfinite(v) else None for k, v in values.items()}
         self._last, self._at = values, now

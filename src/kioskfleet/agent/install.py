@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kioskfleet.agent.commands import CommandError
+from kioskfleet.agent.freshness import UpdateFreshness
 from kioskfleet.agent.updater.errors import UpdateInterrupted, UpdateRejected
 from kioskfleet.agent.updater.target import VerifiedTarget
 from kioskfleet.updates import client as tuf_client
@@ -103,12 +104,20 @@ class Installer:
         station: the station's id (for the log).
         site_type: the station's site type (its catalogue).
         tools: the updater and TUF client, or None where this agent has none.
+        freshness: told how each TUF cycle went (expired metadata, the clock's skew).
     """
 
-    def __init__(self, station: str, site_type: str, tools: ToolsProvider) -> None:
+    def __init__(
+        self,
+        station: str,
+        site_type: str,
+        tools: ToolsProvider,
+        freshness: UpdateFreshness | None = None,
+    ) -> None:
         self.station = station
         self.site_type = site_type
         self.tools = tools
+        self.freshness = freshness
         #: installs under way (a reference, so the loop does not drop them)
         self.running: set[asyncio.Task[str]] = set()
 
@@ -143,9 +152,12 @@ class Installer:
                     installed_counter=installed,
                 )
             except tuf_client.UpdateRejected as err:
+                self._observe(tools, err)
                 raise UpdateRejected(str(err)) from err
             except tuf_client.UpdateError as err:
+                self._observe(tools, err)
                 raise UpdateInterrupted(str(err)) from err
+            self._observe(tools, None)
             return VerifiedTarget(
                 path=got.path,
                 kind=got.release.kind,
@@ -166,3 +178,7 @@ class Installer:
             )
         log.info("%s: install of %s: %s", self.station, target.name, outcome)
         return outcome
+
+    def _observe(self, tools: UpdateTools, error: BaseException | None) -> None:
+        if self.freshness is not None:
+            self.freshness.observe(tools.client, error)

@@ -47,6 +47,8 @@ class StationIdentity:
     catalogue_version: str | None = None
     #: device slots the station needs to serve; empty means every configured device
     required_devices: tuple[str, ...] = ()
+    #: ``HH:MM-HH:MM`` (Asia/Shanghai) when updates may restart it; None: any time
+    maintenance_window: str | None = None
 
 
 class Stamp(NamedTuple):
@@ -94,6 +96,7 @@ def birth(
         devices={slot: for_telemetry(status) for slot, status in devices.items()},
         required_devices=list(identity.required_devices) or None,
         in_service=in_service,
+        maintenance_window=identity.maintenance_window,
     )
 
 

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from kioskfleet.agent.updater.runner import StationUpdates
 
 if TYPE_CHECKING:
     from kioskfleet.agent.localservice import LocalService
+    from kioskfleet.updates.client import UpdateClient
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +57,27 @@ def identity_of(config: AgentConfig) -> StationIdentity:
         telemetry_interval=config.telemetry_interval,
         catalogue_version=config.catalogue_version,
         required_devices=config.required_devices,
+        maintenance_window=(
+            None if config.maintenance_window is None else str(config.maintenance_window)
+        ),
     )
 
 
 async def run_agent(
-    config: AgentConfig, stop: asyncio.Event | None = None, *, soak: SoakPolicy | None = None
+    config: AgentConfig,
+    stop: asyncio.Event | None = None,
+    *,
+    soak: SoakPolicy | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> int:
     """Run the agent until ``stop`` is set (or SIGTERM/SIGINT), then shut down cleanly.
 
     At start the updater finishes or undoes an interrupted update first (which may end in an
-    immediate restart); a release on trial is probed over its soak window (``soak``: the
-    defaults of :class:`~kioskfleet.agent.updater.SoakPolicy`) and committed or rolled back.
+    immediate restart); a release on trial is probed over its soak window (``soak``, else the
+    configuration's ``[updates]``) and committed or rolled back. With an ``update_root`` the
+    update repository is asked every ``[updates] check_interval_s`` whether its metadata is
+    still fresh and how far this clock (``clock``) is from the controller's (reported in
+    telemetry).
 
     Returns the process's exit code: 0, or :data:`RESTART_EXIT_CODE` after ``restart_agent``
     (its reply queued first), so that systemd (``Restart=on-failure``) starts it again.
@@ -83,7 +95,11 @@ async def run_agent(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     # before anything else: finish or undo an update a crash or restart interrupted
-    software = SoftwareUpdater(config.state_dir / "software", base_version=__version__, policy=soak)
+    software = SoftwareUpdater(
+        config.state_dir / "software",
+        base_version=__version__,
+        policy=soak or config.updates.soak_policy(),
+    )
     try:
         plan = software.recover()
     except UpdateError as err:  # a damaged state file: run as is, updates refused meanwhile
@@ -146,7 +162,7 @@ async def run_agent(
     )
     # the install command (rollouts) calls updates.apply_software / apply_catalogue
     agent.updates = updates
-    agent.update_tools = _update_tools(config, updates)
+    agent.update_tools = _update_tools(config, updates, clock)
     local: LocalService | None = None
     if config.local_service:
         local = _local_service(
@@ -166,6 +182,17 @@ async def run_agent(
     background: list[asyncio.Task[Any]] = [
         asyncio.create_task(updates.catalogue_loop(), name="catalogue")
     ]
+    if config.update_root is not None:
+
+        def client() -> UpdateClient | None:
+            tools = agent.update_tools() if agent.update_tools is not None else None
+            return tools.client if tools is not None else None
+
+        background.append(
+            asyncio.create_task(
+                agent.freshness.run(client, config.updates.check_interval_s), name="freshness"
+            )
+        )
     if plan is not None and plan.kind == "trial" and plan.trial is not None:
         health = agent_health(
             connected=lambda: agent.link.connected,
@@ -216,7 +243,9 @@ def _renewer(config: AgentConfig, agent: StationAgent) -> Renewer | None:
     )
 
 
-def _update_tools(config: AgentConfig, updates: StationUpdates) -> ToolsProvider:
+def _update_tools(
+    config: AgentConfig, updates: StationUpdates, clock: Callable[[], float]
+) -> ToolsProvider:
     """The ``install`` command's tools: the updater and a TUF client bootstrapped from the
     configured ``update_root`` (read at each install: a rotated root file is picked up);
     without ``update_root`` an install is refused."""
@@ -236,6 +265,7 @@ def _update_tools(config: AgentConfig, updates: StationUpdates) -> ToolsProvider
             repository_url=config.update_repository,
             trusted_root=root,
             target_dir=config.state_dir / "tuf" / "targets",
+            clock=clock,
         )
         return UpdateTools(updates, client)
 

@@ -386,7 +386,7 @@ class Alerting:
         levels: list[Severity | None] = []
         for rule in self.policy.rules_for(district, site_type).host:
             value = host.get(rule.metric)
-            levels.append(None if value is None else rule.threshold.severity(value))
+            levels.append(None if value is None else rule.severity(value))
         return tuple(levels)
 
     @staticmethod

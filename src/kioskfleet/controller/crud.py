@@ -196,6 +196,7 @@ def get_station(*, conn: Connection, station_id: str, history: int = 50) -> Stat
             "registered_at": utc(row.registered_at),
             "devices": row.devices or {},
             "required_devices": row.required_devices,
+            "maintenance_window": row.maintenance_window,
             "history": [
                 {"status": h.status, "reason": h.reason, "session": h.session, "at": utc(h.at)}
                 for h in recent

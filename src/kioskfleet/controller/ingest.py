@@ -152,6 +152,7 @@ class Ingest:
         batch_linger: float = 0.05,
         writer_mode: str = "process",
         on_changes: Callable[[list[tuple[str, str, str]]], None] | None = None,
+        on_rollouts: Callable[[frozenset[str]], None] | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
         self.writer_config = writer
@@ -165,6 +166,8 @@ class Ingest:
         #: seconds a batch waits for more messages after its first one
         self.batch_linger = batch_linger
         self._on_changes = on_changes
+        #: told which rollouts' stations a committed batch moved (the rollout runner)
+        self._on_rollouts = on_rollouts
         self._incoming = _Incoming()
         # a persistent session: the broker queues for the one consumer that must not miss
         # anything (docs/decisions.md 5); at most Receive Maximum unacked messages in flight to
@@ -506,6 +509,8 @@ class Ingest:
                 self.send_command(station, "rebirth", {}, ttl=60)
         if outcome.changes and self._on_changes:
             self._on_changes(outcome.changes)
+        if outcome.rollouts and self._on_rollouts:
+            self._on_rollouts(outcome.rollouts)
 
     # -- outgoing ------------------------------------------------------------------------------
     def send_command(self, station: str, name: str, args: dict[str, Any], ttl: float) -> str:

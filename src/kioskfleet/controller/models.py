@@ -34,6 +34,9 @@ class StationBase(SQLModel):
     agent_version: str | None = None
     catalogue_version: str | None = None
     telemetry_interval: float = 10.0
+    #: the maintenance window the station's birth states (``HH:MM-HH:MM``, Asia/Shanghai);
+    #: null: none configured (updates may restart it any time)
+    maintenance_window: str | None = Field(default=None, max_length=32)
     #: false while a technician has taken the station out of service (decision 25): a flag
     #: beside the status, which keeps its four values; rows from before it are in service
     in_service: bool = Field(
@@ -468,16 +471,6 @@ class RolloutStationRow(SQLModel, table=True):
     command_id: str | None = Field(default=None, max_length=32)
     #: the station's time of the event that set ``progress`` (a late, older event is ignored)
     updated_at: float
-
-
-class RolloutCursor(SQLModel, table=True):
-    """How far the rollout runner has read the stored ``event_batch`` rows (by id), so a
-    restarted controller goes on where it stopped."""
-
-    __tablename__ = "rollout_cursor"
-
-    name: str = Field(primary_key=True, max_length=32)
-    value: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
 
 
 def comparison_filters(dialect: str) -> dict[str, Any]:

@@ -220,6 +220,9 @@ class StationDetail(StationPublic):
     devices: DevicesBySlot
     #: slots the station needs to serve; null means every device it reports
     required_devices: list[str] | None
+    #: when updates may restart it (``HH:MM-HH:MM``, Asia/Shanghai, from its birth); null:
+    #: any time
+    maintenance_window: str | None = None
     #: newest first
     history: list[StatusChange]
     alerts: list[AlertPublic]

@@ -1,10 +1,10 @@
 """Rollouts over the database (CONTRACT §4 ``/api/rollouts``): keyword-only functions over a
 connection, no HTTP and no MQTT in them. The decisions are :mod:`.rollout_plan`'s (pure); this
-shell reads and writes the ``rollout`` and ``rollout_station`` tables, creates each station's
-``install`` command through :mod:`.commands` (stored before it is published, pending until an
-offline station's next birth), and learns the stations' progress from their ``update`` events
-as the ingest writer stored them in ``event_batch`` — read by id, from where it stopped
-(``rollout_cursor``), so nothing in the writer knows about rollouts.
+shell reads and writes the ``rollout`` and ``rollout_station`` tables and creates each
+station's ``install`` command through :mod:`.commands` (stored before it is published, pending
+until an offline station's next birth). The stations' progress is not written here: the ingest
+writer writes it from their ``update`` events, in the transaction that stores them
+(:mod:`.rollout_progress`).
 
 Everything here runs in the controller process: the API's threads and the rollout runner's
 thread (:class:`~kioskfleet.controller.rollout_runner.RolloutRunner`).
@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from kioskfleet.controller import commands
 from kioskfleet.controller.crud import utc, utc_or_none
 from kioskfleet.controller.models import (
     CommandRecord,
-    EventBatch,
-    RolloutCursor,
     RolloutRow,
     RolloutStationRow,
     Station,
@@ -53,17 +51,12 @@ from kioskfleet.controller.tufrepo.releases import ReleasePublic
 
 _R = RolloutRow.__table__  # type: ignore[attr-defined]
 _RS = RolloutStationRow.__table__  # type: ignore[attr-defined]
-_CUR = RolloutCursor.__table__  # type: ignore[attr-defined]
-_EB = EventBatch.__table__  # type: ignore[attr-defined]
 _S = Station.__table__  # type: ignore[attr-defined]
 _CMD = CommandRecord.__table__  # type: ignore[attr-defined]
 
 #: the ``install`` command of a station whose rollout has no deadline waits this long at most
 #: for an offline station (the commands' own bound)
 INSTALL_TTL: Final = 7 * 24 * 3600.0
-#: event batches read per pass
-EVENTS_PER_PASS: Final = 2000
-_CURSOR: Final = "events"
 #: install commands one pass stores at most for one rollout
 SENDS_PER_PASS: Final = 500
 
@@ -495,77 +488,6 @@ def _withdraw(conn: Connection, rollout_id: str, now: float) -> None:
 
 
 # -- the runner's passes ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ProgressRead:
-    """What one :func:`read_progress` did."""
-
-    #: event batches read
-    batches: int
-    #: rollouts whose stations' progress may have changed
-    rollouts: frozenset[str]
-
-
-def read_progress(*, conn: Connection, limit: int = EVENTS_PER_PASS) -> ProgressRead:
-    """Apply the ``update`` events stored since the last pass to their rollouts' stations.
-    Call in a transaction: the cursor moves with the rows.
-
-    An event older (by the station's clock) than what set the station's progress is ignored
-    (a backlog delivered late); a finished station stays finished unless a newer event says
-    otherwise (a rollback after ``healthy`` is a failure). Of several events for one station
-    in a pass only the newest is written (one UPDATE per station, sent as one executemany).
-    """
-    cursor = conn.execute(select(_CUR.c.value).where(_CUR.c.name == _CURSOR)).scalar()
-    if cursor is None:
-        # the first pass ever: what was stored before rollouts existed concerns none of them
-        # (and a large database is not read from its beginning)
-        cursor = int(conn.execute(select(func.coalesce(func.max(_EB.c.id), 0))).scalar_one())
-        conn.execute(insert(_CUR).values(name=_CURSOR, value=cursor))
-        return ProgressRead(0, frozenset())
-    rows = conn.execute(
-        select(_EB.c.id, _EB.c.station, _EB.c.ts, _EB.c.events)
-        .where(_EB.c.id > cursor)
-        .order_by(_EB.c.id)
-        .limit(limit)
-    ).all()
-    if not rows:
-        return ProgressRead(0, frozenset())
-    newest: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
-        for event in row.events or ():
-            if not isinstance(event, dict) or event.get("type") != "update":
-                continue
-            rollout, progress = event.get("rollout"), event.get("progress")
-            if not isinstance(rollout, str) or progress not in PROGRESS:
-                continue
-            error = event.get("error")
-            if progress == "deferred" and error is None and event.get("reason"):
-                error = f"deferred: {event['reason']}"
-            key = (rollout, row.station)
-            seen = newest.get(key)
-            if seen is None or seen["at"] <= row.ts:  # the same time: the later one
-                newest[key] = {
-                    "rid": rollout,
-                    "sid": row.station,
-                    "at": row.ts,
-                    "p": progress,
-                    "err": str(error)[:1000] if error is not None else None,
-                }
-    if newest:
-        conn.execute(
-            update(_RS)
-            .where(
-                _RS.c.rollout_id == bindparam("rid"),
-                _RS.c.station == bindparam("sid"),
-                # the planning time is the controller's clock, the event's the station's
-                or_(_RS.c.progress == "pending", _RS.c.updated_at <= bindparam("at")),
-            )
-            .values(progress=bindparam("p"), error=bindparam("err"), updated_at=bindparam("at")),
-            list(newest.values()),
-        )
-    conn.execute(update(_CUR).where(_CUR.c.name == _CURSOR).values(value=rows[-1].id))
-    return ProgressRead(len(rows), frozenset(rollout for rollout, _ in newest))
-
-
 def active_rollouts(*, conn: Connection) -> list[str]:
     """Ids of the rollouts that may still change, oldest first."""
     rows = conn.execute(

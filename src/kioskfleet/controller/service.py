@@ -79,7 +79,7 @@ class Controller:
                 pid_file=settings.broker_acl.pid_file,
                 reload_command=settings.broker_acl.reload_command,
             )
-        #: judges the rollouts and reads their stations' progress (started with the rest)
+        #: judges the rollouts, woken by the progress the writer stores (started with the rest)
         self.rollouts = RolloutRunner(self.engine, self.send_due)
         #: delivers the notification outbox the writer fills (decision 27); only with
         #: receivers configured: without any, the writer stores no notification rows
@@ -110,6 +110,7 @@ class Controller:
             ack_interval=settings.ack_interval,
             writer_mode=settings.writer,
             on_changes=self._on_changes,
+            on_rollouts=self.rollouts.progressed,
             tls=self.tls,
         )
         self.ingest.start()

@@ -37,6 +37,7 @@ from kioskfleet.controller.models import (
     Telemetry,
 )
 from kioskfleet.controller.notify.config import ReceiversSettings
+from kioskfleet.controller.rollout_progress import ProgressBatch
 from kioskfleet.protocol.devices import DeviceStatus
 from kioskfleet.protocol.messages import (
     AgentMessage,
@@ -60,7 +61,15 @@ _SESSION = StationSession.__table__  # type: ignore[attr-defined]
 _COUNTER = Counter.__table__  # type: ignore[attr-defined]
 _DEVICES: TypeAdapter[dict[str, DeviceStatus]] = TypeAdapter(dict[str, DeviceStatus])
 _EVENTS: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
-_DESCRIPTION = ("district", "site", "site_type", "profile", "agent_version", "catalogue_version")
+_DESCRIPTION = (
+    "district",
+    "site",
+    "site_type",
+    "profile",
+    "agent_version",
+    "catalogue_version",
+    "maintenance_window",
+)
 _TELEMETRY_COLUMNS = [
     "station",
     "session",
@@ -175,6 +184,8 @@ class BatchOutcome:
     changes: list[tuple[str, str, str]] = field(default_factory=list)
     #: alert transitions and escalations decided (and written) with the batch
     alerts: int = 0
+    #: rollouts whose stations' progress the batch wrote (judged by the controller next)
+    rollouts: frozenset[str] = frozenset()
 
 
 class FleetStore:
@@ -298,6 +309,8 @@ class FleetStore:
         rows: dict[str, list[dict[str, Any]]] = {"events": [], "reply": []}
         telemetry_rows: list[tuple[Any, ...]] = []
         ledgers_touched: set[tuple[str, int]] = set()
+        #: ``update`` events, written to their rollouts in this batch's transaction
+        progress = ProgressBatch()
 
         def ledger_for(station: str, session: int) -> SeqLedger:
             key = (station, session)
@@ -408,6 +421,8 @@ class FleetStore:
                     _EVENTS.dump_json(message.events, exclude_none=True).decode()
                 )
                 settle_devices(station)
+                for event in message.events:  # a backlog's progress counts too (by its ts)
+                    progress.add(station, message.ts, event)
                 for event in message.events if current else ():
                     if event.type == "service_state":
                         _apply_service_state(state, message.session, message.seq, event)
@@ -461,6 +476,7 @@ class FleetStore:
             self._bump(conn, increments)
             if plan:
                 self.alerting.write(conn, plan, now)
+            out.rollouts = progress.write(conn)
         self.alerting.commit()
         out.alerts = len(plan.transitions) + len(plan.escalations)
         self._persisted.update(ledgers_touched)
@@ -539,6 +555,7 @@ class FleetStore:
                 "site": message.site,
                 "site_type": message.site_type,
                 "profile": message.profile,
+                "maintenance_window": message.maintenance_window,
                 **_versions(message),
             }
 

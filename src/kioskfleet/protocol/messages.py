@@ -22,7 +22,7 @@ from kioskfleet.protocol.devices import (
     SlotName,
 )
 from kioskfleet.protocol.errors import ProtocolError
-from kioskfleet.protocol.stations import StationId
+from kioskfleet.protocol.stations import MaintenanceWindowText, StationId
 
 PROTOCOL_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
@@ -86,6 +86,9 @@ class StateMessage(Envelope):
     #: a birth without it (an older agent) means in service. Not a status: status keeps its
     #: four values.
     in_service: bool = True
+    #: when the station lets a software update restart it (``HH:MM-HH:MM``, Asia/Shanghai);
+    #: absent: none configured, any time (issue 11: "sent in the birth")
+    maintenance_window: MaintenanceWindowText | None = None
 
     @model_validator(mode="after")
     def _birth_is_complete(self) -> "StateMessage":

@@ -27,6 +27,13 @@ StationId = Annotated[str, Field(pattern=STATION_ID_PATTERN)]
 
 _STATION_RE: Final = re.compile(STATION_ID_PATTERN)
 
+#: a daily maintenance window, ``HH:MM-HH:MM`` in Asia/Shanghai time (CONTRACT §2; may cross
+#: midnight): as the agent's configuration writes it and its birth carries it
+MAINTENANCE_WINDOW_PATTERN: Final = (
+    r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$"
+)
+MaintenanceWindowText = Annotated[str, Field(pattern=MAINTENANCE_WINDOW_PATTERN)]
+
 
 def is_valid_station_id(station: str) -> bool:
     """Tell whether ``station`` is a legal station id (``[a-z0-9][a-z0-9-]{2,63}``, not

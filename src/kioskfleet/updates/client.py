@@ -91,6 +91,9 @@ class DatedFetcher(FetcherInterface):
             with contextlib.suppress(TypeError, ValueError, IndexError):
                 self.last_date = (parsedate_to_datetime(date).timestamp(), self._clock())
         if response.status >= 400:
+            # read what is left of the error's body first: a connection handed back with it
+            # unread answers the next request with that body as its status line
+            response.drain_conn()
             response.release_conn()
             raise tuf_errors.DownloadHTTPError(
                 f"HTTP error occurred with status {response.status}", response.status
@@ -139,6 +142,8 @@ class UpdateClient:
         target_dir: where verified targets are stored.
         fetcher: a python-tuf fetcher (mTLS, a local mirror); a :class:`DatedFetcher`
             otherwise, which lets :meth:`clock_skew` say how far the kiosk's clock is off.
+        clock: this machine's wall clock, which the :class:`DatedFetcher` compares with the
+            repository's ``Date`` (a test gives a kiosk a clock that is off).
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class UpdateClient:
         trusted_root: bytes,
         target_dir: Path,
         fetcher: FetcherInterface | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         base = repository_url if repository_url.endswith("/") else repository_url + "/"
         self.metadata_url = base + "metadata/"
@@ -156,7 +162,7 @@ class UpdateClient:
         self.metadata_dir = Path(metadata_dir)
         self.target_dir = Path(target_dir)
         self._root = bytes(trusted_root)
-        self._fetcher = fetcher or DatedFetcher(user_agent=f"kioskfleet/{__version__}")
+        self._fetcher = fetcher or DatedFetcher(user_agent=f"kioskfleet/{__version__}", clock=clock)
         self._lock = threading.Lock()
         self._config = UpdaterConfig(app_user_agent=f"kioskfleet/{__version__}")
 

@@ -145,6 +145,12 @@ class HostThresholds(_Section):
     memory_percent: Threshold = Threshold(warning=90.0, critical=97.0)
     #: hottest sensor; fanless kiosk PCs in a subway hall throttle from about 85 °C
     temperature_c: Threshold = Threshold(warning=75.0, critical=85.0)
+    #: seconds the kiosk's clock is off the controller's, either way (its absolute value is
+    #: compared): TUF checks expiry against the kiosk's clock (issue 11: 5 minutes)
+    clock_skew_s: Threshold = Threshold(warning=300.0)
+    #: 1 while the kiosk's last refresh of the update metadata found it expired: it can
+    #: install nothing until the controller re-signs or its clock is set right
+    update_metadata_expired: Threshold = Threshold(warning=1.0)
 
 
 class HostOverride(_Section):
@@ -154,6 +160,8 @@ class HostOverride(_Section):
     disk_percent: Threshold | None = None
     memory_percent: Threshold | None = None
     temperature_c: Threshold | None = None
+    clock_skew_s: Threshold | None = None
+    update_metadata_expired: Threshold | None = None
 
 
 #: host metric key → alert condition
@@ -161,7 +169,11 @@ HOST_CONDITIONS: Final[Mapping[str, str]] = {
     "disk_percent": "disk",
     "memory_percent": "memory",
     "temperature_c": "temperature",
+    "clock_skew_s": "clock_skew",
+    "update_metadata_expired": "update_metadata_expired",
 }
+#: host metrics that are off either way: their absolute value meets the threshold
+BOTH_WAYS: Final[frozenset[str]] = frozenset({"clock_skew_s"})
 
 
 class Override(_Section):
@@ -282,6 +294,14 @@ class HostRule:
     metric: str
     condition: str
     threshold: Threshold
+
+    def measure(self, value: float) -> float:
+        """What meets the threshold: the value, or its size for a metric off either way."""
+        return abs(value) if self.metric in BOTH_WAYS else value
+
+    def severity(self, value: float) -> Severity | None:
+        """The severity a reported ``value`` reaches, or None."""
+        return self.threshold.severity(self.measure(value))
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,15 +116,17 @@ def evaluate(picture: StationPicture, policy: AlertPolicy, now: float) -> Evalua
         value = picture.host.get(rule.metric)
         if value is None:
             continue
-        host_severity = rule.threshold.severity(value)
+        host_severity = rule.severity(value)
         if host_severity is not None:
             limit = getattr(rule.threshold, host_severity)
+            measured = rule.measure(value)
+            label = rule.metric if measured == value else f"|{rule.metric}|"
             found[(None, rule.condition)] = Condition(
                 None,
                 rule.condition,
                 host_severity,
                 {
-                    "summary": f"{rule.metric} {value:g} ≥ {limit:g}",
+                    "summary": f"{label} {measured:g} ≥ {limit:g}",
                     "metric": rule.metric,
                     "value": value,
                     "threshold": limit,

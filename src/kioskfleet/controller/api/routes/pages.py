@@ -400,7 +400,7 @@ def _alert(conn: Connection, alert_id: str) -> dict[str, Any] | None:
     return None if found is None else {"a": found}
 
 
-@router.get("/alerts/{alert_id}", response_class=HTMLResponse)
+@router.get("/alerts/{alert_id}", response_class=HTMLResponse, dependencies=[READ])
 def alert_page(
     request: Request, conn: ConnDep, alert_id: str, lang: LangCookie = None
 ) -> HTMLResponse:
@@ -412,7 +412,7 @@ def alert_page(
     return _render(request, "alert.html", lang, context)
 
 
-@router.get("/fragments/alerts/{alert_id}", response_class=HTMLResponse)
+@router.get("/fragments/alerts/{alert_id}", response_class=HTMLResponse, dependencies=[READ])
 def alert_fragment(
     request: Request, conn: ConnDep, alert_id: str, lang: LangCookie = None
 ) -> HTMLResponse:
