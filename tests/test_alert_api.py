@@ -38,6 +38,8 @@ from tests.test_api import fill
 
 AUDIT = Audit.__table__  # type: ignore[attr-defined]
 NOTIFICATION = Notification.__table__  # type: ignore[attr-defined]
+#: the bootstrap admin token the controller of these tests accepts (the audit log is admins')
+ADMIN = {"Authorization": "Bearer alert-tests-admin-token-0123"}
 
 SITE = "Binhu Government Affairs Service Center 1"  # of wx-binhu-gov-01 and -02 (test_api.fill)
 T1 = 1_764_000_100.0  # 2025-11-24T16:01:40Z
@@ -95,7 +97,10 @@ def count(engine: Engine, table: Any, *where: Any) -> int:
 
 @pytest.fixture
 def controller(db_url: str) -> Iterator[Controller]:
-    controller = Controller(Settings(db_url=db_url, alerts=ALERTS))  # never started
+    # never started
+    controller = Controller(
+        Settings(db_url=db_url, alerts=ALERTS, bootstrap_token=ADMIN["Authorization"][7:])
+    )
     migrate(controller.engine)
     fill(controller.engine)
     # the stations' own picture (a printer out of paper) opened an alert in the writer; these
@@ -726,7 +731,7 @@ def test_the_audit_log_with_its_filters(app: FastAPI, controller: Controller) ->
     assert call(app, "POST", "/api/alerts/e1/ack", json={"by": "wang"}).status_code == 409
     assert call(app, "POST", "/api/alerts/e2/resolve", json={"by": "li"}).status_code == 200
     openapi = call(app, "GET", "/openapi.json").json()
-    everything = call(app, "GET", "/api/audit")
+    everything = call(app, "GET", "/api/audit", headers=ADMIN)
     check(openapi, "get", "/api/audit", everything)
     rows = everything.json()["items"]
     assert [(r["action"], r["target"], r["actor"], r["outcome"]) for r in rows] == [
@@ -749,14 +754,15 @@ def test_the_audit_log_with_its_filters(app: FastAPI, controller: Controller) ->
         ({"limit": 1, "offset": 1}, ["wang"]),
     ]
     for params, actors in cases:
-        page = call(app, "GET", "/api/audit", params=params).json()
+        page = call(app, "GET", "/api/audit", params=params, headers=ADMIN).json()
         assert [r["actor"] for r in page["items"]] == actors, params
     for bad in (
         {"limit": 0},
         {"from": "now"},
         {"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
     ):
-        assert call(app, "GET", "/api/audit", params=bad).status_code == 422
+        assert call(app, "GET", "/api/audit", params=bad, headers=ADMIN).status_code == 422
+    assert call(app, "GET", "/api/audit").status_code == 401
 
 
 # -- the API description -----------------------------------------------------------------------
@@ -779,7 +785,7 @@ ROUTES: dict[tuple[str, str], tuple[str, set[str]]] = {
         {"404", "409", "422"},
     ),
     ("get", "/api/maintenance"): ("MaintenanceList", {"422"}),
-    ("get", "/api/audit"): ("AuditList", {"422"}),
+    ("get", "/api/audit"): ("AuditList", {"401", "422"}),
 }
 
 

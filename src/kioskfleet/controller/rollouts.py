@@ -22,6 +22,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from kioskfleet.controller import commands
+from kioskfleet.controller.auditlog import CONTROLLER
 from kioskfleet.controller.crud import utc, utc_or_none
 from kioskfleet.controller.models import (
     CommandRecord,
@@ -649,9 +650,10 @@ def _write_step(conn: Connection, row: Any, step: Step, now: float) -> None:
                 name="install",
                 args=args,
                 ttl_s=ttl,
-                actor=f"rollout:{row.id}",
+                actor=CONTROLLER,
                 source=None,
                 now=now,
+                actor_kind="controller",
             )
             conn.execute(
                 update(_RS)
@@ -672,12 +674,13 @@ def _write_step(conn: Connection, row: Any, step: Step, now: float) -> None:
         commands.record_audit(
             conn=conn,
             at=now,
-            actor=f"rollout:{row.id}",
+            actor=CONTROLLER,
             source=None,
             action=f"rollout.{step.state}",
             target=row.id,
             details={"from": row.state, "to": step.state, "wave": step.wave, "reason": step.reason},
             outcome=step.state,
+            actor_kind="controller",
         )
     if step.state == "aborted":
         _withdraw(conn, row.id, now)

@@ -223,7 +223,9 @@ class Controller:
         log.info("broker ACL reloaded (%d revoked station(s)) in %.3f s", len(revoked), took)
         return True
 
-    def revoke_station(self, *, station: str, actor: str, reason: str) -> Revocation:
+    def revoke_station(
+        self, *, station: str, actor: str, reason: str, source: str | None = None
+    ) -> Revocation:
         """Revoke (or decommission) ``station``: its certificates and any future enrolment in
         the database, a deny-all block for it in the broker's ACL file (reloaded), its
         connection taken over and closed, the revocation list rewritten.
@@ -234,7 +236,9 @@ class Controller:
         started = time.monotonic()
         now = time.time()
         with self.engine.begin() as conn:
-            newly = identity.revoke(conn=conn, station=station, actor=actor, reason=reason, now=now)
+            newly = identity.revoke(
+                conn=conn, station=station, actor=actor, reason=reason, now=now, source=source
+            )
         reloaded = self.apply_broker_rules()
         disconnected: bool | None = None
         if self.fleet_ca is not None and self.settings.broker.tls:
