@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from kioskfleet.controller.alerts.config import SEVERITIES
+from kioskfleet.controller.auditlog import record_audit
 from kioskfleet.controller.config import WUXI_DISTRICTS, Settings
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import (
@@ -149,6 +150,7 @@ def test_a_fresh_controller_exports_every_family_with_zeros(engine: Engine) -> N
     assert len(got["kioskfleet_alerts"]) == n * len(SEVERITIES) * 2
     assert len(got["kioskfleet_availability_ratio"]) == n
     assert len(got["kioskfleet_notifications"]) == 2
+    assert got["kioskfleet_audit_entries"] == {(): 0.0}
     for name in (
         "kioskfleet_stations",
         "kioskfleet_devices",
@@ -350,3 +352,19 @@ def test_odd_device_json_in_a_row_does_not_break_the_scrape(engine: Engine) -> N
     assert devices[labels(district="Binhu", device="printer", state='["not", "a", "state"]')] == 1
     assert devices[labels(district="Binhu", device="card_reader", state="unknown")] == 1
     assert got["kioskfleet_station_status"] == {labels(station="wx-odd-1", district="Binhu"): 0}
+
+
+def test_the_audit_chains_head_is_exported(engine: Engine) -> None:
+    for n in range(3):
+        with engine.begin() as conn:
+            record_audit(
+                conn=conn,
+                at=time.time(),
+                actor="li.na",
+                source=None,
+                action="alert.ack",
+                target=f"a{n}",
+                details={},
+                outcome="acknowledged",
+            )
+    assert scrape(engine)["kioskfleet_audit_entries"] == {(): 3.0}

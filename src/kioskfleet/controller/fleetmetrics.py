@@ -29,6 +29,7 @@ from pydantic_core import from_json
 from sqlalchemy import Connection, Engine, Text, cast, func, select
 
 from kioskfleet.controller.alerts.config import SEVERITIES
+from kioskfleet.controller.auditlog import head_seq
 from kioskfleet.controller.fleet import STATUSES
 from kioskfleet.controller.models import AlertRow, Notification, Station
 from kioskfleet.protocol.devices import (
@@ -91,6 +92,8 @@ class FleetSnapshot:
     alerts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     #: pending / given_up → notifications in the outbox
     notifications: Counter[str] = field(default_factory=Counter)
+    #: the audit chain's head ``seq``: entries ever appended (decision 46)
+    audit_entries: int = 0
 
 
 def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSnapshot:
@@ -159,6 +162,7 @@ def read_snapshot(conn: Connection, *, districts: Sequence[str] = ()) -> FleetSn
     given_up = select(func.count()).where(_N.c.given_up_at.is_not(None))
     snap.notifications["pending"] = int(conn.execute(pending.select_from(_N)).scalar_one())
     snap.notifications["given_up"] = int(conn.execute(given_up.select_from(_N)).scalar_one())
+    snap.audit_entries = head_seq(conn=conn)
     return snap
 
 
@@ -277,7 +281,13 @@ def families(snap: FleetSnapshot) -> list[GaugeMetricFamily]:
     for state in NOTIFICATION_STATES:
         notifications.add_metric([state], snap.notifications.get(state, 0))
 
-    return [stations, availability, devices, supplies, alerts, notifications]
+    audit = GaugeMetricFamily(
+        "kioskfleet_audit_entries",
+        "Entries appended to the audit log's hash chain (its head seq): it only grows, so a "
+        "drop means the log was cut back",
+    )
+    audit.add_metric([], snap.audit_entries)
+    return [stations, availability, devices, supplies, alerts, notifications, audit]
 
 
 STATION_STATUS_HELP: Final = (
