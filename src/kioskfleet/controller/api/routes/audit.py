@@ -64,7 +64,12 @@ def list_audit(
     "/api/audit.csv",
     response_class=StreamingResponse,
     responses=_ADMIN
-    | {200: {"content": {"text/csv": {}}, "description": "every matching entry, oldest first"}},
+    | {
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "every matching entry, oldest first",
+        }
+    },
 )
 def export_audit(
     controller: ControllerDep,
