@@ -50,6 +50,7 @@ def _chained(conn: Connection, i: int) -> None:
 
 
 def _plain(conn: Connection, i: int) -> None:
+    """The entry as the log wrote it before the chain: one INSERT built per call."""
     conn.execute(
         insert(_AUDIT).values(
             seq=_PLAIN_SEQ + i, actor_kind="person", prev_hash="-", hash="-", **_fields(i)
