@@ -263,7 +263,11 @@ def test_a_token_enrols_its_station_once(api: Api) -> None:
         ).all()
         first = conn.execute(select(audit).where(audit.c.seq == 1)).one()
     assert [tuple(e) for e in entries] == [("station.enrol", "wx-bh-0001", "station", "127.0.0.1")]
-    assert (first.action, first.source) == ("enrolment_token.create", "127.0.0.1")
+    assert (first.action, first.actor_kind, first.source) == (
+        "enrolment_token.create",
+        "bootstrap",
+        "127.0.0.1",
+    )
     # used: refused, and says so
     status, body = _enrol(api, token, new_key_and_csr("wx-bh-0001")[1])
     assert (status, body["detail"]) == (

@@ -30,6 +30,7 @@ from kioskfleet.controller.pki import (
     parse_csr,
     verify_proof,
 )
+from kioskfleet.controller.public import ActorKind
 from kioskfleet.protocol.enrolment import RENEWAL_CLOCK_SKEW, IssuedCertificate, renewal_message
 from kioskfleet.protocol.stations import is_valid_station_id
 
@@ -68,6 +69,7 @@ def issue_token(
     actor: str,
     now: float,
     source: str | None = None,
+    actor_kind: ActorKind = "person",
 ) -> NewToken:
     """A one-time enrolment token for ``station``, valid ``ttl_s`` seconds.
 
@@ -96,6 +98,7 @@ def issue_token(
         conn=conn,
         at=now,
         actor=actor,
+        actor_kind=actor_kind,
         source=source,
         action="enrolment_token.create",
         target=station,
@@ -274,6 +277,7 @@ def revoke(
     reason: str,
     now: float,
     source: str | None = None,
+    actor_kind: ActorKind = "person",
 ) -> bool:
     """Revoke ``station``: every certificate it holds, and any future enrolment. Whether it
     was newly revoked (False: it was already).
@@ -303,6 +307,7 @@ def revoke(
         conn=conn,
         at=now,
         actor=actor,
+        actor_kind=actor_kind,
         source=source,
         action="station.revoke",
         target=station,

@@ -22,6 +22,7 @@ from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
 from kioskfleet.controller.notify.sender import Sender
 from kioskfleet.controller.pki import CaFiles, FleetCA, write_private
+from kioskfleet.controller.public import ActorKind
 from kioskfleet.controller.rollout_runner import RolloutRunner
 from kioskfleet.controller.tufrepo.service import Resigner, open_repository
 from kioskfleet.controller.writer import WriterConfig
@@ -224,7 +225,13 @@ class Controller:
         return True
 
     def revoke_station(
-        self, *, station: str, actor: str, reason: str, source: str | None = None
+        self,
+        *,
+        station: str,
+        actor: str,
+        reason: str,
+        source: str | None = None,
+        actor_kind: ActorKind = "person",
     ) -> Revocation:
         """Revoke (or decommission) ``station``: its certificates and any future enrolment in
         the database, a deny-all block for it in the broker's ACL file (reloaded), its
@@ -237,7 +244,13 @@ class Controller:
         now = time.time()
         with self.engine.begin() as conn:
             newly = identity.revoke(
-                conn=conn, station=station, actor=actor, reason=reason, now=now, source=source
+                conn=conn,
+                station=station,
+                actor=actor,
+                reason=reason,
+                now=now,
+                source=source,
+                actor_kind=actor_kind,
             )
         reloaded = self.apply_broker_rules()
         disconnected: bool | None = None

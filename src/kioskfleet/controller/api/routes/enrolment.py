@@ -61,6 +61,8 @@ def create_enrolment_token(
                 station=body.station,
                 ttl_s=body.ttl_s,
                 actor=admin,
+                # AdminDep is the bootstrap token until people and roles replace it
+                actor_kind="bootstrap",
                 now=time.time(),
                 source=client(request),
             )
@@ -130,6 +132,7 @@ def revoke(
         done = controller.revoke_station(
             station=station_id,
             actor=admin,
+            actor_kind="bootstrap",
             reason=body.reason if body else "",
             source=client(request),
         )
