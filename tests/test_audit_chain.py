@@ -10,6 +10,9 @@ import csv
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -207,6 +210,38 @@ def test_appends_from_many_threads_make_one_gapless_valid_chain(engine: Engine) 
     assert sorted(set(actors)) == sorted(f"thread-{k}" for k in range(threads))
     found = verdict(engine)
     assert (found.intact, found.entries) == (True, threads * each)
+
+
+_APPENDER = """
+import sys, time
+from kioskfleet.controller.auditlog import record_audit
+from kioskfleet.controller.db import make_engine
+engine = make_engine(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    with engine.begin() as conn:
+        record_audit(conn=conn, at=time.time(), actor=sys.argv[3], source=None,
+                     action="x", target=str(i), details={"i": i}, outcome="ok",
+                     actor_kind="controller")
+"""
+
+
+def test_appends_from_other_processes_join_the_same_chain(engine: Engine, url: str) -> None:
+    """Another process (a second controller, a writer) appends through its own engine: the
+    database's locks, not the process's, keep the chain whole."""
+    each = 30
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    others = [
+        subprocess.Popen([sys.executable, "-c", _APPENDER, url, str(each), f"process-{k}"], env=env)
+        for k in range(2)
+    ]
+    append(engine, each)
+    assert [other.wait(120) for other in others] == [0, 0]
+    with engine.connect() as conn:
+        seqs = list(conn.execute(select(AUDIT.c.seq).order_by(AUDIT.c.seq)).scalars())
+        actors = set(conn.execute(select(AUDIT.c.actor)).scalars())
+    assert seqs == list(range(1, 3 * each + 1))
+    assert actors == {"li.na", "process-0", "process-1"}
+    assert verdict(engine).intact
 
 
 # -- tampering --------------------------------------------------------------------------------
