@@ -34,11 +34,13 @@ from kioskfleet.controller.fleetmetrics import engine_reader
 from kioskfleet.controller.models import Audit, Notification
 from kioskfleet.controller.notify.config import Alertmanager, ReceiversSettings, Webhook
 from kioskfleet.controller.service import Controller
-from tests.conftest import AUTH, TEST_TOKEN, acting
+from tests.conftest import AUTH, TEST_TOKEN, acting, person_token
 from tests.test_api import fill
 
 AUDIT = Audit.__table__  # type: ignore[attr-defined]
 NOTIFICATION = Notification.__table__  # type: ignore[attr-defined]
+#: the bootstrap admin's credentials (the audit log is admins')
+ADMIN = AUTH
 
 SITE = "Binhu Government Affairs Service Center 1"  # of wx-binhu-gov-01 and -02 (test_api.fill)
 T1 = 1_764_000_100.0  # 2025-11-24T16:01:40Z
@@ -731,7 +733,7 @@ def test_the_audit_log_with_its_filters(app: FastAPI, controller: Controller) ->
     assert call(app, "POST", "/api/alerts/e1/ack", json={"by": "wang"}).status_code == 409
     assert call(app, "POST", "/api/alerts/e2/resolve", json={"by": "li"}).status_code == 200
     openapi = call(app, "GET", "/openapi.json").json()
-    everything = call(app, "GET", "/api/audit")
+    everything = call(app, "GET", "/api/audit", headers=ADMIN)
     check(openapi, "get", "/api/audit", everything)
     rows = everything.json()["items"]
     assert [(r["action"], r["target"], r["actor"], r["outcome"]) for r in rows] == [
@@ -754,14 +756,19 @@ def test_the_audit_log_with_its_filters(app: FastAPI, controller: Controller) ->
         ({"limit": 1, "offset": 1}, ["wang"]),
     ]
     for params, actors in cases:
-        page = call(app, "GET", "/api/audit", params=params).json()
+        page = call(app, "GET", "/api/audit", params=params, headers=ADMIN).json()
         assert [r["actor"] for r in page["items"]] == actors, params
     for bad in (
         {"limit": 0},
         {"from": "now"},
         {"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
     ):
-        assert call(app, "GET", "/api/audit", params=bad).status_code == 422
+        assert call(app, "GET", "/api/audit", params=bad, headers=ADMIN).status_code == 422
+    # the audit log is admins': an unknown token is a 401, an operator's a 403
+    wrong = {"Authorization": "Bearer not-a-token"}
+    assert call(app, "GET", "/api/audit", headers=wrong).status_code == 401
+    operator = {"Authorization": f"Bearer {person_token(controller.engine, 'op', 'operator')}"}
+    assert call(app, "GET", "/api/audit", headers=operator).status_code == 403
 
 
 # -- the API description -----------------------------------------------------------------------

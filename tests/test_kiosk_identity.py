@@ -20,12 +20,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from kioskfleet.agent.identity import new_key_and_csr, renewal_due
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.brokeracl import render_acl
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import migrate
+from kioskfleet.controller.models import Audit
 from kioskfleet.controller.pki import (
     CaFiles,
     CsrRejected,
@@ -250,6 +252,22 @@ def test_a_token_enrols_its_station_once(api: Api) -> None:
     cert = x509.load_pem_x509_certificates(body["certificate"].encode())[0]
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "wx-bh-0001"
     assert body["ca"].startswith("-----BEGIN CERTIFICATE-----")
+    # audited: the admin's token from the admin's address, the enrolment as the station
+    # from the kiosk's address (httpx's ASGI transport calls from 127.0.0.1)
+    audit = Audit.__table__  # type: ignore[attr-defined]
+    with api.app.state.controller.engine.connect() as conn:
+        entries = conn.execute(
+            select(audit.c.action, audit.c.actor, audit.c.actor_kind, audit.c.source)
+            .where(audit.c.action != "enrolment_token.create")
+            .order_by(audit.c.seq)
+        ).all()
+        first = conn.execute(select(audit).where(audit.c.seq == 1)).one()
+    assert [tuple(e) for e in entries] == [("station.enrol", "wx-bh-0001", "station", "127.0.0.1")]
+    assert (first.action, first.actor_kind, first.source) == (
+        "enrolment_token.create",
+        "bootstrap",
+        "127.0.0.1",
+    )
     # used: refused, and says so
     status, body = _enrol(api, token, new_key_and_csr("wx-bh-0001")[1])
     assert (status, body["detail"]) == (

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from kioskfleet.controller import rollouts
 from kioskfleet.controller.alerts.config import SEVERITIES
+from kioskfleet.controller.auditlog import record_audit
 from kioskfleet.controller.config import WUXI_DISTRICTS, Settings
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import (
@@ -162,6 +163,7 @@ def test_a_fresh_controller_exports_every_family_with_zeros(engine: Engine) -> N
     assert len(got["kioskfleet_alerts"]) == n * len(SEVERITIES) * 2
     assert len(got["kioskfleet_availability_ratio"]) == n
     assert len(got["kioskfleet_notifications"]) == 2
+    assert got["kioskfleet_audit_entries"] == {(): 0.0}
     for name in (
         "kioskfleet_stations",
         "kioskfleet_devices",
@@ -454,3 +456,19 @@ def test_per_rollout_series_are_bounded_the_active_ones_first(engine: Engine) ->
     assert paused in exported and finished[-1] not in exported
     assert len(got["kioskfleet_rollout_stations"]) == ROLLOUTS_EXPORTED * len(PROGRESS)
     assert sum(got["kioskfleet_rollouts"].values()) == ROLLOUTS_EXPORTED + 1
+
+
+def test_the_audit_chains_head_is_exported(engine: Engine) -> None:
+    for n in range(3):
+        with engine.begin() as conn:
+            record_audit(
+                conn=conn,
+                at=time.time(),
+                actor="li.na",
+                source=None,
+                action="alert.ack",
+                target=f"a{n}",
+                details={},
+                outcome="acknowledged",
+            )
+    assert scrape(engine)["kioskfleet_audit_entries"] == {(): 3.0}

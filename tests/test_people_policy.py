@@ -42,6 +42,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("PATCH", "/api/accounts/{name}"): "role admin",
     ("DELETE", "/api/accounts/{name}"): "role admin",
     ("GET", "/api/audit"): "role admin",
+    ("GET", "/api/audit.csv"): "role admin",
     ("GET", "/api/me"): "any identified person",
     ("POST", "/api/tokens"): "any identified person",
     ("GET", "/api/tokens"): "any identified person",

@@ -62,6 +62,17 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
     ctl = sub.add_parser("controller", help="the central service")
     ctl.add_argument("--config", help="TOML settings (environment variables win)")
 
+    audit = sub.add_parser("audit", help="the audit log: check its hash chain")
+    audsub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audsub.add_parser(
+        "verify",
+        help="walk the audit log's hash chain; exit 0 intact, 1 at the first broken entry",
+        description="Finds the controller's database as `kioskfleet controller` does "
+        "(KIOSKFLEET_DB_URL, --config); --db names it directly. Prints one JSON object.",
+    )
+    verify.add_argument("--config", help="the controller's TOML settings")
+    verify.add_argument("--db", help="SQLAlchemy URL of the controller's database")
+
     agent = sub.add_parser("agent", help="the kiosk agent")
     agent.add_argument("--config", help="the agent's TOML file (required)")
     asub = agent.add_subparsers(dest="agent_command")
@@ -261,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "release": _release,
         "fleet-ca": _fleet_ca,
         "accounts": _accounts,
+        "audit": _audit,
     }
     try:
         return handlers[args.command](args)
@@ -377,6 +389,43 @@ def _controller(args: argparse.Namespace) -> int:
     # the console's event streams never end by themselves: a stop waits at most 5 s for them
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """``audit verify``: one JSON object; exit 0 intact, 1 broken (CONTRACT §2), 2 when the
+    database cannot be found or read."""
+    if reason := _missing_extra("controller"):
+        return _refuse("audit verify", RuntimeError(reason))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kioskfleet.controller.auditlog import verify_chain
+    from kioskfleet.controller.config import SettingsError, load_settings
+    from kioskfleet.controller.db import make_engine
+
+    try:
+        overrides = {"db_url": args.db} if args.db else None
+        settings = load_settings(args.config, overrides=overrides, overrides_from="--db")
+        engine = make_engine(settings.db_url)
+        try:
+            with engine.connect() as conn:
+                verdict = verify_chain(conn=conn)
+        finally:
+            engine.dispose()
+    except (SettingsError, SQLAlchemyError) as err:
+        return _refuse("audit verify", err)
+    if verdict.intact:
+        _print({"intact": True, "entries": verdict.entries, "head": verdict.head_seq})
+        return 0
+    _print(
+        {
+            "intact": False,
+            "entries": verdict.entries,
+            "head": verdict.head_seq,
+            "broken": verdict.broken_seq,
+            "reason": verdict.reason,
+        }
+    )
+    return 1
 
 
 def _agent(args: argparse.Namespace) -> int:

@@ -301,7 +301,7 @@ def publish_demo_releases(controller: Any) -> bytes | None:
     agent branches) into the demo's repository, signed with its online release key, so a
     release manager can roll them out at once; the root the stations trust (None without a
     repository)."""
-    from kioskfleet.controller.commands import record_audit
+    from kioskfleet.controller.auditlog import CONTROLLER, record_audit
     from kioskfleet.controller.tufrepo.releases import publish
     from kioskfleet.fleetsim.catalogue import demo_catalogue
     from kioskfleet.updates.catalogue import canonical
@@ -341,12 +341,13 @@ def publish_demo_releases(controller: Any) -> bytes | None:
             record_audit(
                 conn=conn,
                 at=time.time(),
-                actor="demo",
+                actor=CONTROLLER,
                 source=None,
                 action="release.publish",
                 target=release.id,
-                details=release.model_dump(),
+                details=release.model_dump(mode="json"),
                 outcome="published",
+                actor_kind="controller",
             )
     log.warning("demo releases published: %s", ", ".join(r.id for r in created))
     root: bytes = repository.root_bytes(1)

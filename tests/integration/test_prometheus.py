@@ -198,7 +198,7 @@ def test_every_grafana_panel_query_returns_data_from_prometheus_scraping_a_fleet
             # every rule evaluates without error; a healthy fleet fires none
             groups = httpx.get(f"{prom}/api/v1/rules", timeout=10).json()["data"]["groups"]
             rules = [r for g in groups for r in g["rules"]]
-            assert len(rules) == 16
+            assert len(rules) == 17
             assert [r["name"] for r in rules if r["health"] != "ok"] == []
             assert [r["name"] for r in rules if r.get("state") not in (None, "inactive")] == []
             for rule in rules:

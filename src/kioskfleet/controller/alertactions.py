@@ -31,7 +31,7 @@ from kioskfleet.controller.alerts import lifecycle
 from kioskfleet.controller.alerts.config import Routing
 from kioskfleet.controller.alerts.model import Alert, Conflict, Transition
 from kioskfleet.controller.alerts.suppress import Maintenance, Matcher, Silence
-from kioskfleet.controller.commands import record_audit
+from kioskfleet.controller.auditlog import record_audit
 from kioskfleet.controller.models import MaintenanceRow, SilenceRow
 from kioskfleet.controller.notify.config import ReceiversSettings
 from kioskfleet.controller.notify.outbox import notifications_for

@@ -1,4 +1,4 @@
-"""Read side of alerts, silences, maintenance windows and the audit log: keyword-only query
+"""Read side of alerts, silences and maintenance windows: keyword-only query
 functions over a connection that return the API's public models (``controller.public``), no
 HTTP in them. The write side (people's changes) is :mod:`kioskfleet.controller.alertactions`.
 """
@@ -9,13 +9,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, select
+from sqlalchemy import ColumnElement, Connection, and_, func, select
 
 from kioskfleet.controller.alerts.model import SITE_OFFLINE
 from kioskfleet.controller.models import (
     AlertHistory,
     AlertRow,
-    Audit,
     MaintenanceRow,
     SilenceRow,
     Station,
@@ -23,7 +22,6 @@ from kioskfleet.controller.models import (
 from kioskfleet.controller.public import (
     AlertDetail,
     AlertList,
-    AuditList,
     MaintenanceList,
     SilenceList,
     SilenceState,
@@ -33,7 +31,6 @@ _A = AlertRow.__table__  # type: ignore[attr-defined]
 _AH = AlertHistory.__table__  # type: ignore[attr-defined]
 _SIL = SilenceRow.__table__  # type: ignore[attr-defined]
 _MT = MaintenanceRow.__table__  # type: ignore[attr-defined]
-_AUDIT = Audit.__table__  # type: ignore[attr-defined]
 _S = Station.__table__  # type: ignore[attr-defined]
 
 #: ``state`` filter of ``/api/alerts``: one state, or ``active`` (open and acknowledged)
@@ -323,50 +320,4 @@ def list_maintenance(
     )
     return MaintenanceList.model_validate(
         {"items": [maintenance_item(row, now) for row in rows], "total": total}
-    )
-
-
-# -- audit ---------------------------------------------------------------------------------
-
-
-def list_audit(
-    *,
-    conn: Connection,
-    filters: Mapping[str, str | None],
-    start: float | None,
-    end: float | None,
-    limit: int,
-    offset: int,
-) -> AuditList:
-    """Audit entries, newest first. ``filters`` maps ``action``, ``target``, ``actor`` to
-    the value it must have (None: free); ``start`` ≤ ``at`` < ``end``."""
-    where: list[ColumnElement[bool]] = [
-        _AUDIT.c[column] == value for column, value in filters.items() if value is not None
-    ]
-    if start is not None:
-        where.append(_AUDIT.c.at >= start)
-    if end is not None:
-        where.append(_AUDIT.c.at < end)
-    query: Select[Any] = select(_AUDIT).where(*where)
-    total = int(conn.execute(select(func.count()).select_from(_AUDIT).where(*where)).scalar_one())
-    rows = conn.execute(
-        query.order_by(_AUDIT.c.at.desc(), _AUDIT.c.id.desc()).limit(limit).offset(offset)
-    )
-    return AuditList.model_validate(
-        {
-            "items": [
-                {
-                    "id": row.id,
-                    "at": _utc(row.at),
-                    "actor": row.actor,
-                    "source": row.source,
-                    "action": row.action,
-                    "target": row.target,
-                    "details": row.details or {},
-                    "outcome": row.outcome,
-                }
-                for row in rows
-            ],
-            "total": total,
-        }
     )

@@ -18,13 +18,13 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from kioskfleet.controller import people
+from kioskfleet.controller.auditlog import ActorKind, record_audit
 from kioskfleet.controller.crud import utc, utc_or_none
-from kioskfleet.controller.models import Audit, CommandRecord, CommandReply, Station
+from kioskfleet.controller.models import CommandRecord, CommandReply, Station
 from kioskfleet.controller.public import CommandList, CommandPublic, CommandState
 
 _CMD = CommandRecord.__table__  # type: ignore[attr-defined]
 _REPLY = CommandReply.__table__  # type: ignore[attr-defined]
-_AUDIT = Audit.__table__  # type: ignore[attr-defined]
 _S = Station.__table__  # type: ignore[attr-defined]
 
 #: a reply's status → the command's state
@@ -63,6 +63,7 @@ def create_command(
     source: str | None,
     now: float,
     scope: Collection[str] | None = None,
+    actor_kind: ActorKind = "person",
 ) -> str | None:
     """Store a command for ``station`` and its audit row; its id, or None for an unknown
     station. Call inside a transaction: both rows or neither.
@@ -95,33 +96,9 @@ def create_command(
         target=station,
         details={"command": command_id, "name": name, "args": args, "ttl_s": ttl_s},
         outcome="accepted",
+        actor_kind=actor_kind,
     )
     return command_id
-
-
-def record_audit(
-    *,
-    conn: Connection,
-    at: float,
-    actor: str,
-    source: str | None,
-    action: str,
-    target: str,
-    details: dict[str, Any],
-    outcome: str,
-) -> None:
-    """Append one audit row (the controller process only; rows are never changed)."""
-    conn.execute(
-        insert(_AUDIT).values(
-            at=at,
-            actor=actor,
-            source=source,
-            action=action,
-            target=target,
-            details=details,
-            outcome=outcome,
-        )
-    )
 
 
 def claim_due(*, conn: Connection, stations: Collection[str], now: float) -> list[Due]:

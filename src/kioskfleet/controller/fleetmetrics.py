@@ -32,6 +32,7 @@ from pydantic_core import from_json
 from sqlalchemy import Connection, Engine, Text, case, cast, func, or_, select
 
 from kioskfleet.controller.alerts.config import SEVERITIES
+from kioskfleet.controller.auditlog import head_seq
 from kioskfleet.controller.fleet import STATUSES
 from kioskfleet.controller.models import (
     AlertRow,
@@ -126,6 +127,8 @@ class FleetSnapshot:
     rollouts: Counter[str] = field(default_factory=Counter)
     #: the rollouts exported one by one (:data:`ROLLOUTS_EXPORTED`), newest first
     recent_rollouts: list[RolloutPoint] = field(default_factory=list)
+    #: the audit chain's head ``seq``: entries ever appended (decision 51)
+    audit_entries: int = 0
 
 
 def read_snapshot(
@@ -198,6 +201,7 @@ def read_snapshot(
     snap.notifications["pending"] = int(conn.execute(pending.select_from(_N)).scalar_one())
     snap.notifications["given_up"] = int(conn.execute(given_up.select_from(_N)).scalar_one())
     read_rollouts(conn, snap, time.time() if now is None else now)
+    snap.audit_entries = head_seq(conn=conn)
     return snap
 
 
@@ -342,6 +346,12 @@ def families(snap: FleetSnapshot) -> list[GaugeMetricFamily]:
     for state in NOTIFICATION_STATES:
         notifications.add_metric([state], snap.notifications.get(state, 0))
 
+    audit = GaugeMetricFamily(
+        "kioskfleet_audit_entries",
+        "Entries appended to the audit log's hash chain (its head seq): it only grows, so a "
+        "drop means the log was cut back",
+    )
+    audit.add_metric([], snap.audit_entries)
     return [
         stations,
         availability,
@@ -350,6 +360,7 @@ def families(snap: FleetSnapshot) -> list[GaugeMetricFamily]:
         alerts,
         notifications,
         *rollout_families(snap),
+        audit,
     ]
 
 

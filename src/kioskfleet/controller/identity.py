@@ -15,8 +15,8 @@ from typing import Final
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection, insert, select, update
 
+from kioskfleet.controller.auditlog import record_audit
 from kioskfleet.controller.models import (
-    Audit,
     EnrolmentToken,
     StationCertificate,
     StationRevocation,
@@ -30,13 +30,13 @@ from kioskfleet.controller.pki import (
     parse_csr,
     verify_proof,
 )
+from kioskfleet.controller.public import ActorKind
 from kioskfleet.protocol.enrolment import RENEWAL_CLOCK_SKEW, IssuedCertificate, renewal_message
 from kioskfleet.protocol.stations import is_valid_station_id
 
 _TOKEN = EnrolmentToken.__table__  # type: ignore[attr-defined]
 _CERT = StationCertificate.__table__  # type: ignore[attr-defined]
 _REVOKED = StationRevocation.__table__  # type: ignore[attr-defined]
-_AUDIT = Audit.__table__  # type: ignore[attr-defined]
 
 #: an enrolment token's longest life (seconds): long enough to install a kiosk, no longer
 MAX_TOKEN_TTL: Final = 7 * 86400.0
@@ -61,24 +61,15 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _audit(
-    conn: Connection, *, at: float, actor: str, action: str, target: str, details: dict[str, object]
-) -> None:
-    conn.execute(
-        insert(_AUDIT).values(
-            at=at,
-            actor=actor,
-            source=None,
-            action=action,
-            target=target,
-            details=details,
-            outcome="ok",
-        )
-    )
-
-
 def issue_token(
-    *, conn: Connection, station: str, ttl_s: float, actor: str, now: float
+    *,
+    conn: Connection,
+    station: str,
+    ttl_s: float,
+    actor: str,
+    now: float,
+    source: str | None = None,
+    actor_kind: ActorKind = "person",
 ) -> NewToken:
     """A one-time enrolment token for ``station``, valid ``ttl_s`` seconds.
 
@@ -103,13 +94,16 @@ def issue_token(
             created_by=actor,
         )
     )
-    _audit(
-        conn,
+    record_audit(
+        conn=conn,
         at=now,
         actor=actor,
+        actor_kind=actor_kind,
+        source=source,
         action="enrolment_token.create",
         target=station,
         details={"token_id": new.id, "expires_at": new.expires_at},
+        outcome="ok",
     )
     return new
 
@@ -167,9 +161,16 @@ def _answer(ca: FleetCA, issued: Issued, station: str) -> IssuedCertificate:
 
 
 def enrol(
-    *, conn: Connection, ca: FleetCA, token: str, csr_pem: str, now: float
+    *,
+    conn: Connection,
+    ca: FleetCA,
+    token: str,
+    csr_pem: str,
+    now: float,
+    source: str | None = None,
 ) -> IssuedCertificate:
-    """Spend ``token`` on a certificate for the station it was issued for.
+    """Spend ``token`` on a certificate for the station it was issued for (audited as that
+    station, from ``source``, the kiosk's address).
 
     The token is spent only when the certificate is issued: a refused CSR leaves it usable.
 
@@ -195,13 +196,16 @@ def enrol(
     if spent.rowcount != 1:
         raise EnrolmentRefused("this enrolment token was used already (tokens are one-time)")
     _record(conn, issued, row.station, via="enrol", now=now)
-    _audit(
-        conn,
+    record_audit(
+        conn=conn,
         at=now,
-        actor=f"station:{row.station}",
+        actor=row.station,
+        actor_kind="station",
+        source=source,
         action="station.enrol",
         target=row.station,
         details={"serial": issued.serial_hex, "token_id": row.id},
+        outcome="ok",
     )
     return _answer(ca, issued, row.station)
 
@@ -215,8 +219,10 @@ def renew(
     ts: float,
     signature_hex: str,
     now: float,
+    source: str | None = None,
 ) -> IssuedCertificate:
-    """A new certificate for a station that proves it holds its current one.
+    """A new certificate for a station that proves it holds its current one (audited as that
+    station, from ``source``).
 
     Raises:
         RenewalRefused: the current certificate is not ours, expired, revoked, unknown, or the
@@ -249,18 +255,30 @@ def renew(
         raise RenewalRefused("the current certificate is revoked")
     issued = ca.sign_kiosk(csr, station, now=moment)
     _record(conn, issued, station, via="renew", now=now)
-    _audit(
-        conn,
+    record_audit(
+        conn=conn,
         at=now,
-        actor=f"station:{station}",
+        actor=station,
+        actor_kind="station",
+        source=source,
         action="station.renew",
         target=station,
         details={"serial": issued.serial_hex, "previous": serial},
+        outcome="ok",
     )
     return _answer(ca, issued, station)
 
 
-def revoke(*, conn: Connection, station: str, actor: str, reason: str, now: float) -> bool:
+def revoke(
+    *,
+    conn: Connection,
+    station: str,
+    actor: str,
+    reason: str,
+    now: float,
+    source: str | None = None,
+    actor_kind: ActorKind = "person",
+) -> bool:
     """Revoke ``station``: every certificate it holds, and any future enrolment. Whether it
     was newly revoked (False: it was already).
 
@@ -285,13 +303,16 @@ def revoke(*, conn: Connection, station: str, actor: str, reason: str, now: floa
         .where(_TOKEN.c.station == station, _TOKEN.c.used_at.is_(None))
         .values(expires_at=now)
     )
-    _audit(
-        conn,
+    record_audit(
+        conn=conn,
         at=now,
         actor=actor,
+        actor_kind=actor_kind,
+        source=source,
         action="station.revoke",
         target=station,
         details={"reason": reason},
+        outcome="ok",
     )
     return True
 

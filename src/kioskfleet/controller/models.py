@@ -270,15 +270,27 @@ class CommandRecord(SQLModel, table=True):
 
 
 class Audit(SQLModel, table=True):
-    """What people did through the controller (commands, and later alert changes, releases,
-    rollouts): written by the controller process only, never changed afterwards."""
+    """Every change made through the controller, by people and by the controller itself:
+    appended by :func:`kioskfleet.controller.auditlog.record_audit` only, never changed
+    afterwards. Each entry is a link of a hash chain (``seq``, ``prev_hash``, ``hash``:
+    decision 51), so a changed, deleted or cut-off entry is found by ``kioskfleet audit
+    verify``."""
 
     __tablename__ = "audit"
-    __table_args__ = (Index("ix_audit_at", "at"), Index("ix_audit_target", "target"))
+    __table_args__ = (
+        Index("ix_audit_at", "at"),
+        Index("ix_audit_target", "target"),
+        Index("ux_audit_seq", "seq", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
+    #: the entry's place in the chain: 1, 2, 3, … without gaps
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     at: float
     actor: str = Field(max_length=200)
+    #: what kind of principal ``actor`` names: ``person``, ``token``, ``bootstrap``,
+    #: ``anonymous``, ``station`` or ``controller`` (its automatic actions)
+    actor_kind: str = Field(max_length=16)
     #: from where (the client's address), when known
     source: str | None = Field(default=None, max_length=200)
     #: e.g. ``command.create``
@@ -287,6 +299,21 @@ class Audit(SQLModel, table=True):
     target: str = Field(max_length=200)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     outcome: str = Field(max_length=64)
+    #: the previous entry's ``hash`` (64 zeros before the first)
+    prev_hash: str = Field(max_length=64)
+    #: SHA-256 (hex) of this entry's canonical encoding, ``prev_hash`` included
+    hash: str = Field(max_length=64)
+
+
+class AuditHead(SQLModel, table=True):
+    """The audit chain's newest link, one row: appends lock it (so they take turns, across
+    threads and processes) and it tells a cut-off tail from an intact chain."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(default=1, primary_key=True)
+    seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    hash: str = Field(max_length=64)
 
 
 #: an unresolved alert's state (for the partial indexes below)

@@ -27,6 +27,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import ColumnElement, Connection, and_, delete, insert, select, true, update
 
 from kioskfleet.controller.models import Account, ApiToken, Station
+from kioskfleet.controller.public import ActorKind
 
 _ACCOUNT = Account.__table__  # type: ignore[attr-defined]
 _TOKEN = ApiToken.__table__  # type: ignore[attr-defined]
@@ -82,6 +83,11 @@ class Principal:
     def has(self, role: Role) -> bool:
         """Whether this principal holds ``role`` (an admin holds every role)."""
         return role in self.roles or "admin" in self.roles
+
+    @property
+    def actor_kind(self) -> ActorKind:
+        """What the audit log calls this kind of principal (an account is a person)."""
+        return "person" if self.kind == "account" else self.kind
 
     @property
     def identified(self) -> bool:

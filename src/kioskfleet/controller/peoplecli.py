@@ -117,7 +117,7 @@ def _do(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _audit(conn: Any, action: str, target: str, details: dict[str, Any], now: float) -> None:
-    from kioskfleet.controller.commands import record_audit
+    from kioskfleet.controller.auditlog import record_audit
 
     record_audit(
         conn=conn,

@@ -489,13 +489,21 @@ class MaintenanceList(Public):
     total: int
 
 
+#: what kind of principal an audit entry's ``actor`` names
+ActorKind = Literal["person", "token", "bootstrap", "anonymous", "station", "controller"]
+
+
 class AuditPublic(Public):
-    """One audit entry: who did what to what, when, from where, and how it ended."""
+    """One audit entry: who did what to what, when, from where, and how it ended; and its
+    link in the hash chain (``kioskfleet audit verify``)."""
 
     id: int
+    #: its place in the chain: 1, 2, 3, … without gaps
+    seq: int
     at: AwareDatetime
-    #: who (free text until the security issue brings identities)
+    #: who: an account, a token, a station, or ``controller`` for its automatic actions
     actor: str
+    actor_kind: ActorKind
     #: the client's address, when known
     source: str | None
     #: e.g. ``command.create``, ``alert.ack``, ``silence.create``
@@ -505,6 +513,10 @@ class AuditPublic(Public):
     details: dict[str, Any]
     #: e.g. ``accepted``, ``acknowledged``, ``conflict``
     outcome: str
+    #: the previous entry's hash (64 zeros before the first)
+    prev_hash: str
+    #: SHA-256 (hex) of this entry and ``prev_hash`` (docs/audit.md)
+    hash: str
 
 
 class AuditList(Public):

@@ -22,6 +22,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, func, insert, select, update
 
 from kioskfleet.controller import commands
+from kioskfleet.controller.auditlog import CONTROLLER, record_audit
 from kioskfleet.controller.crud import utc, utc_or_none
 from kioskfleet.controller.models import (
     CommandRecord,
@@ -296,7 +297,7 @@ def create_rollout(
             }
         )
     conn.execute(insert(_RS), rows)
-    commands.record_audit(
+    record_audit(
         conn=conn,
         at=now,
         actor=actor,
@@ -464,7 +465,7 @@ def act(
         raise RolloutConflict("the rollout changed meanwhile; look again")
     if action == "abort":
         _withdraw(conn, rollout_id, now)
-    commands.record_audit(
+    record_audit(
         conn=conn,
         at=now,
         actor=actor,
@@ -574,9 +575,10 @@ def _write_step(conn: Connection, row: Any, step: Step, now: float) -> None:
                 name="install",
                 args=args,
                 ttl_s=ttl,
-                actor=f"rollout:{row.id}",
+                actor=CONTROLLER,
                 source=None,
                 now=now,
+                actor_kind="controller",
             )
             conn.execute(
                 update(_RS)
@@ -594,15 +596,16 @@ def _write_step(conn: Connection, row: Any, step: Step, now: float) -> None:
             .values(progress="failed", error=error, updated_at=now)
         )
     if step.state != row.state:
-        commands.record_audit(
+        record_audit(
             conn=conn,
             at=now,
-            actor=f"rollout:{row.id}",
+            actor=CONTROLLER,
             source=None,
             action=f"rollout.{step.state}",
             target=row.id,
             details={"from": row.state, "to": step.state, "wave": step.wave, "reason": step.reason},
             outcome=step.state,
+            actor_kind="controller",
         )
     if step.state == "aborted":
         _withdraw(conn, row.id, now)

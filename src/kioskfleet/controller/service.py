@@ -22,6 +22,7 @@ from kioskfleet.controller.ingest import Ingest
 from kioskfleet.controller.metrics import Metrics
 from kioskfleet.controller.notify.sender import Sender
 from kioskfleet.controller.pki import CaFiles, FleetCA, write_private
+from kioskfleet.controller.public import ActorKind
 from kioskfleet.controller.rollout_runner import RolloutRunner
 from kioskfleet.controller.tufrepo.service import Resigner, open_repository
 from kioskfleet.controller.writer import WriterConfig
@@ -159,6 +160,7 @@ class Controller:
         args: dict[str, Any],
         ttl_s: float,
         actor: str,
+        actor_kind: ActorKind = "person",
         scope: Collection[str] | None = None,
         source: str | None = None,
     ) -> str | None:
@@ -177,6 +179,7 @@ class Controller:
                 args=args,
                 ttl_s=ttl_s,
                 actor=actor,
+                actor_kind=actor_kind,
                 scope=scope,
                 source=source,
                 now=time.time(),
@@ -230,7 +233,15 @@ class Controller:
         log.info("broker ACL reloaded (%d revoked station(s)) in %.3f s", len(revoked), took)
         return True
 
-    def revoke_station(self, *, station: str, actor: str, reason: str) -> Revocation:
+    def revoke_station(
+        self,
+        *,
+        station: str,
+        actor: str,
+        reason: str,
+        source: str | None = None,
+        actor_kind: ActorKind = "person",
+    ) -> Revocation:
         """Revoke (or decommission) ``station``: its certificates and any future enrolment in
         the database, a deny-all block for it in the broker's ACL file (reloaded), its
         connection taken over and closed, the revocation list rewritten.
@@ -241,7 +252,15 @@ class Controller:
         started = time.monotonic()
         now = time.time()
         with self.engine.begin() as conn:
-            newly = identity.revoke(conn=conn, station=station, actor=actor, reason=reason, now=now)
+            newly = identity.revoke(
+                conn=conn,
+                station=station,
+                actor=actor,
+                reason=reason,
+                now=now,
+                source=source,
+                actor_kind=actor_kind,
+            )
         reloaded = self.apply_broker_rules()
         disconnected: bool | None = None
         if self.fleet_ca is not None and self.settings.broker.tls:

@@ -47,6 +47,7 @@ def create_command(
             args=body.args,
             ttl_s=body.ttl_s,
             actor=person.name,
+            actor_kind=person.actor_kind,
             scope=person.scope,
             source=request.client.host if request.client else None,
         )

@@ -4,10 +4,11 @@ revocation (admin)."""
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
 from kioskfleet.controller import identity
 from kioskfleet.controller.api.deps import Admin, ControllerDep, open_to
+from kioskfleet.controller.api.params import client
 from kioskfleet.controller.pki import CsrRejected, FleetCA, RenewalRefused
 from kioskfleet.controller.public import (
     EnrolmentTokenCreated,
@@ -53,13 +54,19 @@ def _ca(controller: Controller) -> FleetCA:
 
 @router.post("/api/enrolment-tokens", status_code=201, responses=_ADMIN | {400: _error("Refused")})
 def create_enrolment_token(
-    controller: ControllerDep, admin: Admin, body: EnrolmentTokenRequest
+    controller: ControllerDep, admin: Admin, body: EnrolmentTokenRequest, request: Request
 ) -> EnrolmentTokenCreated:
     """A one-time token that lets ``station`` enrol (``kioskfleet agent enroll --token``)."""
     try:
         with controller.engine.begin() as conn:
             new = identity.issue_token(
-                conn=conn, station=body.station, ttl_s=body.ttl_s, actor=admin.name, now=time.time()
+                conn=conn,
+                station=body.station,
+                ttl_s=body.ttl_s,
+                actor=admin.name,
+                actor_kind=admin.actor_kind,
+                now=time.time(),
+                source=client(request),
             )
     except ValueError as err:
         raise HTTPException(400, str(err)) from err
@@ -69,13 +76,18 @@ def create_enrolment_token(
 
 
 @router.post(ENROL_PATH, status_code=201, responses=_KIOSK, dependencies=_BY_KIOSK)
-def enrol(controller: ControllerDep, body: EnrolRequest) -> IssuedCertificate:
+def enrol(controller: ControllerDep, body: EnrolRequest, request: Request) -> IssuedCertificate:
     """A kiosk spends its enrolment token on its first certificate."""
     ca = _ca(controller)
     try:
         with controller.engine.begin() as conn:
             return identity.enrol(
-                conn=conn, ca=ca, token=body.token, csr_pem=body.csr, now=time.time()
+                conn=conn,
+                ca=ca,
+                token=body.token,
+                csr_pem=body.csr,
+                now=time.time(),
+                source=client(request),
             )
     except identity.EnrolmentRefused as err:
         raise HTTPException(403, str(err)) from err
@@ -84,7 +96,7 @@ def enrol(controller: ControllerDep, body: EnrolRequest) -> IssuedCertificate:
 
 
 @router.post(RENEW_PATH, status_code=201, responses=_KIOSK, dependencies=_BY_KIOSK)
-def renew(controller: ControllerDep, body: RenewRequest) -> IssuedCertificate:
+def renew(controller: ControllerDep, body: RenewRequest, request: Request) -> IssuedCertificate:
     """A kiosk renews its certificate, proving it holds the current one."""
     ca = _ca(controller)
     try:
@@ -97,6 +109,7 @@ def renew(controller: ControllerDep, body: RenewRequest) -> IssuedCertificate:
                 ts=body.ts,
                 signature_hex=body.signature,
                 now=time.time(),
+                source=client(request),
             )
     except RenewalRefused as err:
         raise HTTPException(403, f"renewal refused: {err}") from err
@@ -112,13 +125,18 @@ def revoke(
     controller: ControllerDep,
     admin: Admin,
     station_id: Annotated[str, Path(max_length=64)],
+    request: Request,
     body: RevokeRequest | None = None,
 ) -> RevocationPublic:
     """Revoke or decommission a station: it is disconnected and can neither publish nor
     receive anything afterwards, nor enrol again."""
     try:
         done = controller.revoke_station(
-            station=station_id, actor=admin.name, reason=body.reason if body else ""
+            station=station_id,
+            actor=admin.name,
+            actor_kind=admin.actor_kind,
+            reason=body.reason if body else "",
+            source=client(request),
         )
     except ValueError as err:
         raise HTTPException(400, str(err)) from err

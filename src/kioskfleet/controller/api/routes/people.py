@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 from kioskfleet.controller import people
 from kioskfleet.controller.api.deps import Admin, ControllerDep, Person
 from kioskfleet.controller.api.params import Offset, client, invalid
-from kioskfleet.controller.commands import record_audit
+from kioskfleet.controller.auditlog import record_audit
 from kioskfleet.controller.crud import utc, utc_or_none
 from kioskfleet.controller.people import Principal, PrincipalKind, Role
 from kioskfleet.controller.public import ErrorDetail

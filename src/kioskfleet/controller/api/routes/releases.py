@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from kioskfleet.controller.api.deps import READ, ControllerDep, ReleaseManager
 from kioskfleet.controller.api.params import Offset, unprocessable
 from kioskfleet.controller.api.routes.tuf import get_repository
-from kioskfleet.controller.commands import record_audit
+from kioskfleet.controller.auditlog import record_audit
 from kioskfleet.controller.public import ErrorDetail
 from kioskfleet.controller.tufrepo.releases import (
     ReleaseCreated,

@@ -12,7 +12,7 @@ from kioskfleet.controller import rollouts
 from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, ReleaseManager
 from kioskfleet.controller.api.params import Offset, unprocessable
 from kioskfleet.controller.api.routes.tuf import get_repository
-from kioskfleet.controller.commands import record_audit
+from kioskfleet.controller.auditlog import record_audit
 from kioskfleet.controller.people import Principal
 from kioskfleet.controller.public import ErrorDetail
 from kioskfleet.controller.rollout_plan import RolloutError
