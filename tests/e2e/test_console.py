@@ -28,7 +28,8 @@ from kioskfleet.fleetsim.fleet import DISTRICTS, Fleet
 from tests.conftest import LoopThread, Mosquitto, wait_until
 from tests.integration.fleet_helpers import make_fleet, served_controller, station_status
 
-pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto]
+# one browser, controller and fleet for the module (the console fixture), set up on one worker only
+pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto, pytest.mark.xdist_group("console")]
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
