@@ -18,8 +18,9 @@ from kioskfleet.controller.tufrepo import OnlineKeys, TufRepository
 from tests.tuf_helpers import serve, software
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-# the tests share the admin's keys (a module fixture): one worker makes them once
-pytestmark = [pytest.mark.xdist_group("tuf_cli")]
+# about thirty commands, each a Python process: make test runs them, make unit does not; the
+# tests share the admin's keys (a module fixture): one worker makes them once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tuf_cli")]
 
 
 def kioskfleet(
