@@ -19,8 +19,14 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   if command -v apt-get >/dev/null 2>&1; then
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+    apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq)
+    # one install for everything missing; the package lists are fetched (tens of seconds) only
+    # when there are none (a fresh container) or they are too old to find a package
+    if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null \
+      || ! "${apt[@]}" install --no-install-recommends "${need[@]}"; then
+      "${apt[@]}" update
+      "${apt[@]}" install --no-install-recommends "${need[@]}"
+    fi
   else
     echo "no apt-get here: please install ${need[*]} with your package manager" >&2
     exit 1

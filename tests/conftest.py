@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+import tests.hypothesis_profiles  # noqa: F401  (registers --hypothesis-profile=unit)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 PG_ADMIN_URL = os.environ.get("KIOSKFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -21,13 +21,16 @@ from kioskfleet.controller.db import migrate
 from kioskfleet.controller.models import SilenceRow
 from kioskfleet.controller.service import Controller
 from tests.conftest import TEST_TOKEN
+from tests.hypothesis_profiles import examples
 from tests.test_alert_api import ADMIN, ALERTS, call, make_alert, put
 from tests.test_api import fill
 
 _FRESH = itertools.count()
 SILENCE = SilenceRow.__table__  # type: ignore[attr-defined]
 FUZZ = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(60),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 json_values = st.recursive(

@@ -14,6 +14,7 @@ from kioskfleet.controller.alerts import lifecycle
 from kioskfleet.controller.alerts.model import Alert, Conflict
 from kioskfleet.controller.alerts.suppress import Maintenance
 from tests.alert_book import T0, Book, device, healthy_devices, picture
+from tests.hypothesis_profiles import examples
 
 
 def paper(state: str) -> dict[str, Any]:
@@ -292,7 +293,7 @@ def assert_one_unresolved_per_subject(book: Book) -> None:
     assert all(n == 1 for n in counts.values()), counts
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(steps, st.data())
 def test_random_histories_keep_the_invariants(
     history: list[tuple[float, set[str], str, str | None]], data: st.DataObject

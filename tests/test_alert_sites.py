@@ -12,6 +12,7 @@ from kioskfleet.controller.alerts import lifecycle
 from kioskfleet.controller.alerts.config import AlertsSettings
 from kioskfleet.controller.alerts.rules import StationPicture
 from tests.alert_book import T0, Book, device, healthy_devices, picture
+from tests.hypothesis_profiles import examples
 
 
 class Site:
@@ -217,7 +218,7 @@ def test_grouping_can_be_switched_off() -> None:
     assert len(book.unresolved()) == 12
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     st.integers(min_value=1, max_value=8),
     st.lists(

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# one Python process per case, tens of seconds for the table: make test runs it, make unit
+# does not
+pytestmark = [pytest.mark.slow]
 # Should a broken input ever be accepted, what starts must touch nothing: no broker listens
 # on the discard port, the local service is off, state stays in the test's folder.
 GOOD_AGENT = """\

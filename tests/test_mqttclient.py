@@ -39,6 +39,7 @@ from kioskfleet.protocol.broker_url import parse_broker_url
 from kioskfleet.protocol.topics import CONTROLLER_STATE_TOPIC
 from tests.conftest import Mosquitto, free_port
 from tests.fake_broker import Connect, FakeBroker, Refusal, publish_packet
+from tests.hypothesis_profiles import examples
 from tests.tls_certs import TestCA
 
 SESSION_EXPIRY, RECEIVE_MAXIMUM = 0x11, 0x21  # MQTT 5 CONNECT property identifiers
@@ -70,7 +71,7 @@ def test_backoff_never_goes_below_half_the_minimum() -> None:
     assert {backoff.next_delay() for _ in range(40)} == {1.0}
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     seed=st.integers(0, 2**32),
     low=st.floats(0.01, 30, allow_nan=False),

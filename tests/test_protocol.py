@@ -20,6 +20,7 @@ from kioskfleet.protocol import (
 from kioskfleet.protocol.broker_url import parse_broker_url
 from kioskfleet.protocol.devices import DeviceStatus
 from kioskfleet.protocol.messages import Reply, TelemetryMessage, decode_telemetry_record
+from tests.hypothesis_profiles import examples
 
 STATION = "wx-binhu-sub-03"
 
@@ -246,7 +247,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     kind=st.sampled_from(["state", "telemetry", "events", "reply"]), payload=st.binary(max_size=300)
 )
@@ -255,7 +256,7 @@ def test_random_bytes_never_raise_anything_else(kind: str, payload: bytes) -> No
         decode_agent_message(kind, STATION, payload)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     kind=st.sampled_from(["state", "telemetry", "events", "reply"]),
     doc=st.dictionaries(
@@ -360,7 +361,7 @@ def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
     assert isinstance(message, Reply) and message.result == text
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     doc=st.fixed_dictionaries(
         {"v": st.just(1), "station": st.just(STATION), "session": st.just(1), "ts": st.just(1.0)},

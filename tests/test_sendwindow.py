@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from kioskfleet.agent.outbox import Entry, Kind
 from kioskfleet.agent.sendwindow import MAX_BACKOFF, SendWindow
+from tests.hypothesis_profiles import examples
 
 
 class Clock:
@@ -391,4 +392,6 @@ class SendWindowMachine(RuleBasedStateMachine):
 
 
 TestSendWindowMachine = SendWindowMachine.TestCase
-TestSendWindowMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestSendWindowMachine.settings = settings(
+    max_examples=examples(60), stateful_step_count=40, deadline=None
+)

@@ -26,6 +26,7 @@ from kioskfleet.agent.transactions import (
     UnknownSessionError,
 )
 from kioskfleet.protocol.messages import Event
+from tests.hypothesis_profiles import examples
 
 
 class Clock:
@@ -365,5 +366,7 @@ class CashInMachine(RuleBasedStateMachine):
             Event.model_validate(event)  # valid in an ``events`` message (CONTRACT §3)
 
 
-CashInMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+CashInMachine.TestCase.settings = settings(
+    max_examples=examples(150), stateful_step_count=40, deadline=None
+)
 TestCashIn = CashInMachine.TestCase

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ from kioskfleet.controller.tufrepo import OnlineKeys, TufRepository
 from tests.tuf_helpers import serve, software
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# about thirty commands, each a Python process: make test runs them, make unit does not; the
+# tests share the admin's keys (a module fixture): one worker makes them once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tuf_cli")]
 
 
 def kioskfleet(
@@ -48,9 +52,11 @@ def refused(run: subprocess.CompletedProcess[str], command: str, says: str) -> N
     assert says in lines[0], lines[0]
 
 
-@pytest.fixture
-def admin(tmp_path: Path) -> Path:
-    """Keys made and a repository created through ``kioskfleet keys``."""
+@pytest.fixture(scope="module")
+def made_by_admin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keys made and a repository created through ``kioskfleet keys``, once for the module:
+    seven commands, each a Python process."""
+    tmp_path = tmp_path_factory.mktemp("admin")
     for name in ("root1", "root2", "root3", "targets", "rm-software", "rm-catalogue"):
         made = ok(kioskfleet("keys", "create", f"offline/{name}", cwd=tmp_path))
         assert made["private"] == f"offline/{name}.pem"
@@ -71,6 +77,14 @@ def admin(tmp_path: Path) -> Path:
     assert described["root"]["threshold"] == 2 and len(described["root"]["keyids"]) == 3
     assert len(described["software"]["keyids"]) == 2  # the release manager's and the online one
     return tmp_path
+
+
+@pytest.fixture
+def admin(made_by_admin: Path, tmp_path: Path) -> Path:
+    """A private copy of the admin's folder: the tests rotate and add keys in it."""
+    copy = tmp_path / "admin"
+    shutil.copytree(made_by_admin, copy)
+    return copy
 
 
 def test_keys_refuse_with_one_line(admin: Path) -> None:

@@ -24,6 +24,7 @@ from kioskfleet.agent.updater.tarball import (
     verify_folder,
     verify_tarball,
 )
+from tests.hypothesis_profiles import examples
 from tests.updater_releases import build_tarball, manifest_of, release, release_files
 
 
@@ -226,7 +227,9 @@ def test_a_prefix_folder_with_dot_slash_is_fine(tmp_path: Path) -> None:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.binary(max_size=2048))
 def test_garbage_is_refused_never_crashes(tmp_path: Path, data: bytes) -> None:
@@ -244,7 +247,9 @@ _NAME = st.lists(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(name=_NAME)
 def test_any_member_name_is_refused_or_lands_inside(tmp_path: Path, name: str) -> None:

@@ -30,7 +30,8 @@ from tests.integration.fleet_helpers import (
     station_status,
 )
 
-pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto]
+# one browser, controller and fleet for the module (the console fixture), set up on one worker only
+pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto, pytest.mark.xdist_group("console")]
 
 sync_api = pytest.importorskip("playwright.sync_api")
 

@@ -49,7 +49,8 @@ from kioskfleet.protocol.messages import StateMessage, TelemetryMessage, encode
 from kioskfleet.protocol.topics import station_topic
 from tests.conftest import LoopThread, Mosquitto, free_port, wait_port, wait_until
 
-pytestmark = [pytest.mark.mosquitto]
+# one CA and fleet for the module (the fleet fixture), set up on one worker only
+pytestmark = [pytest.mark.mosquitto, pytest.mark.xdist_group("broker_identity")]
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 ADMIN = "bootstrap-admin-token-0123456789"

@@ -28,7 +28,8 @@ from kioskfleet.protocol.topics import CONTROLLER_STATE_TOPIC, ack_topic, statio
 from tests.conftest import LoopThread, Mosquitto, TlsListener, wait_until
 from tests.tls_certs import TestCA
 
-pytestmark = [pytest.mark.mosquitto]
+# one CA and broker for the module (the pki fixture), set up on one worker only
+pytestmark = [pytest.mark.mosquitto, pytest.mark.xdist_group("tls")]
 
 
 @dataclass
