@@ -240,9 +240,14 @@ class Settings(BaseSettings):
     #: where the ingest writer (decode, validate, store) runs: ``process`` (its own process,
     #: so ingest uses a second core) or ``thread`` (inside the controller's process)
     writer: Literal["process", "thread"] = "process"
-    #: a string that is a valid admin API token (CONTRACT §6); for now it guards the admin
-    #: endpoints of kiosk identity (enrolment tokens, revocation)
+    #: a string that is a valid admin API token (CONTRACT §6), so that scripts and a first
+    #: admin can start (docs/people.md)
     bootstrap_token: SecretStr | None = None
+    #: what callers without credentials may do: nothing (the default) or read, as an operator
+    #: (a wall screen; the demo grants it). Writes always need an identified person.
+    anonymous_role: Literal["operator"] | None = None
+    #: a bearer token ``/metrics`` requires from its scraper (none: the metrics are open)
+    metrics_token: SecretStr | None = None
     #: the ``[tuf]`` section: the update repository served under ``/tuf/`` (none: not served)
     tuf: TufSettings | None = None
     #: the ``[fleet_ca]`` section: the CA that enrols kiosks
@@ -274,7 +279,7 @@ class Settings(BaseSettings):
             raise ValueError("must be 'host:port' with a port from 1 to 65535")
         return value
 
-    @field_validator("bootstrap_token", mode="before")
+    @field_validator("bootstrap_token", "metrics_token", mode="before")
     @classmethod
     def _a_usable_token(cls, value: Any) -> Any:
         # it travels in an Authorization header and grants admin rights: long enough not to be

@@ -540,3 +540,40 @@ class StationRevocation(SQLModel, table=True):
     revoked_at: float
     revoked_by: str = Field(max_length=200)
     reason: str = Field(max_length=500)
+
+
+class Account(SQLModel, table=True):
+    """A person who may use the controller (CONTRACT §6; ``controller.people``). ``role`` is
+    one of ``operator``, ``technician``, ``release_manager``, ``admin``; ``districts`` is a
+    technician's scope. ``password_hash`` (argon2) is null for people who sign in only
+    through the identity provider."""
+
+    __tablename__ = "account"
+
+    name: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=32)
+    districts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    password_hash: str | None = Field(default=None, max_length=512)
+    created_at: float
+    created_by: str = Field(max_length=200)
+    #: a disabled account's tokens and sessions are worthless until it is enabled again
+    disabled: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+
+
+class ApiToken(SQLModel, table=True):
+    """An API token of an account: only its SHA-256 is kept (looked up by it at every call,
+    hence the unique index); it stops working at ``expires_at`` or once ``revoked_at`` is
+    set."""
+
+    __tablename__ = "api_token"
+
+    #: uuid4 hex, shown in lists (the token itself is shown once, when it is created)
+    id: str = Field(primary_key=True, max_length=32)
+    token_sha256: str = Field(max_length=64, unique=True)
+    account: str = Field(max_length=64, index=True)
+    created_at: float
+    created_by: str = Field(max_length=200)
+    expires_at: float
+    revoked_at: float | None = None
