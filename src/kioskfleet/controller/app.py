@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from kioskfleet import __version__
 from kioskfleet.controller.api.routes import (
+    account_pages,
     alerts,
     audit,
     commands,
@@ -18,6 +19,7 @@ from kioskfleet.controller.api.routes import (
     fleet,
     health,
     live,
+    login,
     maintenance,
     pages,
     releases,
@@ -61,10 +63,13 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
         audit,
         live,
         pages,
+        login,
+        account_pages,
         tuf,
         releases,
         rollouts,
     ):
         app.include_router(module.router)
+    login.install(app)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     return app

@@ -36,6 +36,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from kioskfleet.controller.alerts.config import AlertsSettings
 from kioskfleet.controller.notify.config import ReceiversSettings
+from kioskfleet.controller.people import Role
 from kioskfleet.mqttclient import TlsSettings
 from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value, parse_broker_url
 from kioskfleet.protocol.explain import Loc, explain, one_line
@@ -170,8 +171,9 @@ class OidcSettings(BaseModel):
     name_claim: str = "preferred_username"
     #: the claim listing the person's groups (a list of strings, or one string)
     groups_claim: str = "groups"
-    #: group → role (``operator``, ``technician``, ``release_manager``, ``admin``); roles add up
-    roles: dict[str, str] = Field(default_factory=dict)
+    #: group → role (``operator``, ``technician``, ``release_manager``, ``admin``); a person
+    #: in several mapped groups gets the first of admin, release_manager, technician, operator
+    roles: dict[str, Role] = Field(default_factory=dict)
     #: group → district a technician acts for (names as stations report them)
     districts: dict[str, str] = Field(default_factory=dict)
     #: seconds of clock difference tolerated on an id_token's ``exp`` / ``iat``

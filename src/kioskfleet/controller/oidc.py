@@ -26,6 +26,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from kioskfleet.controller.config import OidcSettings
+from kioskfleet.controller.people import Role
 
 #: signature algorithms an id_token may use (never ``none``, never HMAC with a public secret)
 ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
@@ -56,7 +57,7 @@ class Identity:
     issuer: str
     subject: str
     name: str
-    roles: tuple[str, ...]
+    roles: tuple[Role, ...]
     districts: tuple[str, ...]
 
 
