@@ -18,19 +18,20 @@ them to alert rows in its sweep.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Iterable
 from types import SimpleNamespace
 from typing import Any, Final, Literal
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from kioskfleet.controller import alertviews
+from kioskfleet.controller import alertviews, people
 from kioskfleet.controller.alertrows import ALERT, alert_of, write_transition
 from kioskfleet.controller.alerts import lifecycle
 from kioskfleet.controller.alerts.config import Routing
 from kioskfleet.controller.alerts.model import Alert, Conflict, Transition
-from kioskfleet.controller.alerts.suppress import Maintenance, Silence
-from kioskfleet.controller.commands import record_audit, station_exists
+from kioskfleet.controller.alerts.suppress import Maintenance, Matcher, Silence
+from kioskfleet.controller.commands import record_audit
 from kioskfleet.controller.models import MaintenanceRow, SilenceRow
 from kioskfleet.controller.notify.config import ReceiversSettings
 from kioskfleet.controller.notify.outbox import notifications_for
@@ -64,10 +65,26 @@ class Refused(ValueError):
         self.loc = loc
 
 
-def read_alert(*, conn: Connection, alert_id: str) -> Alert | None:
-    """The alert as stored, or None."""
-    row = conn.execute(select(ALERT).where(ALERT.c.id == alert_id)).first()
-    return None if row is None else alert_of(dict(row._mapping))
+def read_alert(
+    *, conn: Connection, alert_id: str, scope: Collection[str] | None = None
+) -> Alert | None:
+    """The alert as stored, or None.
+
+    Raises:
+        OutOfScope: it exists, but its district is outside ``scope`` (None: any district);
+            the scope is a condition of the query.
+    """
+    row = conn.execute(
+        select(ALERT, people.in_scope(ALERT.c.district, scope).label("in_scope")).where(
+            ALERT.c.id == alert_id
+        )
+    ).first()
+    if row is None:
+        return None
+    values = dict(row._mapping)
+    if not values.pop("in_scope"):
+        raise people.OutOfScope(f"alert {alert_id} is outside your districts")
+    return alert_of(values)
 
 
 def decide(
@@ -124,21 +141,23 @@ def act(
     alert_id: str,
     action: PersonAction,
     by: str,
+    scope: Collection[str] | None,
     note: str | None,
     receivers: ReceiversSettings,
     routing: Routing,
     source: str | None,
     now: float,
 ) -> AlertDetail | None:
-    """Acknowledge or resolve an alert; the alert afterwards, or None when there is no such
-    alert.
+    """Acknowledge or resolve an alert as ``by``, whose districts are ``scope`` (None: all);
+    the alert afterwards, or None when there is no such alert.
 
     Raises:
+        OutOfScope: the alert's district is outside ``scope``.
         Conflict: its state does not allow it, or it changed while this was decided
             (:class:`LostRace`); the refusal is audited.
     """
     with engine.connect() as conn:
-        alert = read_alert(conn=conn, alert_id=alert_id)
+        alert = read_alert(conn=conn, alert_id=alert_id, scope=scope)
     if alert is None:
         return None
     try:
@@ -177,14 +196,51 @@ def act(
 # -- silences ------------------------------------------------------------------------------
 
 
+def silence_in_scope(
+    *, conn: Connection, matchers: Iterable[Matcher], scope: Collection[str] | None
+) -> bool:
+    """Whether a silence with ``matchers`` stays within the districts ``scope`` (None: all).
+
+    A technician's silence must be confined to their districts by one of its matchers (all of
+    them must match): ``district = D`` with D in scope, or ``station = S`` with S a station
+    of those districts (decided by a query on the station's district).
+    """
+    if scope is None:
+        return True
+    for matcher in matchers:
+        if matcher.op != "=":
+            continue
+        if matcher.label == "district" and matcher.value in scope:
+            return True
+        if matcher.label == "station":
+            try:
+                if people.check_station(conn=conn, station=matcher.value, scope=scope):
+                    return True
+            except people.OutOfScope:
+                continue
+    return False
+
+
 def create_silence(
-    *, conn: Connection, request: SilenceRequest, source: str | None, now: float
+    *,
+    conn: Connection,
+    request: SilenceRequest,
+    author: str,
+    scope: Collection[str] | None,
+    source: str | None,
+    now: float,
 ) -> SilencePublic:
-    """Store a silence and its audit row (the caller's transaction).
+    """Store a silence by ``author`` and its audit row (the caller's transaction).
 
     Raises:
         Refused: it would already be over.
+        OutOfScope: it is not confined to the districts ``scope`` (:func:`silence_in_scope`).
     """
+    if not silence_in_scope(conn=conn, matchers=request.matchers, scope=scope):
+        raise people.OutOfScope(
+            "a technician's silence needs a matcher 'district = <one of your districts>' or "
+            "'station = <a station of your districts>'"
+        )
     starts_at = request.starts_at.timestamp() if request.starts_at is not None else now
     if request.expires_at is not None:
         expires_at = request.expires_at.timestamp()
@@ -197,7 +253,7 @@ def create_silence(
         silence = Silence(
             id=uuid.uuid4().hex,
             matchers=request.matchers,
-            author=request.author,
+            author=author,
             reason=request.reason,
             starts_at=starts_at,
             expires_at=expires_at,
@@ -234,7 +290,13 @@ def create_silence(
 
 
 def end_silence(
-    *, conn: Connection, silence_id: str, by: str, source: str | None, now: float
+    *,
+    conn: Connection,
+    silence_id: str,
+    by: str,
+    scope: Collection[str] | None,
+    source: str | None,
+    now: float,
 ) -> SilencePublic | None:
     """End a silence now (the caller's transaction): an active one gets ``expires_at`` =
     ``now``; a pending one, never in force, is deleted (a silence ends after it starts) and
@@ -242,10 +304,14 @@ def end_silence(
 
     Raises:
         Conflict: it has already expired.
+        OutOfScope: it is not confined to the districts ``scope`` (None: all).
     """
     row = conn.execute(select(_SIL).where(_SIL.c.id == silence_id)).first()
     if row is None:
         return None
+    matchers = [Matcher.model_validate(m) for m in row.matchers]
+    if not silence_in_scope(conn=conn, matchers=matchers, scope=scope):
+        raise people.OutOfScope(f"silence {silence_id} reaches beyond your districts")
     values = dict(row._mapping)
     if row.expires_at <= now:
         raise Conflict(f"silence {silence_id} has already expired")
@@ -284,16 +350,19 @@ def start_maintenance(
     conn: Connection,
     station: str,
     request: MaintenanceRequest,
+    by: str,
+    scope: Collection[str] | None,
     source: str | None,
     now: float,
 ) -> MaintenancePublic | None:
-    """Store a maintenance window of ``station`` from ``now`` and its audit row (the
-    caller's transaction); None for an unknown station.
+    """Store a maintenance window of ``station`` by ``by`` from ``now`` and its audit row
+    (the caller's transaction); None for an unknown station.
 
     Raises:
         Refused: it would already be over.
+        OutOfScope: the station's district is outside ``scope`` (None: all).
     """
-    if not station_exists(conn=conn, station=station):
+    if not people.check_station(conn=conn, station=station, scope=scope):
         return None
     if request.until is not None:
         until = request.until.timestamp()
@@ -302,9 +371,7 @@ def start_maintenance(
         until = now + request.duration_s
     if until <= now:
         raise Refused("until", "the maintenance would already be over: 'until' must be after now")
-    window = Maintenance(
-        station=station, until=until, by=request.by, reason=request.reason, starts_at=now
-    )
+    window = Maintenance(station=station, until=until, by=by, reason=request.reason, starts_at=now)
     values: dict[str, Any] = {
         "id": uuid.uuid4().hex,
         "station": window.station,
@@ -331,15 +398,22 @@ def start_maintenance(
 
 
 def end_maintenance(
-    *, conn: Connection, station: str, by: str, source: str | None, now: float
+    *,
+    conn: Connection,
+    station: str,
+    by: str,
+    scope: Collection[str] | None,
+    source: str | None,
+    now: float,
 ) -> list[MaintenancePublic] | None:
     """End ``station``'s maintenance windows in force now (``until`` = ``now``) and audit it
     (the caller's transaction); the windows ended, or None for an unknown station.
 
     Raises:
         Conflict: the station is not in maintenance.
+        OutOfScope: the station's district is outside ``scope`` (None: all).
     """
-    if not station_exists(conn=conn, station=station):
+    if not people.check_station(conn=conn, station=station, scope=scope):
         return None
     where = alertviews.maintenance_where(station=station, state="active", now=now)
     rows = conn.execute(select(_MT).where(*where).order_by(_MT.c.created_at.desc())).all()

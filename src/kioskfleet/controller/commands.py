@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
+from kioskfleet.controller import people
 from kioskfleet.controller.crud import utc, utc_or_none
 from kioskfleet.controller.models import Audit, CommandRecord, CommandReply, Station
 from kioskfleet.controller.public import CommandList, CommandPublic, CommandState
@@ -61,10 +62,15 @@ def create_command(
     actor: str,
     source: str | None,
     now: float,
+    scope: Collection[str] | None = None,
 ) -> str | None:
     """Store a command for ``station`` and its audit row; its id, or None for an unknown
-    station. Call inside a transaction: both rows or neither."""
-    if not station_exists(conn=conn, station=station):
+    station. Call inside a transaction: both rows or neither.
+
+    Raises:
+        OutOfScope: the station's district is outside ``scope`` (None: any district).
+    """
+    if not people.check_station(conn=conn, station=station, scope=scope):
         return None
     command_id = uuid.uuid4().hex
     expires_at = now + ttl_s

@@ -26,10 +26,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import ColumnElement, Connection, and_, delete, insert, select, true, update
 
-from kioskfleet.controller.models import Account, ApiToken
+from kioskfleet.controller.models import Account, ApiToken, Station
 
 _ACCOUNT = Account.__table__  # type: ignore[attr-defined]
 _TOKEN = ApiToken.__table__  # type: ignore[attr-defined]
+_STATION = Station.__table__  # type: ignore[attr-defined]
 
 Role = Literal["operator", "technician", "release_manager", "admin"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)
@@ -260,7 +261,6 @@ def update_account(
     conn: Connection,
     name: str,
     changes: dict[str, Any],
-    now: float,
 ) -> dict[str, Any]:
     """Change ``role``, ``districts``, ``password`` (None: remove it) or ``disabled`` of an
     account (the caller's transaction); the account afterwards. Disabling it makes its tokens
@@ -416,3 +416,20 @@ def in_scope(column: Any, scope: Iterable[str] | None) -> ColumnElement[bool]:
     if scope is None:
         return true()
     return and_(column.is_not(None), column.in_(sorted(scope)))
+
+
+def check_station(*, conn: Connection, station: str, scope: Iterable[str] | None) -> bool:
+    """Whether ``station`` exists (False: a 404 for the caller); raises :class:`OutOfScope`
+    when it exists but its district is outside ``scope`` (None: every district). The scope is
+    a condition of the query, so a station moved to another district is judged as it is now.
+    """
+    row = conn.execute(
+        select(_STATION.c.id, in_scope(_STATION.c.district, scope).label("allowed")).where(
+            _STATION.c.id == station
+        )
+    ).first()
+    if row is None:
+        return False
+    if not row.allowed:
+        raise OutOfScope(f"station {station} is outside your districts")
+    return True

@@ -187,12 +187,14 @@ _Note = Annotated[str, Field(max_length=2000)]
 
 
 class AlertActionRequest(BaseModel):
-    """``POST /api/alerts/{id}/ack`` and ``…/resolve``: who, and why (both optional: until
-    the security issue brings identities, ``by`` defaults to ``"api"``)."""
+    """``POST /api/alerts/{id}/ack`` and ``…/resolve``: why (optional). The person acting is
+    the one the request is authenticated as; ``by`` (CONTRACT §4) is accepted and ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
-    by: _Person = "api"
+    by: _Person | None = Field(
+        default=None, description="ignored: the authenticated person acts", deprecated=True
+    )
     note: _Note | None = None
 
 
@@ -398,7 +400,9 @@ class SilenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     matchers: Annotated[list[Matcher], Field(min_length=1, max_length=32)]
-    author: _Person
+    author: _Person | None = Field(
+        default=None, description="ignored: the authenticated person is the author", deprecated=True
+    )
     reason: _Reason
     starts_at: IsoTime | None = None
     expires_at: IsoTime | None = None
@@ -446,7 +450,9 @@ class MaintenanceRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    by: _Person
+    by: _Person | None = Field(
+        default=None, description="ignored: the authenticated person acts", deprecated=True
+    )
     reason: Annotated[str, Field(max_length=500)] = ""
     until: IsoTime | None = None
     duration_s: Annotated[float, Field(gt=0, le=MAINTENANCE_MAX_S, allow_inf_nan=False)] | None = (

@@ -108,7 +108,10 @@ class RolloutAction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    by: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    #: ignored: the authenticated person acts
+    by: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None, description="ignored: the authenticated person acts", deprecated=True
+    )
     note: Annotated[str, Field(max_length=2000)] | None = None
 
 

@@ -158,11 +158,16 @@ class Controller:
         args: dict[str, Any],
         ttl_s: float,
         actor: str,
+        scope: Collection[str] | None = None,
         source: str | None = None,
     ) -> str | None:
         """Store a command (and its audit row), then send it if ``station`` is not offline;
         otherwise it waits for the station's next birth. Its id, or None for an unknown
-        station."""
+        station.
+
+        Raises:
+            OutOfScope: the station's district is outside ``scope`` (None: any district).
+        """
         with self.engine.begin() as conn:
             command_id = commands.create_command(
                 conn=conn,
@@ -171,6 +176,7 @@ class Controller:
                 args=args,
                 ttl_s=ttl_s,
                 actor=actor,
+                scope=scope,
                 source=source,
                 now=time.time(),
             )

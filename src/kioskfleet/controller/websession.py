@@ -198,7 +198,7 @@ def account_for(*, conn: Connection, identity: Identity, now: float) -> str:
             )
             return identity.name
         account = people.update_account(
-            conn=conn, name=linked, changes={"role": role, "districts": districts}, now=now
+            conn=conn, name=linked, changes={"role": role, "districts": districts}
         )
     except people.PeopleError as err:
         raise LoginRefused(f"{identity.name!r}: {err}") from err

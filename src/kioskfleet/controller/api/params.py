@@ -1,4 +1,5 @@
-"""Query parameters shared by the routes: a period (``from``/``to``) and who acts."""
+"""Query parameters shared by the routes: a period (``from``/``to``), and the caller's
+address for the audit log."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ From = Annotated[
 To = Annotated[
     IsoTime | None, Query(alias="to", description="before this (ISO 8601 with its zone)")
 ]
-#: who ends a silence or a maintenance window (free text until the security issue)
-By = Annotated[str, Query(min_length=1, max_length=200, description="who does it")]
 
 
 def invalid(loc: tuple[str, ...], msg: str, value: Any) -> RequestValidationError:

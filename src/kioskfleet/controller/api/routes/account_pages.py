@@ -196,9 +196,7 @@ def enable_or_disable(
     disable = change == "disable"
     with controller.engine.begin() as conn:
         try:
-            people.update_account(
-                conn=conn, name=name[:64], changes={"disabled": disable}, now=time.time()
-            )
+            people.update_account(conn=conn, name=name[:64], changes={"disabled": disable})
         except (people.NotFound, people.PeopleError) as err:
             context = _accounts(conn, error=str(err))
         else:

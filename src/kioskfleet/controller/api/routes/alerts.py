@@ -5,9 +5,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
-from kioskfleet.controller import alertactions, alertviews
+from kioskfleet.controller import alertactions, alertviews, people
 from kioskfleet.controller.alerts.model import Conflict
-from kioskfleet.controller.api.deps import ConnDep, ControllerDep
+from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, Technician
 from kioskfleet.controller.api.params import From, To, bounds, client
 from kioskfleet.controller.public import (
     AlertActionRequest,
@@ -25,6 +25,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 _ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
     **_NOT_FOUND,
+    403: {"model": ErrorDetail, "description": "Outside your role or your districts"},
     409: {
         "model": ErrorDetail,
         "description": "Not allowed from the alert's state, or it changed meanwhile",
@@ -32,7 +33,7 @@ _ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_alerts(
     conn: ConnDep,
     state: Annotated[
@@ -77,7 +78,7 @@ def list_alerts(
     )
 
 
-@router.get("/{alert_id}", responses=_NOT_FOUND)
+@router.get("/{alert_id}", responses=_NOT_FOUND, dependencies=[READ])
 def get_alert(conn: ConnDep, alert_id: AlertId) -> AlertDetail:
     """One alert with its history (every transition, oldest first)."""
     alert = alertviews.get_alert(conn=conn, alert_id=alert_id)
@@ -89,6 +90,7 @@ def get_alert(conn: ConnDep, alert_id: AlertId) -> AlertDetail:
 def _act(
     controller: ControllerDep,
     request: Request,
+    person: people.Principal,
     alert_id: str,
     body: AlertActionRequest | None,
     action: alertactions.PersonAction,
@@ -100,7 +102,8 @@ def _act(
             engine=controller.engine,
             alert_id=alert_id,
             action=action,
-            by=body.by,
+            by=person.name,
+            scope=person.scope,
             note=body.note,
             receivers=alerts.receivers,
             routing=alerts.routing,
@@ -109,6 +112,8 @@ def _act(
         )
     except Conflict as err:
         raise HTTPException(status_code=409, detail=str(err)) from err
+    except people.OutOfScope as err:
+        raise HTTPException(status_code=403, detail=str(err)) from err
     if alert is None:
         raise HTTPException(status_code=404, detail=f"no alert {alert_id!r}")
     return alert
@@ -118,21 +123,25 @@ def _act(
 def acknowledge(
     controller: ControllerDep,
     request: Request,
+    person: Technician,
     alert_id: AlertId,
     body: AlertActionRequest | None = None,
 ) -> AlertDetail:
-    """A person takes an open alert on: it stops escalating; its teams are told."""
-    return _act(controller, request, alert_id, body, "ack")
+    """A person takes an open alert on: it stops escalating; its teams are told. Needs the
+    technician role, for an alert of one of the technician's districts."""
+    return _act(controller, request, person, alert_id, body, "ack")
 
 
 @router.post("/{alert_id}/resolve", responses=_ACTION_ERRORS)
 def resolve(
     controller: ControllerDep,
     request: Request,
+    person: Technician,
     alert_id: AlertId,
     body: AlertActionRequest | None = None,
 ) -> AlertDetail:
     """A person resolves an open or acknowledged alert (`resolution`: `by_person`). While
     its condition is still active nothing opens again for it; once the condition has
-    cleared, it may alert again."""
-    return _act(controller, request, alert_id, body, "resolve")
+    cleared, it may alert again. Needs the technician role, for an alert of one of the
+    technician's districts."""
+    return _act(controller, request, person, alert_id, body, "resolve")

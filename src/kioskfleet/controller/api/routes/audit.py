@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from kioskfleet.controller import alertviews
-from kioskfleet.controller.api.deps import ConnDep
+from kioskfleet.controller.api.deps import Admin, ConnDep
 from kioskfleet.controller.api.params import From, To, bounds
 from kioskfleet.controller.public import AuditList
 
@@ -15,6 +15,7 @@ router = APIRouter(prefix="/api/audit", tags=["audit"])
 @router.get("")
 def list_audit(
     conn: ConnDep,
+    _admin: Admin,
     action: Annotated[
         str | None, Query(description="e.g. `alert.ack`, `silence.create`, `command.create`")
     ] = None,
@@ -25,7 +26,8 @@ def list_audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> AuditList:
-    """Audit entries, newest first, filtered by action, target, actor and time."""
+    """Audit entries, newest first, filtered by action, target, actor and time (admins
+    only: the oversight record of who did what)."""
     since, until = bounds(start, end)
     return alertviews.list_audit(
         conn=conn,

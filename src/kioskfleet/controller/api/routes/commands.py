@@ -5,8 +5,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
-from kioskfleet.controller import commands
-from kioskfleet.controller.api.deps import ConnDep, ControllerDep
+from kioskfleet.controller import commands, people
+from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, Technician
 from kioskfleet.controller.public import (
     CommandCreated,
     CommandList,
@@ -23,27 +23,40 @@ _NO_STATION: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", status_code=201, responses=_NO_STATION)
+@router.post(
+    "",
+    status_code=201,
+    responses=_NO_STATION
+    | {403: {"model": ErrorDetail, "description": "Outside your role or your districts"}},
+)
 def create_command(
-    controller: ControllerDep, request: Request, station_id: StationId, body: CommandRequest
+    controller: ControllerDep,
+    request: Request,
+    person: Technician,
+    station_id: StationId,
+    body: CommandRequest,
 ) -> CommandCreated:
     """Store a command and send it; a station that is offline gets it at its next birth,
-    unless it expired by then."""
-    command_id = controller.create_command(
-        station=station_id,
-        name=body.name,
-        args=body.args,
-        ttl_s=body.ttl_s,
-        # who: until the security issue brings identities, the API itself
-        actor="api",
-        source=request.client.host if request.client else None,
-    )
+    unless it expired by then. Needs the technician role, for a station of one of the
+    technician's districts."""
+    try:
+        command_id = controller.create_command(
+            station=station_id,
+            name=body.name,
+            args=body.args,
+            ttl_s=body.ttl_s,
+            actor=person.name,
+            scope=person.scope,
+            source=request.client.host if request.client else None,
+        )
+    except people.OutOfScope as err:
+        raise HTTPException(status_code=403, detail=str(err)) from err
     if command_id is None:
         raise HTTPException(status_code=404, detail=f"no station {station_id!r}")
     return CommandCreated(id=command_id)
 
 
-@router.get("", responses=_NO_STATION)
+@router.get("", responses=_NO_STATION, dependencies=[READ])
 def list_commands(
     conn: ConnDep,
     station_id: StationId,
@@ -61,6 +74,7 @@ def list_commands(
 @router.get(
     "/{command_id}",
     responses={404: {"model": ErrorDetail, "description": "No such station or command"}},
+    dependencies=[READ],
 )
 def get_command(
     conn: ConnDep, station_id: StationId, command_id: Annotated[str, Path(max_length=64)]

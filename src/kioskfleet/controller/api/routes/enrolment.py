@@ -4,10 +4,10 @@ revocation (admin)."""
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path
 
 from kioskfleet.controller import identity
-from kioskfleet.controller.api.deps import AdminDep, ControllerDep
+from kioskfleet.controller.api.deps import Admin, ControllerDep, open_to
 from kioskfleet.controller.pki import CsrRejected, FleetCA, RenewalRefused
 from kioskfleet.controller.public import (
     EnrolmentTokenCreated,
@@ -33,8 +33,11 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _ADMIN: dict[int | str, dict[str, Any]] = {
-    401: _error("No valid admin credentials"),
+    401: _error("No valid credentials"),
+    403: _error("Not an admin"),
 }
+#: kiosks prove themselves with their one-time token or their current certificate
+_BY_KIOSK = [Depends(open_to("kiosks, with their one-time token or current certificate"))]
 _KIOSK: dict[int | str, dict[str, Any]] = {
     400: _error("The certificate request is malformed, badly signed or names another station"),
     403: _error("The token or the current certificate is refused; the detail says why"),
@@ -50,13 +53,13 @@ def _ca(controller: Controller) -> FleetCA:
 
 @router.post("/api/enrolment-tokens", status_code=201, responses=_ADMIN | {400: _error("Refused")})
 def create_enrolment_token(
-    controller: ControllerDep, admin: AdminDep, body: EnrolmentTokenRequest
+    controller: ControllerDep, admin: Admin, body: EnrolmentTokenRequest
 ) -> EnrolmentTokenCreated:
     """A one-time token that lets ``station`` enrol (``kioskfleet agent enroll --token``)."""
     try:
         with controller.engine.begin() as conn:
             new = identity.issue_token(
-                conn=conn, station=body.station, ttl_s=body.ttl_s, actor=admin, now=time.time()
+                conn=conn, station=body.station, ttl_s=body.ttl_s, actor=admin.name, now=time.time()
             )
     except ValueError as err:
         raise HTTPException(400, str(err)) from err
@@ -65,7 +68,7 @@ def create_enrolment_token(
     )
 
 
-@router.post(ENROL_PATH, status_code=201, responses=_KIOSK)
+@router.post(ENROL_PATH, status_code=201, responses=_KIOSK, dependencies=_BY_KIOSK)
 def enrol(controller: ControllerDep, body: EnrolRequest) -> IssuedCertificate:
     """A kiosk spends its enrolment token on its first certificate."""
     ca = _ca(controller)
@@ -80,7 +83,7 @@ def enrol(controller: ControllerDep, body: EnrolRequest) -> IssuedCertificate:
         raise HTTPException(400, f"certificate request refused: {err}") from err
 
 
-@router.post(RENEW_PATH, status_code=201, responses=_KIOSK)
+@router.post(RENEW_PATH, status_code=201, responses=_KIOSK, dependencies=_BY_KIOSK)
 def renew(controller: ControllerDep, body: RenewRequest) -> IssuedCertificate:
     """A kiosk renews its certificate, proving it holds the current one."""
     ca = _ca(controller)
@@ -107,7 +110,7 @@ def renew(controller: ControllerDep, body: RenewRequest) -> IssuedCertificate:
 )
 def revoke(
     controller: ControllerDep,
-    admin: AdminDep,
+    admin: Admin,
     station_id: Annotated[str, Path(max_length=64)],
     body: RevokeRequest | None = None,
 ) -> RevocationPublic:
@@ -115,7 +118,7 @@ def revoke(
     receive anything afterwards, nor enrol again."""
     try:
         done = controller.revoke_station(
-            station=station_id, actor=admin, reason=body.reason if body else ""
+            station=station_id, actor=admin.name, reason=body.reason if body else ""
         )
     except ValueError as err:
         raise HTTPException(400, str(err)) from err

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from kioskfleet.controller import figures
-from kioskfleet.controller.api.deps import ConnDep
+from kioskfleet.controller.api.deps import READ, ConnDep
 from kioskfleet.controller.api.params import From, To, period
 from kioskfleet.controller.public import AlertStats, Availability, AvailabilityBy
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["figures"])
 DEFAULT_PERIOD_S = 7 * 86400.0
 
 
-@router.get("/api/alerts/stats")
+@router.get("/api/alerts/stats", dependencies=[READ])
 def alert_stats(
     conn: ConnDep, start: From = None, end: To = None, district: str | None = None
 ) -> AlertStats:
@@ -27,7 +27,7 @@ def alert_stats(
     return figures.alert_stats(conn=conn, start=since, end=until, district=district)
 
 
-@router.get("/api/availability")
+@router.get("/api/availability", dependencies=[READ])
 def availability(
     conn: ConnDep,
     start: From = None,

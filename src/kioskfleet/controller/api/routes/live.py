@@ -10,7 +10,7 @@ from typing import Final
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from kioskfleet.controller.api.deps import ControllerDep
+from kioskfleet.controller.api.deps import READ, ControllerDep
 from kioskfleet.controller.console.live import Change
 
 router = APIRouter(prefix="/api", tags=["live"])
@@ -46,6 +46,7 @@ def _event(name: str, data: object) -> str:
 
 @router.get(
     "/events",
+    dependencies=[READ],
     response_class=StreamingResponse,
     description=_DESCRIPTION,
     responses={

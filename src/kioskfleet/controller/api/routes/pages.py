@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, cast, get_args
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Cookie, Query, Request
+from fastapi import APIRouter, Cookie, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Connection, func, select
 
 from kioskfleet.controller import alertviews, crud, rollouts
 from kioskfleet.controller.alertrows import ALERT
-from kioskfleet.controller.api.deps import ConnDep, ControllerDep
+from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, open_to
 from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.overview import Overview, overview
 from kioskfleet.controller.fleetmetrics import ACTIVE_ALERT_STATES
@@ -86,13 +86,13 @@ def _render(
 render = _render
 
 
-@router.get("/favicon.ico")
+@router.get("/favicon.ico", dependencies=[Depends(open_to("browsers, before any sign-in"))])
 def favicon() -> FileResponse:
     """The console's icon (browsers ask for it even when the page names another)."""
     return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
 
-@router.get("/lang/{lang}")
+@router.get("/lang/{lang}", dependencies=[Depends(open_to("anyone: it only sets a cookie"))])
 def choose_language(lang: str, back: str = "/") -> Response:
     """Keep ``lang`` in a cookie (a year), then go back where the switch was pressed."""
     target = back if back.startswith("/") and not back.startswith("//") else "/"
@@ -147,7 +147,7 @@ def _overview(request: Request, conn: Connection, controller: Controller) -> dic
     return {"o": shared.get(conn, controller)}
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=[READ])
 def overview_page(
     request: Request, conn: ConnDep, controller: ControllerDep, lang: LangCookie = None
 ) -> HTMLResponse:
@@ -155,7 +155,7 @@ def overview_page(
     return _render(request, "overview.html", lang, _overview(request, conn, controller))
 
 
-@router.get("/fragments/overview", response_class=HTMLResponse)
+@router.get("/fragments/overview", response_class=HTMLResponse, dependencies=[READ])
 def overview_fragment(
     request: Request, conn: ConnDep, controller: ControllerDep, lang: LangCookie = None
 ) -> HTMLResponse:
@@ -193,7 +193,7 @@ def _stations(
     }
 
 
-@router.get("/stations", response_class=HTMLResponse)
+@router.get("/stations", response_class=HTMLResponse, dependencies=[READ])
 def stations_page(
     request: Request,
     conn: ConnDep,
@@ -211,7 +211,7 @@ def stations_page(
     return _render(request, "stations.html", lang, context)
 
 
-@router.get("/fragments/stations", response_class=HTMLResponse)
+@router.get("/fragments/stations", response_class=HTMLResponse, dependencies=[READ])
 def stations_fragment(
     request: Request,
     conn: ConnDep,
@@ -235,7 +235,7 @@ def _station(conn: Connection, station_id: str) -> dict[str, Any] | None:
     return {"s": station, "commands": STATION_COMMANDS}
 
 
-@router.get("/stations/{station_id}", response_class=HTMLResponse)
+@router.get("/stations/{station_id}", response_class=HTMLResponse, dependencies=[READ])
 def station_page(
     request: Request, conn: ConnDep, station_id: str, lang: LangCookie = None
 ) -> HTMLResponse:
@@ -246,7 +246,7 @@ def station_page(
     return _render(request, "station.html", lang, context)
 
 
-@router.get("/fragments/stations/{station_id}", response_class=HTMLResponse)
+@router.get("/fragments/stations/{station_id}", response_class=HTMLResponse, dependencies=[READ])
 def station_fragment(
     request: Request, conn: ConnDep, station_id: str, lang: LangCookie = None
 ) -> HTMLResponse:
@@ -294,7 +294,7 @@ def _alerts(
     }
 
 
-@router.get("/alerts", response_class=HTMLResponse)
+@router.get("/alerts", response_class=HTMLResponse, dependencies=[READ])
 def alerts_page(
     request: Request,
     conn: ConnDep,
@@ -309,7 +309,7 @@ def alerts_page(
     return _render(request, "alerts.html", lang, context)
 
 
-@router.get("/fragments/alerts", response_class=HTMLResponse)
+@router.get("/fragments/alerts", response_class=HTMLResponse, dependencies=[READ])
 def alerts_fragment(
     request: Request,
     conn: ConnDep,
@@ -334,7 +334,7 @@ ROLLOUT_ACTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-@router.get("/rollouts", response_class=HTMLResponse)
+@router.get("/rollouts", response_class=HTMLResponse, dependencies=[READ])
 def rollouts_page(
     request: Request,
     conn: ConnDep,
@@ -346,7 +346,7 @@ def rollouts_page(
     return _render(request, "rollouts.html", lang, {"found": found, "progress": PROGRESS})
 
 
-@router.get("/fragments/rollouts", response_class=HTMLResponse)
+@router.get("/fragments/rollouts", response_class=HTMLResponse, dependencies=[READ])
 def rollouts_fragment(
     request: Request,
     conn: ConnDep,
@@ -370,7 +370,7 @@ def _rollout(conn: Connection, rollout_id: str) -> dict[str, Any] | None:
     }
 
 
-@router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
+@router.get("/rollouts/{rollout_id}", response_class=HTMLResponse, dependencies=[READ])
 def rollout_page(
     request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
 ) -> HTMLResponse:
@@ -381,7 +381,7 @@ def rollout_page(
     return _render(request, "rollout.html", lang, context)
 
 
-@router.get("/fragments/rollouts/{rollout_id}", response_class=HTMLResponse)
+@router.get("/fragments/rollouts/{rollout_id}", response_class=HTMLResponse, dependencies=[READ])
 def rollout_fragment(
     request: Request, conn: ConnDep, rollout_id: str, lang: LangCookie = None
 ) -> HTMLResponse:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 
-from kioskfleet.controller.api.deps import ControllerDep
+from kioskfleet.controller.api.deps import READ, ControllerDep, ReleaseManager
 from kioskfleet.controller.api.routes.tuf import get_repository
 from kioskfleet.controller.commands import record_audit
 from kioskfleet.controller.public import ErrorDetail
@@ -34,6 +34,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def create_release(
     controller: ControllerDep,
     request: Request,
+    person: ReleaseManager,
     file: Annotated[UploadFile, File(description="the software tarball or catalogue bundle")],
     kind: Annotated[ReleaseKind, Form()],
     version: Annotated[str, Form(min_length=1, max_length=64)],
@@ -42,7 +43,8 @@ def create_release(
     ] = None,
 ) -> ReleaseCreated:
     """Check the file and sign it into the repository: with the uploaded metadata (a release
-    manager's key), or with the controller's online release key where allowed."""
+    manager's key), or with the controller's online release key where allowed. Needs the
+    release manager role."""
     repository = get_repository(controller)
     tuf = controller.settings.tuf
     try:
@@ -62,8 +64,7 @@ def create_release(
         record_audit(
             conn=conn,
             at=time.time(),
-            # who: until the security issue brings identities, the API itself
-            actor="api",
+            actor=person.name,
             source=request.client.host if request.client else None,
             action="release.publish",
             target=created.id,
@@ -73,7 +74,7 @@ def create_release(
     return created
 
 
-@router.get("", responses={404: _ERRORS[404]})
+@router.get("", responses={404: _ERRORS[404]}, dependencies=[READ])
 def get_releases(
     controller: ControllerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -9,9 +9,10 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from sqlalchemy import Connection
 
 from kioskfleet.controller import rollouts
-from kioskfleet.controller.api.deps import ConnDep, ControllerDep
+from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, ReleaseManager
 from kioskfleet.controller.api.routes.tuf import get_repository
 from kioskfleet.controller.commands import record_audit
+from kioskfleet.controller.people import Principal
 from kioskfleet.controller.public import ErrorDetail
 from kioskfleet.controller.rollout_plan import RolloutError
 from kioskfleet.controller.rollouts import (
@@ -61,9 +62,10 @@ def _judge_now(controller: Controller) -> None:
 
 @router.post("", status_code=201, responses={**_404, **_422})
 def create_rollout(
-    controller: ControllerDep, request: Request, body: RolloutRequest
+    controller: ControllerDep, request: Request, person: ReleaseManager, body: RolloutRequest
 ) -> RolloutPublic:
-    """Plan the waves over the targeted stations and start (or schedule) the rollout."""
+    """Plan the waves over the targeted stations and start (or schedule) the rollout. Needs
+    the release manager role."""
     releases = list_releases(get_repository(controller))
     release = next((r for r in releases if r.id == body.release), None)
     if release is None:
@@ -74,8 +76,7 @@ def create_rollout(
                 conn=conn,
                 body=body,
                 release=release,
-                # who: until the security issue brings identities, the API itself
-                actor="api",
+                actor=person.name,
                 source=_source(request),
                 now=time.time(),
             )
@@ -85,7 +86,7 @@ def create_rollout(
     return _read(controller, rollout_id)
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def get_rollouts(
     conn: ConnDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -95,7 +96,7 @@ def get_rollouts(
     return rollouts.list_rollouts(conn=conn, limit=limit, offset=offset)
 
 
-@router.get("/{rollout_id}", responses=_404)
+@router.get("/{rollout_id}", responses=_404, dependencies=[READ])
 def get_rollout(controller: ControllerDep, rollout_id: RolloutId) -> RolloutPublic:
     """One rollout with every targeted station's progress."""
     return _read(controller, rollout_id)
@@ -104,6 +105,7 @@ def get_rollout(controller: ControllerDep, rollout_id: RolloutId) -> RolloutPubl
 def _act(
     controller: Controller,
     request: Request,
+    person: Principal,
     rollout_id: str,
     action: rollouts.Action,
     body: RolloutAction | None,
@@ -114,7 +116,7 @@ def _act(
                 conn=conn,
                 rollout_id=rollout_id,
                 action=action,
-                actor=(body.by if body and body.by else "api"),
+                actor=person.name,
                 source=_source(request),
                 note=body.note if body else None,
                 now=time.time(),
@@ -133,47 +135,51 @@ def _act(
 def pause_rollout(
     controller: ControllerDep,
     request: Request,
+    person: ReleaseManager,
     rollout_id: RolloutId,
     body: RolloutAction | None = None,
 ) -> RolloutPublic:
     """Stop starting stations (those under way finish)."""
-    return _act(controller, request, rollout_id, "pause", body)
+    return _act(controller, request, person, rollout_id, "pause", body)
 
 
 @router.post("/{rollout_id}/resume", responses={**_404, **_409})
 def resume_rollout(
     controller: ControllerDep,
     request: Request,
+    person: ReleaseManager,
     rollout_id: RolloutId,
     body: RolloutAction | None = None,
 ) -> RolloutPublic:
     """Go on: the current wave is accepted as it stands, the next waves are judged again."""
-    return _act(controller, request, rollout_id, "resume", body)
+    return _act(controller, request, person, rollout_id, "resume", body)
 
 
 @router.post("/{rollout_id}/abort", responses={**_404, **_409})
 def abort_rollout(
     controller: ControllerDep,
     request: Request,
+    person: ReleaseManager,
     rollout_id: RolloutId,
     body: RolloutAction | None = None,
 ) -> RolloutPublic:
     """End it: no station starts any more; commands still waiting for offline stations are
     withdrawn."""
-    return _act(controller, request, rollout_id, "abort", body)
+    return _act(controller, request, person, rollout_id, "abort", body)
 
 
 @router.post("/{rollout_id}/revert", status_code=201, responses={**_404, **_409})
 def revert_rollout(
     controller: ControllerDep,
     request: Request,
+    person: ReleaseManager,
     rollout_id: RolloutId,
     body: RolloutAction | None = None,
 ) -> RolloutPublic:
     """Undo a bad but healthy release over the same target: the previous release's content is
     published again under a new release counter and rolled out with the same waves. A rollout
     still under way is aborted first."""
-    actor = body.by if body and body.by else "api"
+    actor = person.name
     repository = get_repository(controller)
     with controller.engine.connect() as conn:
         try:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 
 from kioskfleet.controller import crud
-from kioskfleet.controller.api.deps import ConnDep
+from kioskfleet.controller.api.deps import READ, ConnDep
 from kioskfleet.controller.public import (
     ErrorDetail,
     IsoTime,
@@ -26,7 +26,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/api/stations", tags=["stations"])
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_stations(
     conn: ConnDep,
     district: str | None = None,
@@ -59,7 +59,7 @@ def list_stations(
     return crud.list_stations(conn=conn, filters=filters, limit=limit, offset=offset, q=q)
 
 
-@router.get("/{station_id}", responses=_NOT_FOUND)
+@router.get("/{station_id}", responses=_NOT_FOUND, dependencies=[READ])
 def get_station(conn: ConnDep, station_id: Annotated[str, Path(max_length=64)]) -> StationDetail:
     """One station: its description, devices, recent status history and open alerts."""
     station = crud.get_station(conn=conn, station_id=station_id)
@@ -82,7 +82,7 @@ def _window(start: datetime | None, end: datetime | None) -> None:
         )
 
 
-@router.get("/{station_id}/telemetry", responses=_NOT_FOUND)
+@router.get("/{station_id}/telemetry", responses=_NOT_FOUND, dependencies=[READ])
 def station_telemetry(
     conn: ConnDep,
     station_id: Annotated[str, Path(max_length=64)],
@@ -117,7 +117,7 @@ def station_telemetry(
     return found
 
 
-@router.get("/{station_id}/telemetry/hourly", responses=_NOT_FOUND)
+@router.get("/{station_id}/telemetry/hourly", responses=_NOT_FOUND, dependencies=[READ])
 def station_telemetry_hourly(
     conn: ConnDep,
     station_id: Annotated[str, Path(max_length=64)],

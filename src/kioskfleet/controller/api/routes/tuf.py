@@ -10,10 +10,14 @@ from typing import Annotated, Final
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 
-from kioskfleet.controller.api.deps import ControllerDep
+from kioskfleet.controller.api.deps import ControllerDep, open_to
 from kioskfleet.controller.tufrepo import TufRepository
 
-router = APIRouter(prefix="/tuf", tags=["updates"])
+router = APIRouter(
+    prefix="/tuf",
+    tags=["updates"],
+    dependencies=[Depends(open_to("kiosks updating: what it serves is signed"))],
+)
 
 # N.ROLE.json or timestamp.json; role names are ours (no dots, no slashes)
 _METADATA: Final = re.compile(r"^(?:[1-9][0-9]{0,19}\.)?[a-z][a-z0-9_-]{0,63}\.json$")
