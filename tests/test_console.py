@@ -29,6 +29,7 @@ from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.live import Broadcaster, Change
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import SUPPLY_LEVELS
+from kioskfleet.controller.people import ROLES
 from kioskfleet.controller.public import CommandState
 from kioskfleet.controller.rollout_plan import Progress, RolloutState
 from kioskfleet.controller.rollouts import RolloutRequest
@@ -41,6 +42,9 @@ from kioskfleet.protocol.stations import StationStatus
 from tests.test_alert_api import T1, make_alert, put
 from tests.test_api import _birth, fill
 
+BOOTSTRAP = "console-test-admin-token"
+#: the bootstrap admin: sees every button (an anonymous operator sees none)
+ADMIN = {"Authorization": f"Bearer {BOOTSTRAP}"}
 TEMPLATES = Path(__file__).resolve().parents[1] / "src/kioskfleet/controller/templates"
 
 
@@ -82,6 +86,7 @@ FAMILIES: dict[str, list[str]] = {
     "rolloutstate": list(get_args(RolloutState)),
     "progress": list(get_args(Progress)),
     "rollouts": sorted({a for actions in ROLLOUT_ACTIONS.values() for a in actions}),
+    "role": list(ROLES),
 }
 
 
@@ -112,7 +117,11 @@ def test_an_unknown_catalogue_is_a_clear_error() -> None:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[FastAPI]:
-    settings = Settings(db_url=f"sqlite:///{tmp_path / 'controller.db'}")
+    settings = Settings(
+        db_url=f"sqlite:///{tmp_path / 'controller.db'}",
+        anonymous_role="operator",
+        bootstrap_token=BOOTSTRAP,
+    )
     controller = Controller(settings)  # never started: no broker, no ingest
     migrate(controller.engine)
     fill(controller.engine)
@@ -120,11 +129,17 @@ def app(tmp_path: Path) -> Iterator[FastAPI]:
     controller.engine.dispose()
 
 
-def get(app: FastAPI, path: str, cookies: dict[str, str] | None = None, **params: Any) -> Any:
+def get(
+    app: FastAPI,
+    path: str,
+    cookies: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    **params: Any,
+) -> Any:
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://controller", cookies=cookies
+            transport=transport, base_url="http://controller", cookies=cookies, headers=headers
         ) as client:
             return await client.get(path, params=params)
 
@@ -184,9 +199,10 @@ def test_the_language_switch_sets_a_cookie_and_goes_back_only_inside(app: FastAP
 
 
 def test_the_station_page_shows_devices_in_the_contracts_vocabulary(app: FastAPI) -> None:
-    html = get(app, "/stations/wx-binhu-gov-01").text
+    html = get(app, "/stations/wx-binhu-gov-01", headers=ADMIN).text
     assert 'data-state="user_error"' in html and "paper_out" in html
     assert 'data-command="restart_device" data-slot="printer"' in html
+    assert "data-command" not in get(app, "/stations/wx-binhu-gov-01").text  # an operator
     assert get(app, "/stations/nope").status_code == 404
     assert get(app, "/fragments/stations/nope").status_code == 404
 
@@ -310,7 +326,11 @@ def test_q_searches_alike_on_both_databases(
 
 
 def test_the_shared_overview_is_read_again_when_a_station_arrives(tmp_path: Path) -> None:
-    settings = Settings(db_url=f"sqlite:///{tmp_path / 'controller.db'}")
+    settings = Settings(
+        db_url=f"sqlite:///{tmp_path / 'controller.db'}",
+        anonymous_role="operator",
+        bootstrap_token=BOOTSTRAP,
+    )
     controller = Controller(settings)
     migrate(controller.engine)
     fill(controller.engine)
@@ -360,10 +380,11 @@ def test_the_alerts_queue_lists_and_filters_what_the_api_lists(app: FastAPI) -> 
     assert rows(state="resolved") == api(state="resolved") and "q3" in rows(state="resolved")
     assert rows(district="Xinwu") == api(state="active", district="Xinwu")
     assert rows(state="nonsense", severity="", district="") == active
-    html = get(app, "/alerts").text
+    html = get(app, "/alerts", headers=ADMIN).text
     assert 'data-alert-action="ack" data-alert-id="q1"' in html
+    assert "data-alert-action" not in get(app, "/alerts").text  # an operator
     assert "告警队列" in html and "严重" in html
-    resolved = get(app, "/fragments/alerts", state="resolved").text
+    resolved = get(app, "/fragments/alerts", headers=ADMIN, state="resolved").text
     assert "data-alert-action" not in resolved  # nothing left to do on a resolved alert
     # the overview counts them by severity as the summary does
     overview = get(app, "/").text
@@ -405,7 +426,8 @@ def test_the_rollout_pages_show_waves_progress_and_what_may_be_done(app: FastAPI
     listed = get(app, "/rollouts").text
     assert f'data-rollout="{rollout_id}"' in listed and "1.2.3" in listed
     api = get(app, f"/api/rollouts/{rollout_id}").json()
-    html = get(app, f"/rollouts/{rollout_id}").text
+    html = get(app, f"/rollouts/{rollout_id}", headers=ADMIN).text
+    assert "data-rollout-action" not in get(app, f"/rollouts/{rollout_id}").text
     shown = re.findall(r'<tr data-station="([^"]+)" data-progress="(\w+)"', html)
     assert sorted(shown) == sorted((s["station"], s["progress"]) for s in api["stations"])
     assert len(re.findall(r"<tr data-wave=", html)) == len(api["wave_summary"]) == 2
@@ -421,7 +443,7 @@ def test_the_rollout_pages_show_waves_progress_and_what_may_be_done(app: FastAPI
             note=None,
             now=time.time(),
         )
-    fragment = get(app, f"/fragments/rollouts/{rollout_id}").text
+    fragment = get(app, f"/fragments/rollouts/{rollout_id}", headers=ADMIN).text
     assert 'data-state="paused"' in fragment
     assert re.findall(r'data-rollout-action="(\w+)"', fragment) == ["resume", "abort"]
     assert get(app, "/rollouts/nope").status_code == 404
