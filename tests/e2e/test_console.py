@@ -32,6 +32,15 @@ pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto]
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
+#: the demo's rules (CONTRACT §6): anonymous callers read as operators; one account per role
+BOOTSTRAP = "e2e-console-bootstrap-token"
+PASSWORD = "e2e console password"
+ACCOUNTS = {
+    "li.binhu": ("technician", ["Binhu"]),
+    "wang.ops": ("operator", []),
+    "liu.release": ("release_manager", []),
+    "zhao.admin": ("admin", []),
+}
 STATIONS = 16  # kiosks stand in sites of 2-6: from 16 on, every district has one
 STATUSES = ("online", "degraded", "silent", "offline")
 CHINESE_DISTRICTS = (
@@ -83,6 +92,15 @@ class Console:
         )
         return page
 
+    def sign_in(self, page: Any, name: str, password: str = PASSWORD) -> None:
+        """Sign in through the login form, as a person does, from the header's link."""
+        page.goto(self.base + "/")
+        page.click("#login-link")
+        page.fill("#login-name", name)
+        page.fill("#login-password", password)
+        page.click("#login-submit")
+        page.wait_for_selector(f'[data-me="{name}"]', timeout=5000)
+
     def shot(self, page: Any, name: str) -> None:
         page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
@@ -98,7 +116,13 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     loop = LoopThread()
     db = tmp_path_factory.mktemp("db") / "c.db"
     try:
-        with served_controller(f"sqlite:///{db}", broker.url) as (served, api):
+        with served_controller(
+            f"sqlite:///{db}", broker.url, anonymous_role="operator", bootstrap_token=BOOTSTRAP
+        ) as (served, api):
+            admin = {"Authorization": f"Bearer {BOOTSTRAP}"}
+            for name, (role, districts) in ACCOUNTS.items():
+                body = {"name": name, "role": role, "districts": districts, "password": PASSWORD}
+                assert api.post("/api/accounts", json=body, headers=admin).status_code == 201
             fleet = make_fleet(loop, broker.url, STATIONS, interval=1.0)
             try:
                 wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == STATIONS)
@@ -190,6 +214,7 @@ def test_a_device_fault_shows_on_the_open_pages_without_a_reload(console_ok: Con
     overview = c.page()
     overview.goto(c.base + "/")
     detail = c.page(lang="en")
+    c.sign_in(detail, "zhao.admin")  # commands need a technician of its district, or an admin
     detail.goto(c.base + f"/stations/{station}")
     for page in (overview, detail):
         page.wait_for_function("document.body.dataset.live === 'open'", timeout=5000)
@@ -332,9 +357,11 @@ def test_a_phone_never_scrolls_sideways(console_ok: Console, lang: str) -> None:
     page.context.close()
 
 
-def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> None:
+def test_the_wall_screen_is_anonymous_and_acknowledging_needs_a_technicians_login(
+    console_ok: Console,
+) -> None:
     c = console_ok
-    # a real fault: the writer opens the alert
+    # a real fault in Binhu: the writer opens the alert
     agent = next(
         a
         for a in c.fleet.agents
@@ -349,27 +376,60 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
 
     wait_until(lambda: bool(opened()), timeout=30)
     alert_id = opened()[0]["id"]
-    page = c.page()
-    page.goto(c.base + "/alerts?district=Binhu")
     row = f'tr[data-alert="{alert_id}"]'
-    page.wait_for_selector(row, timeout=10000)  # the 5 s tick at the latest
+
+    # the wall screen: no login, the anonymous operator sees the queue and no button
+    wall = c.page()
+    wall.goto(c.base + "/alerts?district=Binhu")
+    wall.wait_for_selector(row, timeout=10000)  # the 5 s tick at the latest
+    assert wall.get_attribute("[data-me]", "data-me") == ""
+    assert wall.locator("#login-link").is_visible()
+    assert wall.locator("button[data-alert-action]").count() == 0
+    # an operator signed in sees no button either
+    operator = c.page()
+    c.sign_in(operator, "wang.ops")
+    operator.goto(c.base + "/alerts?district=Binhu")
+    operator.wait_for_selector(row, timeout=10000)
+    assert operator.locator("button[data-alert-action]").count() == 0
+
+    # a Binhu technician signs in through the form and acknowledges it from the page
+    page = c.page()
+    page.goto(c.base + "/login")
+    c.shot(page, "login-zh-1920")
+    c.sign_in(page, "li.binhu")
+    page.goto(c.base + "/alerts?district=Binhu")
+    page.wait_for_selector(row, timeout=10000)
     assert page.get_attribute(row, "data-state") == "open"
     assert "滨湖区" in page.inner_text(row)
     c.shot(page, "alerts-zh-1920")
-    page.fill("#alert-by", "王工")
     page.fill("#alert-note", "已通知网点处理")
     page.click(f'{row} button[data-alert-action="ack"]')
     page.wait_for_selector(f'{row}[data-state="acknowledged"]', timeout=5000)
     acked = c.api.get(f"/api/alerts/{alert_id}").json()
-    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "王工"
+    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "li.binhu"
     assert any(h.get("note") == "已通知网点处理" for h in acked["history"]), acked["history"]
+    # alerts of other districts offer them nothing
+    page.goto(c.base + "/alerts")
+    page.wait_for_selector(row, timeout=10000)
+    buttons = page.eval_on_selector_all(
+        "tr[data-alert]:has(button[data-alert-action])",
+        "rs => rs.map(r => r.dataset.alert)",
+    )
+    binhu = {
+        a["id"] for a in c.api.get("/api/alerts", params={"district": "Binhu"}).json()["items"]
+    }
+    assert set(buttons) <= binhu and alert_id in buttons
     page.click(f'{row} button[data-alert-action="resolve"]')
     page.wait_for_selector(row, state="detached", timeout=5000)  # no longer unresolved
     resolved = c.api.get(f"/api/alerts/{alert_id}").json()
-    assert resolved["state"] == "resolved" and resolved["resolved_by"] == "王工"
+    assert resolved["state"] == "resolved" and resolved["resolved_by"] == "li.binhu"
+    # signing out: the page is the anonymous operator's again
+    page.click("#logout")
+    page.wait_for_selector("#login-link", timeout=5000)
     c.loop.call(cash.repair)  # type: ignore[attr-defined]
     wait_until(lambda: station_status(c.api, agent.station) == "online", timeout=20)
-    page.context.close()
+    for p in (wall, operator, page):
+        p.context.close()
 
 
 def test_pause_and_resume_a_rollout_from_its_page(console_ok: Console) -> None:
@@ -388,12 +448,12 @@ def test_pause_and_resume_a_rollout_from_its_page(console_ok: Console) -> None:
             now=time.time(),
         )
     page = c.page()
+    c.sign_in(page, "liu.release")
     page.goto(c.base + "/rollouts")
     page.click(f'tr[data-rollout="{rollout_id}"] a')
     page.wait_for_selector("#rollout-state")
     stations = page.eval_on_selector_all("tr[data-progress]", "rs => rs.length")
     assert stations == len(c.api.get(f"/api/rollouts/{rollout_id}").json()["stations"]) > 0
-    page.fill("#rollout-by", "李经理")
     page.click('button[data-rollout-action="pause"]')
     page.wait_for_selector('#rollout-state[data-state="paused"]', timeout=5000)
     assert c.api.get(f"/api/rollouts/{rollout_id}").json()["state"] == "paused"
