@@ -182,6 +182,21 @@ def test_the_cookie_is_secure_over_tls_or_when_the_setting_says_so(
 
 
 @pytest.mark.parametrize(
+    "headers",
+    [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}],
+)
+def test_a_login_form_posted_from_another_site_is_refused(
+    app: FastAPI, headers: dict[str, str]
+) -> None:
+    browser = client(app)
+    form = {"name": "li.binhu", "password": PASSWORD}
+    assert browser.post("/login", data=form, headers=headers).status_code == 403
+    assert COOKIE not in browser.cookies
+    same = {"Origin": "http://controller", "Sec-Fetch-Site": "same-origin"}
+    assert browser.post("/login", data=form, headers=same).status_code == 303
+
+
+@pytest.mark.parametrize(
     ("name", "password"),
     [("li.binhu", "wrong password!"), ("nobody", PASSWORD), ("li.binhu", ""), ("", "")],
 )

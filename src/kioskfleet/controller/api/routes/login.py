@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import time
 from typing import Annotated, Any, Final
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Cookie, Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -67,6 +67,15 @@ def _secure(request: Request, controller: Controller) -> bool:
     """Whether cookies get ``Secure`` (see ``[web] cookie_secure``)."""
     setting = controller.settings.web.cookie_secure
     return setting == "true" or (setting == "auto" and request.url.scheme == "https")
+
+
+def _cross_site(request: Request) -> bool:
+    """Whether the browser says the request comes from another site (``Sec-Fetch-Site``, or
+    an ``Origin`` that is not this host); a client that sends neither is no browser form."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc != request.url.netloc
 
 
 def _back(value: str | None) -> str:
@@ -151,7 +160,10 @@ def login(
     back: Annotated[str | None, Form(alias="next", max_length=500)] = None,
     lang: LangCookie = None,
 ) -> Response:
-    """Check name and password (argon2); on success a new session and its cookie."""
+    """Check name and password (argon2); on success a new session and its cookie. A form
+    posted from another site is refused (login CSRF: signing a victim in as the attacker)."""
+    if _cross_site(request):
+        raise HTTPException(status_code=403, detail="sign in from this console's own page")
     with controller.engine.begin() as conn:
         principal = people.check_password(conn=conn, name=name, password=password)
         if principal is not None:
