@@ -161,6 +161,12 @@ def test_a_password_login_sets_a_safe_cookie_and_names_the_person(app: FastAPI) 
     assert len(keys) == 1 and value not in keys[0] and len(keys[0]) == 64
     [row] = audit_rows(app, "login")
     assert row.actor == "li.binhu" and row.details == {"via": "password"}
+    # signing in again gives a new session id and ends the old one (no fixation)
+    browser.post("/login", data={"name": "wang.ops", "password": PASSWORD})
+    assert browser.cookies[COOKIE] != value
+    with app.state.controller.engine.connect() as conn:
+        assert websession.sessions_of(conn=conn, account="li.binhu") == 0
+    assert browser.get("/api/me").json()["name"] == "wang.ops"
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,9 @@ def _signed_in(
     and go ``back``."""
     now = time.time()
     websession.purge(conn=conn, now=now, web=controller.settings.web)
+    previous = request.cookies.get(COOKIE)
+    if previous:  # a new login is a new session: the browser's old one ends here
+        websession.close_session(conn=conn, cookie=previous)
     cookie, _ = websession.open_session(
         conn=conn,
         account=account,
