@@ -22,6 +22,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+#: the bootstrap admin token of every controller a benchmark starts (CONTRACT §6): the API
+#: needs credentials, and this one costs no database lookup
+BENCH_TOKEN = "kioskfleet-bench-bootstrap-0123456789"
+BENCH_AUTH = {"Authorization": f"Bearer {BENCH_TOKEN}"}
 PG_ADMIN_URL = os.environ.get("KIOSKFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -420,6 +424,7 @@ def start_controller(stack: contextlib.ExitStack, work: Path, db: str) -> Contro
         "KIOSKFLEET_DB_URL": db_url,
         "KIOSKFLEET_MQTT_URL": broker.url,
         "KIOSKFLEET_LISTEN": f"127.0.0.1:{port}",
+        "KIOSKFLEET_BOOTSTRAP_TOKEN": BENCH_TOKEN,
     }
     ctl_log = (work / "controller.log").open("wb")
     stack.callback(ctl_log.close)

@@ -39,7 +39,7 @@ from kioskfleet.controller.service import Controller
 from kioskfleet.fleetsim.fleet import wuxi_fleet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _support import percentile, throwaway_postgres
+from _support import BENCH_AUTH, BENCH_TOKEN, percentile, throwaway_postgres
 
 STATION = Station.__table__  # type: ignore[attr-defined]
 HISTORY = StationHistory.__table__  # type: ignore[attr-defined]
@@ -163,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with database(args.db) as url:
-        settings = Settings(db_url=url)
+        settings = Settings(bootstrap_token=BENCH_TOKEN, db_url=url)
         controller = Controller(settings)  # never started: no broker, no ingest
         migrate(controller.engine)
         now = time.time()
@@ -176,7 +176,7 @@ def main() -> None:
         app = create_app(settings, controller)
         loop = asyncio.new_event_loop()
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://controller"
+            transport=httpx.ASGITransport(app=app), headers=BENCH_AUTH, base_url="http://controller"
         )
         rng = random.Random(11)
 

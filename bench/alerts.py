@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 from _support import (
+    BENCH_AUTH,
     KIOSKFLEET,
     StationPayloads,
     log,
@@ -244,7 +245,7 @@ def main() -> int:
                 station_topic(probe.station, "telemetry"),
                 probe.payloads.telemetry(probe.next_seq()),
             )
-        http = stack.enter_context(httpx.Client(base_url=base, timeout=10))
+        http = stack.enter_context(httpx.Client(base_url=base, timeout=10, headers=BENCH_AUTH))
         online = wait_online(http, args.stations, timeout=120)
         log(f"{online} of {args.stations} stations online; probing")
 
@@ -252,7 +253,7 @@ def main() -> int:
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
             clients = [
-                stack.enter_context(httpx.Client(base_url=base, timeout=10))
+                stack.enter_context(httpx.Client(base_url=base, timeout=10, headers=BENCH_AUTH))
                 for _ in range(args.workers)
             ]
             futures = [

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _support import BENCH_AUTH, BENCH_TOKEN
 from fastapi.routing import APIRoute, serialize_response
 
 from kioskfleet.controller import crud
@@ -95,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(db_url=f"sqlite:///{Path(tmp) / 'c.db'}")
+        settings = Settings(bootstrap_token=BENCH_TOKEN, db_url=f"sqlite:///{Path(tmp) / 'c.db'}")
         controller = Controller(settings)
         one = populate(controller, args.stations)
         app = create_app(settings, controller)
@@ -145,7 +146,7 @@ def main() -> None:
             f"list {args.stations}: both": ms(list_all, args.number),
         }
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://controller"
+            transport=httpx.ASGITransport(app=app), headers=BENCH_AUTH, base_url="http://controller"
         )
         for path in ("/api/stations?limit=1000", f"/api/stations/{one}", "/api/fleet/summary"):
             response = loop.run_until_complete(client.get(path))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _support import postgres_available
+from _support import BENCH_AUTH, BENCH_TOKEN, postgres_available
 from metrics_scrape import database, ms, populate
 
 from kioskfleet.controller.app import create_app
@@ -41,7 +41,7 @@ PATHS = (
 
 
 def measure(db_url: str, count: int, number: int) -> dict[str, Any]:
-    settings = Settings(db_url=db_url)
+    settings = Settings(bootstrap_token=BENCH_TOKEN, db_url=db_url)
     controller = Controller(settings)
     populate(controller.engine, count, 600)
     engine = controller.engine
@@ -53,7 +53,9 @@ def measure(db_url: str, count: int, number: int) -> dict[str, Any]:
     controller.metrics.watch_fleet(read)
     app = create_app(settings, controller)
     loop = asyncio.new_event_loop()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c")
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), headers=BENCH_AUTH, base_url="http://c"
+    )
     station = loop.run_until_complete(client.get("/api/stations", params={"limit": 1})).json()
     sid = station["items"][0]["id"]
     result: dict[str, Any] = {"stations": count, "db": engine.dialect.name, "ms": {}}

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import psutil
 from _support import (
+    BENCH_AUTH,
     KIOSKFLEET,
     log,
     mean,
@@ -202,7 +203,7 @@ def main() -> int:
         # every station online: from the first moment all were, the fewest online after
         all_online_at: float | None = None
         online_min: int | None = None
-        with httpx.Client(base_url=base, timeout=10) as http:
+        with httpx.Client(base_url=base, timeout=10, headers=BENCH_AUTH) as http:
             next_at = time.monotonic()
             while simulator.poll() is None:
                 now = time.monotonic() - t0
@@ -263,11 +264,11 @@ def main() -> int:
         sim_result = json.loads(lines[-1])
         sent = sim_result["sent"]
         # the simulator waited for every confirmation, so the summary must already agree
-        final = httpx.get(f"{base}/api/fleet/summary", timeout=10).json()
+        final = httpx.get(f"{base}/api/fleet/summary", timeout=10, headers=BENCH_AUTH).json()
         deadline = time.monotonic() + 30
         while final["ingested"] != sent and time.monotonic() < deadline:
             time.sleep(0.5)
-            final = httpx.get(f"{base}/api/fleet/summary", timeout=10).json()
+            final = httpx.get(f"{base}/api/fleet/summary", timeout=10, headers=BENCH_AUTH).json()
         batches = _batch_stats(base)
         profiles = {}
         for name, spy, path in spies:

@@ -55,6 +55,8 @@ import httpx
 import paho.mqtt.client as mqtt
 import psutil
 from _support import (
+    BENCH_AUTH,
+    BENCH_TOKEN,
     AgentPayloads,
     Mosquitto,
     StationPayloads,
@@ -317,6 +319,7 @@ def controller_live(
     from kioskfleet.controller.service import Controller
 
     settings = Settings(
+        bootstrap_token=BENCH_TOKEN,
         db_url=db_url,
         mqtt_url=broker.url,
         listen=f"127.0.0.1:{free_port()}",
@@ -446,7 +449,9 @@ def _summary_over_http(settings: Any, controller: Any) -> dict[str, Any]:
     thread.start()
     try:
         wait_port(port)
-        response = httpx.get(f"http://{host}:{port}/api/fleet/summary", timeout=10)
+        response = httpx.get(
+            f"http://{host}:{port}/api/fleet/summary", timeout=10, headers=BENCH_AUTH
+        )
         response.raise_for_status()
         return dict(response.json())
     finally:
@@ -468,6 +473,7 @@ def controller_drain(
     from kioskfleet.controller.service import Controller
 
     settings = Settings(
+        bootstrap_token=BENCH_TOKEN,
         db_url=db_url,
         mqtt_url=broker.url,
         listen=f"127.0.0.1:{free_port()}",

@@ -25,6 +25,67 @@ PG_ADMIN_URL = os.environ.get("KIOSKFLEET_TEST_PG", "postgresql://postgres@127.0
 
 T = TypeVar("T")
 
+#: the bootstrap admin token of every controller under test (CONTRACT §6): tests that are
+#: not about who may do what send it, so that each request is an admin's
+TEST_TOKEN = "kioskfleet-test-bootstrap-0123456789"
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
+
+
+def person_token(engine: Any, name: str, role: str = "admin", districts: Sequence[str] = ()) -> str:
+    """A new API token of account ``name`` in the controller database ``engine``, the account
+    made (with ``role`` and ``districts``) on first use."""
+    from kioskfleet.controller import people
+
+    with engine.begin() as conn:
+        if people.get_account(conn=conn, name=name) is None:
+            people.create_account(
+                conn=conn,
+                name=name,
+                role=role,  # type: ignore[arg-type]
+                districts=districts,
+                password=None,
+                actor="test",
+                now=time.time(),
+            )
+        issued = people.issue_token(
+            conn=conn, account=name, ttl_s=86400, actor="test", now=time.time()
+        )
+    return issued.token
+
+
+def person_auth(app: Any, name: str) -> dict[str, str]:
+    """``Authorization`` headers with an API token of admin ``name`` of ``app``'s
+    controller (:func:`person_token`; one token per app and name)."""
+    tokens: dict[str, str] = app.state.__dict__.setdefault("test_tokens", {})
+    if name not in tokens:
+        tokens[name] = person_token(app.state.controller.engine, name)
+    return {"Authorization": f"Bearer {tokens[name]}"}
+
+
+def acting(app: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A request's keyword arguments, sent as the person it names.
+
+    Tests written before identities name who acts in the request (``by`` or ``author`` in the
+    body, ``by`` in the query); the controller ignores that now and takes the person from the
+    credentials, so such a request carries that person's own token (an admin account made on
+    first use). Without a name, or with explicit headers, it goes as the bootstrap admin.
+    """
+    from kioskfleet.controller import people
+
+    if "headers" in kwargs:
+        return kwargs
+    named: object = None
+    for source in (kwargs.get("params"), kwargs.get("json")):
+        if isinstance(source, dict):
+            named = source.get("by") or source.get("author") or named
+    if (
+        isinstance(named, str)
+        and people.NAME_PATTERN.fullmatch(named)
+        and named.lower() not in people.RESERVED_NAMES
+    ):
+        return {**kwargs, "headers": person_auth(app, named)}
+    return kwargs
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -25,6 +25,7 @@ from kioskfleet.controller.service import Controller
 from kioskfleet.controller.store import FleetStore
 from kioskfleet.protocol import decode_agent_message
 from kioskfleet.protocol.devices import DeviceState
+from tests.conftest import AUTH, TEST_TOKEN
 
 T0 = 1764000000.25  # 2025-11-24T16:00:00.250000Z
 PRINTER = {
@@ -100,7 +101,9 @@ def fill(engine: Any) -> None:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[FastAPI]:
-    settings = Settings(db_url=f"sqlite:///{tmp_path / 'controller.db'}")
+    settings = Settings(
+        bootstrap_token=TEST_TOKEN, db_url=f"sqlite:///{tmp_path / 'controller.db'}"
+    )
     controller = Controller(settings)  # never started: no broker, no ingest
     migrate(controller.engine)
     fill(controller.engine)
@@ -113,7 +116,9 @@ def get(app: FastAPI, path: str, **params: Any) -> httpx.Response:
 
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://controller") as client:
+        async with httpx.AsyncClient(
+            transport=transport, headers=AUTH, base_url="http://controller"
+        ) as client:
             return await client.get(path, params=params)
 
     return asyncio.run(run())
@@ -134,7 +139,7 @@ def check(openapi: dict[str, Any], path: str, response: httpx.Response) -> None:
 
 
 def test_every_read_route_documents_a_typed_200_response() -> None:
-    app = create_app(Settings(db_url="sqlite:///unused.db"))
+    app = create_app(Settings(bootstrap_token=TEST_TOKEN, db_url="sqlite:///unused.db"))
     openapi = app.openapi()
     components = openapi["components"]["schemas"]
     checked = []
@@ -358,7 +363,7 @@ def telemetry_app(db_url: str) -> Iterator[FastAPI]:
     # the data is made, not when the module was imported (minutes earlier in a full run)
     global NOW
     NOW = float(int(time.time()))
-    settings = Settings(db_url=db_url)
+    settings = Settings(bootstrap_token=TEST_TOKEN, db_url=db_url)
     controller = Controller(settings)
     migrate(controller.engine)
     fill(controller.engine)

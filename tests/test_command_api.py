@@ -21,7 +21,7 @@ from kioskfleet.controller.db import migrate
 from kioskfleet.controller.models import Audit, CommandRecord
 from kioskfleet.controller.service import Controller
 from kioskfleet.controller.store import FleetStore
-from tests.conftest import wait_until
+from tests.conftest import AUTH, TEST_TOKEN, wait_until
 from tests.test_api import _birth, _message, check, fill
 
 OFFLINE = "wx-binhu-gov-02"  # gone offline in tests.test_api.fill
@@ -30,7 +30,9 @@ ONLINE = "wx-liangxi-gov-01"
 
 @pytest.fixture
 def controller(db_url: str) -> Iterator[Controller]:
-    controller = Controller(Settings(db_url=db_url))  # never started: no broker, no ingest
+    controller = Controller(
+        Settings(bootstrap_token=TEST_TOKEN, db_url=db_url)
+    )  # never started: no broker, no ingest
     migrate(controller.engine)
     fill(controller.engine)
     yield controller
@@ -47,7 +49,9 @@ def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
 
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://controller") as client:
+        async with httpx.AsyncClient(
+            transport=transport, headers=AUTH, base_url="http://controller"
+        ) as client:
             return await client.request(method, path, **kwargs)
 
     return asyncio.run(run())
@@ -72,7 +76,7 @@ def test_a_command_is_stored_pending_with_its_audit_row(
     body = got.json()
     assert body["state"] == "pending" and body["reply"] is None and body["sent_at"] is None
     assert (body["id"], body["station"], body["name"]) == (command_id, OFFLINE, "restart_device")
-    assert body["args"] == {"device": "printer"} and body["created_by"] == "api"
+    assert body["args"] == {"device": "printer"} and body["created_by"] == "bootstrap"
     assert body["created_at"].endswith("Z")
     with controller.engine.connect() as conn:
         record = conn.execute(select(CommandRecord.__table__)).one()  # type: ignore[attr-defined]
@@ -80,7 +84,7 @@ def test_a_command_is_stored_pending_with_its_audit_row(
     assert record.expires_at - record.created_at == pytest.approx(300.0)  # the default ttl
     assert before <= record.created_at <= time.time()
     assert (audit.actor, audit.action, audit.target, audit.outcome) == (
-        "api",
+        "bootstrap",
         "command.create",
         OFFLINE,
         "accepted",

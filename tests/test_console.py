@@ -39,12 +39,12 @@ from kioskfleet.controller.tufrepo.releases import ReleasePublic
 from kioskfleet.fleetsim.fleet import DISTRICTS, SITE_TYPES
 from kioskfleet.protocol.devices import DeviceKind, DeviceState
 from kioskfleet.protocol.stations import StationStatus
+from tests.conftest import AUTH, TEST_TOKEN
 from tests.test_alert_api import T1, make_alert, put
 from tests.test_api import _birth, fill
 
-BOOTSTRAP = "console-test-admin-token"
 #: the bootstrap admin: sees every button (an anonymous operator sees none)
-ADMIN = {"Authorization": f"Bearer {BOOTSTRAP}"}
+ADMIN = AUTH
 TEMPLATES = Path(__file__).resolve().parents[1] / "src/kioskfleet/controller/templates"
 
 
@@ -120,7 +120,7 @@ def app(tmp_path: Path) -> Iterator[FastAPI]:
     settings = Settings(
         db_url=f"sqlite:///{tmp_path / 'controller.db'}",
         anonymous_role="operator",
-        bootstrap_token=BOOTSTRAP,
+        bootstrap_token=TEST_TOKEN,
     )
     controller = Controller(settings)  # never started: no broker, no ingest
     migrate(controller.engine)
@@ -329,7 +329,7 @@ def test_the_shared_overview_is_read_again_when_a_station_arrives(tmp_path: Path
     settings = Settings(
         db_url=f"sqlite:///{tmp_path / 'controller.db'}",
         anonymous_role="operator",
-        bootstrap_token=BOOTSTRAP,
+        bootstrap_token=TEST_TOKEN,
     )
     controller = Controller(settings)
     migrate(controller.engine)

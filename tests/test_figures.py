@@ -21,6 +21,7 @@ from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import migrate
 from kioskfleet.controller.models import Station, StationHistory
 from kioskfleet.controller.service import Controller
+from tests.conftest import TEST_TOKEN
 from tests.test_alert_api import call, check, make_alert, put
 
 STATION = Station.__table__  # type: ignore[attr-defined]
@@ -35,7 +36,7 @@ def iso(ts: float) -> str:
 
 @pytest.fixture
 def controller(db_url: str) -> Iterator[Controller]:
-    controller = Controller(Settings(db_url=db_url))  # never started
+    controller = Controller(Settings(bootstrap_token=TEST_TOKEN, db_url=db_url))  # never started
     migrate(controller.engine)
     yield controller
     controller.engine.dispose()

@@ -25,6 +25,7 @@ from kioskfleet.controller.service import Controller
 from kioskfleet.controller.store import FleetStore
 from kioskfleet.controller.tufrepo.service import create_demo_repository
 from kioskfleet.updates.software import build_software
+from tests.conftest import AUTH, TEST_TOKEN, acting
 from tests.test_api import T0, _birth, _message
 
 STATIONS = [f"wx-binhu-gov-{n:02d}" for n in range(1, 6)]
@@ -41,7 +42,9 @@ class Clock:
 @pytest.fixture
 def controller(db_url: str, tmp_path: Path) -> Iterator[Controller]:
     tuf = create_demo_repository(tmp_path / "tuf")
-    controller = Controller(Settings(db_url=db_url, tuf=tuf))  # never started: no broker
+    controller = Controller(
+        Settings(bootstrap_token=TEST_TOKEN, db_url=db_url, tuf=tuf)
+    )  # never started: no broker
     migrate(controller.engine)
     FleetStore(controller.engine).apply(
         [_birth(s, "Binhu", versions={"agent": "0.1.0"}) for s in STATIONS]
@@ -71,8 +74,10 @@ def app(controller: Controller) -> FastAPI:
 def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://controller") as client:
-            return await client.request(method, path, **kwargs)
+        async with httpx.AsyncClient(
+            transport=transport, headers=AUTH, base_url="http://controller"
+        ) as client:
+            return await client.request(method, path, **acting(app, kwargs))
 
     return asyncio.run(run())
 
@@ -235,7 +240,7 @@ def test_a_rollout_goes_wave_by_wave_from_the_stations_events(
     actions = [
         (a.action, a.actor) for a in rows(controller, Audit) if a.target in (rollout, release)
     ]
-    assert ("rollout.create", "api") in actions
+    assert ("rollout.create", "bootstrap") in actions
     assert ("rollout.paused", f"rollout:{rollout}") in actions
     assert ("rollout.resume", "zhang.min") in actions
     assert ("rollout.abort", "zhang.min") in actions

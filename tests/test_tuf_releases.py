@@ -24,6 +24,7 @@ from kioskfleet.controller.config import Settings, TufSettings
 from kioskfleet.protocol.stations import SITE_TYPES
 from kioskfleet.updates.catalogue import CatalogueError, parse_bundle, parse_site_catalogue, split
 from kioskfleet.updates.software import SoftwareError, build_software, check_software
+from tests.conftest import AUTH, TEST_TOKEN
 from tests.tuf_helpers import Served, make_repository, real_now, serve, serve_app
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -235,7 +236,7 @@ def post(url: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) 
         url,
         data=body,
         method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **AUTH},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -245,7 +246,7 @@ def post(url: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) 
 
 
 def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as response:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH), timeout=30) as response:
         return json.loads(response.read())
 
 
@@ -255,6 +256,7 @@ def online(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     repo, _ = make_repository(tmp_path, now=real_now())
     assert repo.online_keys is not None
     settings = Settings(
+        bootstrap_token=TEST_TOKEN,
         db_url=f"sqlite:///{tmp_path / 'controller.db'}",
         tuf=TufSettings(dir=repo.path, online_keys=repo.online_keys.path, online_release=True),
     )
@@ -388,7 +390,7 @@ def test_release_publish_signs_with_the_release_managers_key(
     (tmp_path / "a.tgz").write_bytes(build_software("1.0", GOOD))
     (tmp_path / "b.tgz").write_bytes(build_software("1.1", GOOD))
     (tmp_path / "root.json").write_bytes(served.repository.root_bytes(1))
-    common = ["--controller", served.url, "--root", "root.json"]
+    common = ["--controller", served.url, "--root", "root.json", "--token", TEST_TOKEN]
     run = kioskfleet(
         "release", "publish", "a.tgz", "--kind", "software", "--version", "1.0",
         "--key", "offline/rm-software.pem", *common, cwd=tmp_path,
@@ -424,5 +426,11 @@ def test_release_publish_signs_with_the_release_managers_key(
         "--key", "offline/rm-software.pem", *common, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 1 and "VERSION says '1.2'" in run.stderr
+    # without a token (or KIOSKFLEET_TOKEN) the controller does not know who publishes
+    run = kioskfleet(
+        "release", "publish", "c.tgz", "--kind", "software", "--version", "1.2",
+        "--key", "offline/rm-software.pem", *common[:-2], cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1 and "HTTP 401" in run.stderr
     listed = get(served.url + "/api/releases")
     assert [r["id"] for r in listed["items"]] == ["software-r2", "software-r1"]

@@ -25,6 +25,7 @@ from kioskfleet.controller.tufrepo import OnlineKeys, TufRepository
 from kioskfleet.updates.client import UpdateClient
 from kioskfleet.updates.keys import generate_key, load_signer
 from kioskfleet.updates.targets import ReleaseTarget
+from tests.conftest import TEST_TOKEN
 
 #: a fixed "now" for repositories whose expiry does not matter to the test
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -121,6 +122,7 @@ def serve(tmp: Path, repository: TufRepository) -> Iterator[Served]:
     """``create_app`` with a never-started controller whose ``[tuf]`` is ``repository``."""
     assert repository.online_keys is not None
     settings = Settings(
+        bootstrap_token=TEST_TOKEN,
         db_url=f"sqlite:///{tmp / 'controller.db'}",
         tuf=TufSettings(dir=repository.path, online_keys=repository.online_keys.path),
     )

@@ -14,7 +14,10 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kioskfleet.controller.people import Role
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +178,13 @@ def run_demo(
                 "mqtt_url": broker_url,
                 # a signed update repository of its own, served under /tuf/
                 "tuf": checked.tuf or create_demo_repository(work / "tuf"),
+                # the wall screen opens without a login (CONTRACT §6); writes need a person
+                "anonymous_role": "operator",
             }
         )
         served = ServedController(settings)
         log.warning("dashboard at http://127.0.0.1:%d/  (broker %s)", port, broker_url)
+        create_demo_people(served.controller)
         root = publish_demo_releases(served.controller)
         spec = FleetSpec(
             stations=wuxi_fleet(stations, telemetry_interval=telemetry_interval),
@@ -215,6 +221,49 @@ def run_demo(
         final["sent"] = result.sent
         final["unconfirmed"] = result.unconfirmed
         return final
+
+
+#: the demo's people, one per role (CONTRACT §6): name → (role, districts)
+DEMO_PEOPLE: dict[str, tuple[Role, list[str]]] = {
+    "admin": ("admin", []),
+    "operator": ("operator", []),
+    "release-manager": ("release_manager", []),
+    "tech-binhu": ("technician", ["Binhu"]),
+    "tech-xinwu": ("technician", ["Xinwu"]),
+}
+
+
+def create_demo_people(controller: Any) -> dict[str, str]:
+    """Make the demo's accounts with random passwords and say them on stderr (the demo's
+    database is thrown away at its end); their passwords by name."""
+    import secrets
+
+    from kioskfleet.controller import people
+
+    passwords = {name: secrets.token_urlsafe(12) for name in DEMO_PEOPLE}
+    now = time.time()
+    with controller.engine.begin() as conn:
+        for name, (role, districts) in DEMO_PEOPLE.items():
+            people.create_account(
+                conn=conn,
+                name=name,
+                role=role,
+                districts=districts,
+                password=passwords[name],
+                actor="controller",
+                now=now,
+            )
+    lines = [
+        f"  {name:<16} {role:<16} {','.join(districts) or '-':<8} {passwords[name]}"
+        for name, (role, districts) in DEMO_PEOPLE.items()
+    ]
+    log.warning(
+        "demo accounts (name, role, districts, password); anyone may read the dashboard:\n%s",
+        "\n".join(lines),
+    )
+    if controller.settings.bootstrap_token is not None:
+        log.warning("KIOSKFLEET_BOOTSTRAP_TOKEN is a valid admin API token here")
+    return passwords
 
 
 #: the demo's releases: a software release a step past the running agent, and a catalogue

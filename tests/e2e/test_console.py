@@ -33,7 +33,6 @@ pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto]
 sync_api = pytest.importorskip("playwright.sync_api")
 
 #: the demo's rules (CONTRACT §6): anonymous callers read as operators; one account per role
-BOOTSTRAP = "e2e-console-bootstrap-token"
 PASSWORD = "e2e console password"
 ACCOUNTS = {
     "li.binhu": ("technician", ["Binhu"]),
@@ -116,13 +115,13 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     loop = LoopThread()
     db = tmp_path_factory.mktemp("db") / "c.db"
     try:
-        with served_controller(
-            f"sqlite:///{db}", broker.url, anonymous_role="operator", bootstrap_token=BOOTSTRAP
-        ) as (served, api):
-            admin = {"Authorization": f"Bearer {BOOTSTRAP}"}
+        with served_controller(f"sqlite:///{db}", broker.url, anonymous_role="operator") as (
+            served,
+            api,  # carries the bootstrap admin's token
+        ):
             for name, (role, districts) in ACCOUNTS.items():
                 body = {"name": name, "role": role, "districts": districts, "password": PASSWORD}
-                assert api.post("/api/accounts", json=body, headers=admin).status_code == 201
+                assert api.post("/api/accounts", json=body).status_code == 201
             fleet = make_fleet(loop, broker.url, STATIONS, interval=1.0)
             try:
                 wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == STATIONS)

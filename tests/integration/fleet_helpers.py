@@ -21,7 +21,7 @@ from kioskfleet.controller.config import Settings
 from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import Fleet, FleetSpec, wuxi_fleet
 from kioskfleet.protocol.broker_url import parse_broker_url
-from tests.conftest import LoopThread, free_port, wait_until
+from tests.conftest import AUTH, TEST_TOKEN, LoopThread, free_port, wait_until
 
 
 @contextmanager
@@ -38,6 +38,7 @@ def served_controller(
             "client_id": f"ctl-{uuid.uuid4().hex[:8]}",
             "ack_interval": 0.3,
             "sweep_interval": 0.2,
+            "bootstrap_token": TEST_TOKEN,
             **overrides,
         }
     )
@@ -48,7 +49,7 @@ def served_controller(
         served.stop()
         raise RuntimeError("the controller did not connect to the broker in 30 s")
     try:
-        with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as client:
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=10, headers=AUTH) as client:
             yield served, client
     finally:
         served.stop()

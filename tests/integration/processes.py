@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import AUTH, TEST_TOKEN, free_port, wait_until
 
 
 class ControllerProcess:
@@ -26,10 +26,11 @@ class ControllerProcess:
             "KIOSKFLEET_DB_URL": db_url,
             "KIOSKFLEET_MQTT_URL": mqtt_url,
             "KIOSKFLEET_LISTEN": f"127.0.0.1:{self.port}",
+            "KIOSKFLEET_BOOTSTRAP_TOKEN": TEST_TOKEN,
         }
         self.log = workdir / "controller.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10, headers=AUTH)
 
     def start(self) -> ControllerProcess:
         with self.log.open("ab") as log:

@@ -162,7 +162,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     assert ingest is not None
     assert ingest.connected.wait(30), ingest.last_error
     base = f"http://{listen}"
-    with httpx.Client(base_url=base, timeout=20) as http:
+    with httpx.Client(
+        base_url=base, timeout=20, headers={"Authorization": f"Bearer {ADMIN}"}
+    ) as http:
         yield Fleet(
             folder,
             ca,

@@ -31,7 +31,7 @@ def test_a_status_change_reaches_the_event_stream(
 
             def listen() -> None:
                 with (
-                    httpx.Client(base_url=api.base_url, timeout=30) as client,
+                    httpx.Client(base_url=api.base_url, timeout=30, headers=api.headers) as client,
                     client.stream("GET", "/api/events") as response,
                 ):
                     assert response.headers["content-type"].startswith("text/event-stream")

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from kioskfleet import __version__
+from kioskfleet.controller.api.deps import document_policies
 from kioskfleet.controller.api.routes import (
     account_pages,
     alerts,
@@ -73,5 +74,7 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
     ):
         app.include_router(module.router)
     login.install(app)
+    # open: the console's scripts and styles, needed before anyone signs in
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
+    document_policies(app)
     return app

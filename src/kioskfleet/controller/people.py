@@ -47,7 +47,8 @@ _GRANTS: Final[dict[Role, frozenset[Role]]] = {
 }
 #: names that are identities of their own in the audit log, never accounts
 RESERVED_NAMES: Final = frozenset({"bootstrap", "anonymous", "controller", "api"})
-NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+#: letters (any script: 王工), digits, '_', then also '.', '@', '-'
+NAME_PATTERN: Final = re.compile(r"^\w[\w.@-]{0,63}$")
 PASSWORD_MIN: Final = 10
 #: argon2 of a huge input is a cheap way to burn our CPU: refuse long passwords
 PASSWORD_MAX: Final = 256
@@ -192,8 +193,8 @@ def _checked(
     if name is not None:
         if not NAME_PATTERN.fullmatch(name):
             raise PeopleError(
-                "must be 1 to 64 letters, digits, '.', '_', '@' or '-', starting with a letter "
-                "or digit",
+                "must be 1 to 64 letters, digits, '.', '_', '@' or '-', starting with a letter, "
+                "digit or '_'",
                 "name",
             )
         if name.lower() in RESERVED_NAMES:

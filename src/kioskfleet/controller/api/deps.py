@@ -21,9 +21,10 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable, Iterator
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection
 
 from kioskfleet.controller import people
@@ -170,3 +171,53 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 Person = Annotated[Principal, Depends(_any_person)]
 #: the policy of a read that needs no argument: ``dependencies=[READ]`` on a router or route
 READ = Depends(require("operator"))
+
+
+def api_routes(app: FastAPI) -> list[Any]:
+    """Every API route of ``app`` as FastAPI serves it (its routers' dependencies and
+    responses merged in): objects with ``path``, ``methods``, ``dependant``, ``responses``
+    and ``original_route``."""
+    return [
+        context
+        for context in iter_route_contexts(app.routes)
+        if isinstance(context.original_route, APIRoute)
+    ]
+
+
+def route_policies(route: Any) -> list[str]:
+    """The policies ``route`` (from :func:`api_routes`) declares: the descriptions
+    :func:`require`, :data:`Person`, :func:`open_to` and the metrics' scrape token leave on
+    their dependencies."""
+    found: list[str] = []
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        policy = getattr(dependant.call, "__kioskfleet_policy__", None)
+        if policy is not None:
+            found.append(policy)
+        pending.extend(dependant.dependencies)
+    return found
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}},
+    }
+
+
+def document_policies(app: FastAPI) -> None:
+    """Document the 401 of every route that needs credentials, and the 403 of those needing
+    more than reading, in ``/openapi.json`` (clients and schemathesis rely on it). Call it
+    once all routers are included."""
+    for route in api_routes(app):
+        policies = route_policies(route)
+        if not policies or all(p.startswith("open") for p in policies):
+            continue
+        errors = {401: _documented("No valid credentials")}
+        if any(p != "role operator" for p in policies):
+            errors[403] = _documented("Not allowed for this person")
+        # the route as declared and as served (FastAPI keeps a merged copy of its responses)
+        for responses in (route.original_route.responses, route.responses):
+            for code, response in errors.items():
+                responses.setdefault(code, response)

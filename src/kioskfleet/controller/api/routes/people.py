@@ -25,7 +25,7 @@ _Name = Annotated[
     str,
     Field(
         pattern=people.NAME_PATTERN.pattern,
-        description="letters, digits, '.', '_', '@', '-'; up to 64",
+        description="letters (any script), digits, '.', '_', '@', '-'; up to 64",
     ),
 ]
 _District = Annotated[str, Field(min_length=1, max_length=64)]
