@@ -188,6 +188,25 @@ def test_the_cookie_is_secure_over_tls_or_when_the_setting_says_so(
 
 
 @pytest.mark.parametrize(
+    ("back", "goes_to"),
+    [
+        ("/stations?district=Binhu", "/stations?district=Binhu"),
+        ("//evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("javascript:alert(1)", "/"),
+        ("", "/"),
+    ],
+)
+def test_after_a_login_the_browser_goes_back_within_the_console_only(
+    app: FastAPI, back: str, goes_to: str
+) -> None:
+    form = {"name": "wang.ops", "password": PASSWORD, "next": back}
+    answer = client(app).post("/login", data=form)
+    assert answer.status_code == 303 and answer.headers["location"] == goes_to
+
+
+@pytest.mark.parametrize(
     "headers",
     [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}],
 )
