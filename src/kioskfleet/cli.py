@@ -187,7 +187,21 @@ def build_parser(*, fault_help: bool = False) -> argparse.ArgumentParser:
         help="publish a release: sign it locally with your key, upload it",
     )
     _add_release_arguments(release)
+
+    accounts = sub.add_parser(
+        "accounts",
+        help="people's accounts and API tokens, in the controller's database (a first admin)",
+        description="Works on the database of `kioskfleet controller`'s settings. Prints one "
+        "JSON object; exit 1 when refused.",
+    )
+    _add_accounts_arguments(accounts)
     return parser
+
+
+def _add_accounts_arguments(parser: argparse.ArgumentParser) -> None:
+    from kioskfleet.controller.peoplecli import add_arguments
+
+    add_arguments(parser)
 
 
 def _add_release_arguments(parser: argparse.ArgumentParser) -> None:
@@ -246,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": _keys,
         "release": _release,
         "fleet-ca": _fleet_ca,
+        "accounts": _accounts,
     }
     try:
         return handlers[args.command](args)
@@ -571,6 +586,14 @@ def _device(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     from kioskfleet.updates.publishcli import run
+
+    return run(args)
+
+
+def _accounts(args: argparse.Namespace) -> int:
+    if reason := _missing_extra("controller"):
+        return _refuse("accounts", RuntimeError(reason))
+    from kioskfleet.controller.peoplecli import run
 
     return run(args)
 

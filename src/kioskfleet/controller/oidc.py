@@ -1,6 +1,6 @@
 """OpenID Connect logins (the relying party's side): the authorization code flow with PKCE,
 ``state`` and ``nonce``, the provider found by discovery and its id_token checked against its
-JWKS (docs/login.md; decision 47).
+JWKS (docs/login.md; decision 48).
 
 The id_token's signature and claims are checked with joserfc (the JOSE library Authlib itself
 moved to); the three HTTP calls around it (discovery, JWKS, the code exchange) are plain

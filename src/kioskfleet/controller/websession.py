@@ -1,5 +1,5 @@
 """Console logins: server-side web sessions, the logins sent to an identity provider, and the
-accounts its people sign in as (docs/login.md; decision 47). Keyword-only functions over a
+accounts its people sign in as (docs/login.md; decision 48). Keyword-only functions over a
 connection, no HTTP in them (the HTTP side is ``controller.api.routes.login``).
 
 A session's cookie holds 32 random bytes; the table keeps their SHA-256, so a copy of it logs

@@ -20,6 +20,25 @@ To = Annotated[
 ]
 
 
+#: the largest ``offset`` of a list: beyond any table we keep, within a 64-bit integer (the
+#: databases' limit: a larger one was a server error)
+MAX_OFFSET = 1_000_000_000
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+
+
+def unprocessable(description: str) -> dict[str, Any]:
+    """How a route documents a 422 it raises itself (``{"detail": str}``) beside FastAPI's
+    own validation errors (``{"detail": [...]}``): either shape."""
+    schemas = [
+        {"$ref": "#/components/schemas/ErrorDetail"},
+        {"$ref": "#/components/schemas/HTTPValidationError"},
+    ]
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"anyOf": schemas}}},
+    }
+
+
 def invalid(loc: tuple[str, ...], msg: str, value: Any) -> RequestValidationError:
     """A 422 shaped like FastAPI's own, for what only the route can check."""
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from kioskfleet.controller import alertactions, alertviews, people
 from kioskfleet.controller.alerts.model import Conflict
 from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, Technician
-from kioskfleet.controller.api.params import From, To, bounds, client
+from kioskfleet.controller.api.params import From, Offset, To, bounds, client
 from kioskfleet.controller.public import (
     AlertActionRequest,
     AlertDetail,
@@ -56,7 +56,7 @@ def list_alerts(
     start: From = None,
     end: To = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> AlertList:
     """Alerts, newest first (by `opened_at`; `from`/`to` bound it), filtered; paged."""
     since, until = bounds(start, end)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 
 from kioskfleet.controller import alertviews
 from kioskfleet.controller.api.deps import Admin, ConnDep
-from kioskfleet.controller.api.params import From, To, bounds
+from kioskfleet.controller.api.params import From, Offset, To, bounds
 from kioskfleet.controller.public import AuditList
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
@@ -24,7 +24,7 @@ def list_audit(
     start: From = None,
     end: To = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> AuditList:
     """Audit entries, newest first, filtered by action, target, actor and time (admins
     only: the oversight record of who did what)."""

@@ -7,6 +7,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from kioskfleet.controller import commands, people
 from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, Technician
+from kioskfleet.controller.api.params import Offset
 from kioskfleet.controller.public import (
     CommandCreated,
     CommandList,
@@ -61,7 +62,7 @@ def list_commands(
     conn: ConnDep,
     station_id: StationId,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> CommandList:
     """A station's commands, newest first."""
     if not commands.station_exists(conn=conn, station=station_id):

@@ -1,5 +1,5 @@
 """Console sign-in: the login page, password and OpenID Connect logins, logout, and the web
-session behind them (docs/login.md; decision 47).
+session behind them (docs/login.md; decision 48).
 
 :func:`session_principal` is the hook ``deps.current_principal`` calls when a request has no
 bearer token: the session cookie's account, and for every state-changing request the session's

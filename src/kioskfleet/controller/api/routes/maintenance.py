@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from kioskfleet.controller import alertactions, alertviews, commands, people
 from kioskfleet.controller.alerts.model import Conflict
 from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, Technician
-from kioskfleet.controller.api.params import client, invalid
+from kioskfleet.controller.api.params import Offset, client, invalid
 from kioskfleet.controller.public import (
     ErrorDetail,
     MaintenanceList,
@@ -24,7 +24,6 @@ StateFilter = Annotated[
     Query(description="`active` now, `ended`, or `all`"),
 ]
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
 _NO_STATION: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorDetail, "description": "No such station"}
 }

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, func, select
 from kioskfleet.controller import alertviews, crud, rollouts
 from kioskfleet.controller.alertrows import ALERT
 from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, open_to
+from kioskfleet.controller.api.params import Offset
 from kioskfleet.controller.console import i18n
 from kioskfleet.controller.console.overview import Overview, overview
 from kioskfleet.controller.fleetmetrics import ACTIVE_ALERT_STATES
@@ -201,7 +202,7 @@ def stations_page(
     site_type: str | None = None,
     status: str | None = None,
     q: Annotated[str | None, Query(max_length=64)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     """Stations with filters and search."""
@@ -219,7 +220,7 @@ def stations_fragment(
     site_type: str | None = None,
     status: str | None = None,
     q: Annotated[str | None, Query(max_length=64)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     context = _stations(
@@ -301,7 +302,7 @@ def alerts_page(
     district: str | None = None,
     severity: str | None = None,
     state: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     """The alerts queue: filters by district, severity and state; acknowledge, resolve."""
@@ -316,7 +317,7 @@ def alerts_fragment(
     district: str | None = None,
     severity: str | None = None,
     state: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     context = _alerts(conn, district=district, severity=severity, state=state, offset=offset)
@@ -338,7 +339,7 @@ ROLLOUT_ACTIONS: dict[str, tuple[str, ...]] = {
 def rollouts_page(
     request: Request,
     conn: ConnDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     """Rollouts, newest first, with their progress."""
@@ -350,7 +351,7 @@ def rollouts_page(
 def rollouts_fragment(
     request: Request,
     conn: ConnDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: LangCookie = None,
 ) -> HTMLResponse:
     found = rollouts.list_rollouts(conn=conn, limit=PAGE, offset=offset)

@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 
 from kioskfleet.controller import people, websession
 from kioskfleet.controller.api.deps import Admin, ControllerDep, Person
-from kioskfleet.controller.api.params import client, invalid
+from kioskfleet.controller.api.params import Offset, client, invalid
 from kioskfleet.controller.commands import record_audit
 from kioskfleet.controller.crud import utc, utc_or_none
 from kioskfleet.controller.people import Principal, PrincipalKind, Role
@@ -233,7 +233,7 @@ def list_accounts(
     controller: ControllerDep,
     _admin: Admin,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> AccountList:
     """Accounts by name (admins only)."""
     with controller.engine.connect() as conn:
@@ -331,7 +331,7 @@ def list_tokens(
         str | None, Query(max_length=64, description="an admin's filter (default: all)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> TokenList:
     """Your tokens; an admin sees everyone's (or ``account``'s)."""
     if not person.has("admin"):

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 
 from kioskfleet.controller.api.deps import READ, ControllerDep, ReleaseManager
+from kioskfleet.controller.api.params import Offset, unprocessable
 from kioskfleet.controller.api.routes.tuf import get_repository
 from kioskfleet.controller.commands import record_audit
 from kioskfleet.controller.public import ErrorDetail
@@ -26,7 +27,7 @@ router = APIRouter(prefix="/api/releases", tags=["releases"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorDetail, "description": "Signed metadata required by this deployment"},
     404: {"model": ErrorDetail, "description": "No update repository configured"},
-    422: {"model": ErrorDetail, "description": "Not a valid release, or metadata refused"},
+    422: unprocessable("Not a valid release, or metadata refused"),
 }
 
 
@@ -78,7 +79,7 @@ def create_release(
 def get_releases(
     controller: ControllerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> ReleaseList:
     """What the repository lists, newest first (software, then catalogue)."""
     releases = list_releases(get_repository(controller))

@@ -10,6 +10,7 @@ from sqlalchemy import Connection
 
 from kioskfleet.controller import rollouts
 from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, ReleaseManager
+from kioskfleet.controller.api.params import Offset, unprocessable
 from kioskfleet.controller.api.routes.tuf import get_repository
 from kioskfleet.controller.commands import record_audit
 from kioskfleet.controller.people import Principal
@@ -38,7 +39,7 @@ _409: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorDetail, "description": "Not allowed from the rollout's state"}
 }
 _422: dict[int | str, dict[str, Any]] = {
-    422: {"model": ErrorDetail, "description": "Unknown release, bad waves, thresholds or target"}
+    422: unprocessable("Unknown release, bad waves, thresholds or target")
 }
 
 
@@ -90,7 +91,7 @@ def create_rollout(
 def get_rollouts(
     conn: ConnDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> RolloutList:
     """Rollouts, newest first, with their per-progress counts."""
     return rollouts.list_rollouts(conn=conn, limit=limit, offset=offset)

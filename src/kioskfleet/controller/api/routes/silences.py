@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from kioskfleet.controller import alertactions, alertviews, people
 from kioskfleet.controller.alerts.model import Conflict
 from kioskfleet.controller.api.deps import READ, ConnDep, ControllerDep, Technician
-from kioskfleet.controller.api.params import client, invalid
+from kioskfleet.controller.api.params import Offset, client, invalid
 from kioskfleet.controller.public import (
     ErrorDetail,
     SilenceList,
@@ -57,7 +57,7 @@ def list_silences(
         Query(description="`active` now, `pending` (starts later), `expired`, or `all`"),
     ] = "all",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> SilenceList:
     """Silences, newest first."""
     return alertviews.list_silences(

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 
 from kioskfleet.controller import crud
 from kioskfleet.controller.api.deps import READ, ConnDep
+from kioskfleet.controller.api.params import Offset
 from kioskfleet.controller.public import (
     ErrorDetail,
     IsoTime,
@@ -44,7 +45,7 @@ def list_stations(
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> StationList:
     """Stations, filtered by district, site, site type, profile, status or in service, and
     searched by `q` (in the id or the site); paged."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 
 from kioskfleet.controller.api.deps import ControllerDep, open_to
+from kioskfleet.controller.public import ErrorDetail
 from kioskfleet.controller.tufrepo import TufRepository
 
 router = APIRouter(
@@ -46,13 +47,18 @@ def _file(folder: Path, name: str, pattern: re.Pattern[str], *, immutable: bool)
     return FileResponse(path, headers={"Cache-Control": cache})
 
 
-@router.get("/metadata/{name}", response_class=FileResponse)
+_NOT_HERE: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorDetail, "description": "No such file, or no repository configured"}
+}
+
+
+@router.get("/metadata/{name}", response_class=FileResponse, responses=_NOT_HERE)
 def metadata(name: str, repository: RepositoryDep) -> FileResponse:
     """A metadata file: ``N.root.json``, ``N.targets.json``, ``timestamp.json``, …"""
     return _file(repository.metadata_dir, name, _METADATA, immutable=name != "timestamp.json")
 
 
-@router.get("/targets/{path:path}", response_class=FileResponse)
+@router.get("/targets/{path:path}", response_class=FileResponse, responses=_NOT_HERE)
 def target(path: str, repository: RepositoryDep) -> FileResponse:
     """A target file, by its hash-prefixed name."""
     return _file(repository.targets_dir, path, _TARGET, immutable=True)
