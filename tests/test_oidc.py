@@ -183,8 +183,12 @@ def test_a_wrong_state_is_refused(app: FastAPI) -> None:
     refused = back_at_controller(browser, forged)
     assert refused.status_code == 401 and 'id="login-failed"' in refused.text
     assert browser.get("/api/me").status_code == 401
+    # a state no one could have sent (not even ASCII) is refused the same way, not a 500
+    odd = back_at_controller(browser, answer.replace("state=", "state=%E6%BB%A8", 1))
+    assert odd.status_code == 401
+    assert "统一身份认证登录未成功" in odd.text  # the provider's login failed, not a password
     reasons = [row.details["reason"] for row in audit_rows(app, "login_failed")]
-    assert reasons == ["state is not this browser's"]
+    assert reasons == ["state is not this browser's"] * 2
 
 
 def test_an_answer_is_bound_to_the_browser_that_asked_and_used_once(app: FastAPI) -> None:

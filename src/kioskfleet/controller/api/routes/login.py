@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Cookie, Depends, FastAPI, Form, HTTPException, Query, Request
@@ -56,11 +56,16 @@ def session_principal(request: Request, controller: Controller) -> Principal | N
         return None
     session, principal = found
     if request.method not in SAFE_METHODS:
-        given = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(given.encode(), session.csrf_token.encode()):
-            raise HTTPException(status_code=403, detail="CSRF token missing or wrong")
+        _check_csrf(request, session)
     request.state.web_session = session
     return principal
+
+
+def _check_csrf(request: Request, session: websession.Session) -> None:
+    """403 unless the request carries ``session``'s synchronizer token."""
+    given = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(given.encode(), session.csrf_token.encode()):
+        raise HTTPException(status_code=403, detail="CSRF token missing or wrong")
 
 
 def _secure(request: Request, controller: Controller) -> bool:
@@ -144,12 +149,19 @@ def login_page(
     lang: LangCookie = None,
 ) -> HTMLResponse:
     """The sign-in form (name and password; the identity provider where one is set)."""
-    return _login_form(request, controller, lang, back=_back(back), failed=False)
+    return _login_form(request, controller, lang, back=_back(back), failed=None)
 
 
 def _login_form(
-    request: Request, controller: Controller, lang: str | None, *, back: str, failed: bool
+    request: Request,
+    controller: Controller,
+    lang: str | None,
+    *,
+    back: str,
+    failed: Literal["password", "oidc"] | None,
 ) -> HTMLResponse:
+    """The form; after a failed login (``failed`` says which kind) with 401 and the reason
+    in general terms (the audit log has the details)."""
     context = {"back": back, "failed": failed, "oidc": controller.settings.oidc is not None}
     return render(request, "login.html", lang, context, status=401 if failed else 200)
 
@@ -174,7 +186,7 @@ def login(
                 request, controller, conn, account=principal.name, via="password", back=_back(back)
             )
         _audit(conn, request, action="login_failed", name=name, details={"via": "password"})
-    return _login_form(request, controller, lang, back=_back(back), failed=True)
+    return _login_form(request, controller, lang, back=_back(back), failed="password")
 
 
 @router.post("/logout", dependencies=_OPEN)
@@ -190,9 +202,7 @@ def logout(
                 conn=conn, cookie=cookie, now=time.time(), web=controller.settings.web
             )
             if found is not None:
-                given = request.headers.get(CSRF_HEADER, "")
-                if not hmac.compare_digest(given.encode(), found[0].csrf_token.encode()):
-                    raise HTTPException(status_code=403, detail="CSRF token missing or wrong")
+                _check_csrf(request, found[0])
                 websession.close_session(conn=conn, cookie=cookie)
     response = Response(status_code=204, headers={"HX-Redirect": "/"})
     response.delete_cookie(COOKIE, httponly=True, samesite="lax")
@@ -258,7 +268,7 @@ def _provider_account(
     """
     if error is not None:
         raise LoginRefused(f"the provider answered {error!r}")
-    if not browser or not hmac.compare_digest(browser, state):
+    if not browser or not hmac.compare_digest(browser.encode(), state.encode()):
         raise LoginRefused("state is not this browser's")
     pending, back = websession.take_pending(conn=conn, state=state, now=now)
     identity = provider.finish(code=code, pending=pending, now=now)
@@ -287,7 +297,7 @@ def oidc_callback(
             )
         except LoginRefused as err:
             _audit(conn, request, action="login_failed", name="oidc", details={"reason": str(err)})
-            failed = _login_form(request, controller, lang, back="/", failed=True)
+            failed = _login_form(request, controller, lang, back="/", failed="oidc")
         except ProviderUnavailable as err:
             raise HTTPException(status_code=503, detail=f"identity provider: {err}") from err
         else:
