@@ -1,7 +1,8 @@
 """What knowing the caller costs a request (decisions 46–47): ``GET /api/me`` and
 ``GET /api/fleet/summary`` through the whole app in-process (httpx's ASGI transport, no
 sockets) as the bootstrap admin (a constant-time comparison), with an account's API token (one
-indexed query on the token's SHA-256, joined to its account) and anonymously with
+indexed query on the token's SHA-256, joined to its account), with a web session's cookie (the
+session by its SHA-256, then its account) and anonymously with
 ``anonymous_role = "operator"`` (no lookup), interleaved in one run so that their ratios are
 comparable; beside one argon2 password check, what a per-request password hash would cost.
 
@@ -24,7 +25,8 @@ from typing import Any
 import httpx
 from _support import BENCH_AUTH, BENCH_TOKEN, throwaway_postgres
 
-from kioskfleet.controller import people
+from kioskfleet.controller import people, websession
+from kioskfleet.controller.api.routes import login
 from kioskfleet.controller.app import create_app
 from kioskfleet.controller.config import Settings
 from kioskfleet.controller.db import migrate
@@ -58,9 +60,14 @@ def measure(db_url: str, rounds: int) -> dict[str, Any]:
         token = people.issue_token(
             conn=conn, account="bench", ttl_s=3600, actor="bench", now=time.time()
         ).token
+        cookie, _ = websession.open_session(
+            conn=conn, account="bench", via="password", source=None, now=time.time()
+        )
     callers = {
         "bootstrap token": BENCH_AUTH,
         "API token": {"Authorization": f"Bearer {token}"},
+        # a console login: the session row by its SHA-256, then its account (decision 53)
+        "web session": {"Cookie": f"{login.COOKIE}={cookie}"},
         "anonymous (operator)": {},
     }
     app = create_app(settings, controller)

@@ -33,6 +33,7 @@ from kioskfleet.controller.console.live import Broadcaster, Change
 from kioskfleet.controller.db import make_engine, migrate
 from kioskfleet.controller.fleetmetrics import SUPPLY_LEVELS
 from kioskfleet.controller.models import RolloutStationRow
+from kioskfleet.controller.people import ROLES
 from kioskfleet.controller.public import CommandState, Resolution
 from kioskfleet.controller.rollout_plan import Progress, RolloutState
 from kioskfleet.controller.rollouts import RolloutRequest
@@ -47,6 +48,9 @@ from tests.test_alert_api import T1, make_alert, put
 from tests.test_api import _birth, fill
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
+
+#: the bootstrap admin: sees every button (an anonymous operator sees none)
+ADMIN = AUTH
 TEMPLATES = Path(__file__).resolve().parents[1] / "src/kioskfleet/controller/templates"
 
 
@@ -91,6 +95,7 @@ FAMILIES: dict[str, list[str]] = {
     "alertaction": [*get_args(TransitionKind), "escalate"],
     "resolution": list(get_args(Resolution)),
     "rollouts": sorted({a for actions in ROLLOUT_ACTIONS.values() for a in actions}),
+    "role": list(ROLES),
 }
 
 
@@ -122,7 +127,9 @@ def test_an_unknown_catalogue_is_a_clear_error() -> None:
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[FastAPI]:
     settings = Settings(
-        bootstrap_token=TEST_TOKEN, db_url=f"sqlite:///{tmp_path / 'controller.db'}"
+        db_url=f"sqlite:///{tmp_path / 'controller.db'}",
+        anonymous_role="operator",
+        bootstrap_token=TEST_TOKEN,
     )
     controller = Controller(settings)  # never started: no broker, no ingest
     migrate(controller.engine)
@@ -131,11 +138,17 @@ def app(tmp_path: Path) -> Iterator[FastAPI]:
     controller.engine.dispose()
 
 
-def get(app: FastAPI, path: str, cookies: dict[str, str] | None = None, **params: Any) -> Any:
+def get(
+    app: FastAPI,
+    path: str,
+    cookies: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    **params: Any,
+) -> Any:
     async def run() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, headers=AUTH, base_url="http://controller", cookies=cookies
+            transport=transport, base_url="http://controller", cookies=cookies, headers=headers
         ) as client:
             return await client.get(path, params=params)
 
@@ -222,10 +235,11 @@ def test_the_language_switch_sets_a_cookie_and_goes_back_only_inside(app: FastAP
 
 
 def test_the_station_page_shows_devices_in_the_contracts_vocabulary(app: FastAPI) -> None:
-    html = get(app, "/stations/wx-binhu-gov-01").text
+    html = get(app, "/stations/wx-binhu-gov-01", headers=ADMIN).text
     assert 'data-state="user_error"' in html and "paper_out" in html
     assert 'data-command="restart_device" data-slot="printer"' in html
     assert re.search(r'id="station-window">23:00-02:00 ', html)  # from its birth
+    assert "data-command" not in get(app, "/stations/wx-binhu-gov-01").text  # an operator
     assert get(app, "/stations/nope").status_code == 404
     assert get(app, "/fragments/stations/nope").status_code == 404
 
@@ -308,9 +322,7 @@ def test_changes_reach_every_subscriber_from_another_thread() -> None:
 
 
 def test_the_controllers_change_reports_feed_the_stream(tmp_path: Path) -> None:
-    controller = Controller(
-        Settings(bootstrap_token=TEST_TOKEN, db_url=f"sqlite:///{tmp_path / 'c.db'}")
-    )
+    controller = Controller(Settings(db_url=f"sqlite:///{tmp_path / 'c.db'}"))
     migrate(controller.engine)
 
     async def run() -> Change | None:
@@ -352,7 +364,9 @@ def test_q_searches_alike_on_both_databases(
 
 def test_the_shared_overview_is_read_again_when_a_station_arrives(tmp_path: Path) -> None:
     settings = Settings(
-        bootstrap_token=TEST_TOKEN, db_url=f"sqlite:///{tmp_path / 'controller.db'}"
+        db_url=f"sqlite:///{tmp_path / 'controller.db'}",
+        anonymous_role="operator",
+        bootstrap_token=TEST_TOKEN,
     )
     controller = Controller(settings)
     migrate(controller.engine)
@@ -403,10 +417,11 @@ def test_the_alerts_queue_lists_and_filters_what_the_api_lists(app: FastAPI) -> 
     assert rows(state="resolved") == api(state="resolved") and "q3" in rows(state="resolved")
     assert rows(district="Xinwu") == api(state="active", district="Xinwu")
     assert rows(state="nonsense", severity="", district="") == active
-    html = get(app, "/alerts").text
+    html = get(app, "/alerts", headers=ADMIN).text
     assert 'data-alert-action="ack" data-alert-id="q1"' in html
+    assert "data-alert-action" not in get(app, "/alerts").text  # an operator
     assert "告警队列" in html and "严重" in html
-    resolved = get(app, "/fragments/alerts", state="resolved").text
+    resolved = get(app, "/fragments/alerts", headers=ADMIN, state="resolved").text
     assert "data-alert-action" not in resolved  # nothing left to do on a resolved alert
     # the overview counts them by severity as the summary does
     overview = get(app, "/").text
@@ -449,9 +464,12 @@ def test_an_alerts_page_shows_its_history_with_who_and_their_notes(app: FastAPI)
     api = get(app, "/api/alerts/h1").json()["history"]
     assert [h[0] for h in history] == [h["action"] for h in api]
     assert ("acknowledge", "确认", "王工", "已通知网点") in history
-    # still to do: resolve (no second acknowledgement)
-    assert 'data-alert-action="resolve" data-alert-id="h1"' in html
-    assert 'data-alert-action="ack"' not in html
+    # the anonymous operator reads it and gets no button; an admin's still to do is to
+    # resolve it (no second acknowledgement)
+    assert "data-alert-action" not in html
+    as_admin = get(app, "/alerts/h1", headers=ADMIN).text
+    assert 'data-alert-action="resolve" data-alert-id="h1"' in as_admin
+    assert 'data-alert-action="ack"' not in as_admin
     assert get(app, "/fragments/alerts/h1").text.count("已通知网点") == 1
     english = get(app, "/alerts/h1", cookies={"lang": "en"}).text
     assert "acknowledged" in english and "History" in english
@@ -502,7 +520,8 @@ def test_the_rollout_pages_show_waves_progress_and_what_may_be_done(app: FastAPI
     listed = get(app, "/rollouts").text
     assert f'data-rollout="{rollout_id}"' in listed and "1.2.3" in listed
     api = get(app, f"/api/rollouts/{rollout_id}").json()
-    html = get(app, f"/rollouts/{rollout_id}").text
+    html = get(app, f"/rollouts/{rollout_id}", headers=ADMIN).text
+    assert "data-rollout-action" not in get(app, f"/rollouts/{rollout_id}").text
     shown = re.findall(r'<tr data-station="([^"]+)" data-progress="(\w+)"', html)
     assert sorted(shown) == sorted((s["station"], s["progress"]) for s in api["stations"])
     assert len(re.findall(r"<tr data-wave=", html)) == len(api["wave_summary"]) == 2
@@ -518,7 +537,7 @@ def test_the_rollout_pages_show_waves_progress_and_what_may_be_done(app: FastAPI
             note=None,
             now=time.time(),
         )
-    fragment = get(app, f"/fragments/rollouts/{rollout_id}").text
+    fragment = get(app, f"/fragments/rollouts/{rollout_id}", headers=ADMIN).text
     assert 'data-state="paused"' in fragment
     assert re.findall(r'data-rollout-action="(\w+)"', fragment) == ["resume", "abort"]
     assert get(app, "/rollouts/nope").status_code == 404

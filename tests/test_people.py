@@ -100,12 +100,14 @@ def _path(path: str) -> str:
 
 
 def _writes(app: FastAPI) -> list[tuple[str, str]]:
-    """Every write route but the kiosks' own enrolment (open: they carry a one-time token)."""
+    """Every write route but the kiosks' own enrolment (open: they carry a one-time token)
+    and signing in and out (open: docs/login.md)."""
     return sorted(
         (method, route.path)
         for route in api_routes(app)
         for method in route.methods
-        if method in {"POST", "PUT", "PATCH", "DELETE"} and not route.path.startswith("/api/enrol")
+        if method in {"POST", "PUT", "PATCH", "DELETE"}
+        and not route.path.startswith(("/api/enrol", "/login", "/logout"))
     )
 
 

@@ -57,6 +57,22 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/tuf/targets/{path:path}"): "open: kiosks updating: what it serves is signed",
     ("GET", "/favicon.ico"): "open: browsers, before any sign-in",
     ("GET", "/lang/{lang}"): "open: anyone: it only sets a cookie",
+    # signing in and out (docs/login.md): the form, the provider's round trip, logout (which
+    # checks the session's CSRF token itself)
+    ("GET", "/login"): "open: anyone: signing in and out",
+    ("POST", "/login"): "open: anyone: signing in and out",
+    ("POST", "/logout"): "open: anyone: signing in and out",
+    ("GET", "/login/oidc"): "open: anyone: signing in and out",
+    ("GET", "/login/oidc/callback"): "open: anyone: signing in and out",
+    # the console's people pages
+    ("GET", "/account"): "any identified person",
+    ("POST", "/account/tokens"): "any identified person",
+    ("POST", "/account/tokens/{token_id}/revoke"): "any identified person",
+    ("GET", "/admin/accounts"): "role admin",
+    ("POST", "/admin/accounts"): "role admin",
+    ("POST", "/admin/accounts/{name}/{change}"): "role admin",
+    ("POST", "/admin/tokens"): "role admin",
+    ("POST", "/admin/tokens/{token_id}/revoke"): "role admin",
 }
 
 

@@ -22,7 +22,7 @@ import pytest
 from kioskfleet.controller.tufrepo.service import create_demo_repository
 from kioskfleet.demo import ServedController
 from kioskfleet.fleetsim.fleet import DISTRICTS, Fleet
-from tests.conftest import TEST_TOKEN, LoopThread, Mosquitto, person_token, wait_until
+from tests.conftest import LoopThread, Mosquitto, wait_until
 from tests.integration.fleet_helpers import (
     make_fleet,
     scheduled_rollout,
@@ -35,6 +35,14 @@ pytestmark = [pytest.mark.chromium, pytest.mark.mosquitto, pytest.mark.xdist_gro
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
+#: the demo's rules (CONTRACT §6): anonymous callers read as operators; one account per role
+PASSWORD = "e2e console password"
+ACCOUNTS = {
+    "li.binhu": ("technician", ["Binhu"]),
+    "wang.ops": ("operator", []),
+    "liu.release": ("release_manager", []),
+    "zhao.admin": ("admin", []),
+}
 STATIONS = 16  # kiosks stand in sites of 2-6: from 16 on, every district has one
 STATUSES = ("online", "degraded", "silent", "offline")
 CHINESE_DISTRICTS = (
@@ -68,16 +76,8 @@ class Console:
     base: str
     errors: list[str] = field(default_factory=list)
 
-    def page(
-        self, width: int = 1920, height: int = 1080, lang: str | None = None, person: str = ""
-    ) -> Any:
-        """A browser page whose every request carries an API token: of admin ``person``, or
-        the bootstrap admin's."""
-        token = person_token(self.served.controller.engine, person) if person else TEST_TOKEN
-        context = self.browser.new_context(
-            viewport={"width": width, "height": height},
-            extra_http_headers={"Authorization": f"Bearer {token}"},
-        )
+    def page(self, width: int = 1920, height: int = 1080, lang: str | None = None) -> Any:
+        context = self.browser.new_context(viewport={"width": width, "height": height})
         if lang is not None:
             context.add_cookies([{"name": "lang", "value": lang, "url": self.base}])
         page = context.new_page()
@@ -93,6 +93,15 @@ class Console:
             lambda r: self.errors.append(f"{r.url}: HTTP {r.status}") if r.status >= 400 else None,
         )
         return page
+
+    def sign_in(self, page: Any, name: str, password: str = PASSWORD) -> None:
+        """Sign in through the login form, as a person does, from the header's link."""
+        page.goto(self.base + "/")
+        page.click("#login-link")
+        page.fill("#login-name", name)
+        page.fill("#login-password", password)
+        page.click("#login-submit")
+        page.wait_for_selector(f'[data-me="{name}"]', timeout=5000)
 
     def shot(self, page: Any, name: str) -> None:
         page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
@@ -110,7 +119,15 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     db = tmp_path_factory.mktemp("db") / "c.db"
     try:
         tuf = create_demo_repository(tmp_path_factory.mktemp("tuf"))
-        with served_controller(f"sqlite:///{db}", broker.url, tuf=tuf) as (served, api):
+        with served_controller(
+            f"sqlite:///{db}", broker.url, tuf=tuf, anonymous_role="operator"
+        ) as (
+            served,
+            api,  # carries the bootstrap admin's token
+        ):
+            for name, (role, districts) in ACCOUNTS.items():
+                body = {"name": name, "role": role, "districts": districts, "password": PASSWORD}
+                assert api.post("/api/accounts", json=body).status_code == 201
             fleet = make_fleet(loop, broker.url, STATIONS, interval=1.0)
             try:
                 wait_until(lambda: api.get("/api/fleet/summary").json()["online"] == STATIONS)
@@ -232,6 +249,7 @@ def test_a_device_fault_shows_on_the_open_pages_without_a_reload(console_ok: Con
     overview = c.page()
     overview.goto(c.base + "/")
     detail = c.page(lang="en")
+    c.sign_in(detail, "zhao.admin")  # commands need a technician of its district, or an admin
     detail.goto(c.base + f"/stations/{station}")
     for page in (overview, detail):
         page.wait_for_function("document.body.dataset.live === 'open'", timeout=5000)
@@ -374,9 +392,11 @@ def test_a_phone_never_scrolls_sideways(console_ok: Console, lang: str) -> None:
     page.context.close()
 
 
-def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> None:
+def test_the_wall_screen_is_anonymous_and_acknowledging_needs_a_technicians_login(
+    console_ok: Console,
+) -> None:
     c = console_ok
-    # a real fault: the writer opens the alert
+    # a real fault in Binhu: the writer opens the alert
     agent = next(
         a
         for a in c.fleet.agents
@@ -391,25 +411,54 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
 
     wait_until(lambda: bool(opened()), timeout=30)
     alert_id = opened()[0]["id"]
-    page = c.page(person="王工")
-    page.goto(c.base + "/alerts?district=Binhu")
     row = f'tr[data-alert="{alert_id}"]'
-    page.wait_for_selector(row, timeout=10000)  # the 5 s tick at the latest
+
+    # the wall screen: no login, the anonymous operator sees the queue and no button
+    wall = c.page()
+    wall.goto(c.base + "/alerts?district=Binhu")
+    wall.wait_for_selector(row, timeout=10000)  # the 5 s tick at the latest
+    assert wall.get_attribute("[data-me]", "data-me") == ""
+    assert wall.locator("#login-link").is_visible()
+    assert wall.locator("button[data-alert-action]").count() == 0
+    # an operator signed in sees no button either
+    operator = c.page()
+    c.sign_in(operator, "wang.ops")
+    operator.goto(c.base + "/alerts?district=Binhu")
+    operator.wait_for_selector(row, timeout=10000)
+    assert operator.locator("button[data-alert-action]").count() == 0
+
+    # a Binhu technician signs in through the form and acknowledges it from the page
+    page = c.page()
+    page.goto(c.base + "/login")
+    c.shot(page, "login-zh-1920")
+    c.sign_in(page, "li.binhu")
+    page.goto(c.base + "/alerts?district=Binhu")
+    page.wait_for_selector(row, timeout=10000)
     assert page.get_attribute(row, "data-state") == "open"
     assert "滨湖区" in page.inner_text(row)
     c.shot(page, "alerts-zh-1920")
-    page.fill("#alert-by", "王工")
     page.fill("#alert-note", "已通知网点处理")
     page.click(f'{row} button[data-alert-action="ack"]')
     page.wait_for_selector(f'{row}[data-state="acknowledged"]', timeout=5000)
     assert "已确认" in page.inner_text("#alert-result")  # the answer's state, in Chinese
     acked = c.api.get(f"/api/alerts/{alert_id}").json()
-    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "王工"
+    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "li.binhu"
     assert any(h.get("note") == "已通知网点处理" for h in acked["history"]), acked["history"]
+    # alerts of other districts offer them nothing
+    page.goto(c.base + "/alerts")
+    page.wait_for_selector(row, timeout=10000)
+    buttons = page.eval_on_selector_all(
+        "tr[data-alert]:has(button[data-alert-action])",
+        "rs => rs.map(r => r.dataset.alert)",
+    )
+    binhu = {
+        a["id"] for a in c.api.get("/api/alerts", params={"district": "Binhu"}).json()["items"]
+    }
+    assert set(buttons) <= binhu and alert_id in buttons
     page.click(f'{row} button[data-alert-action="resolve"]')
     page.wait_for_selector(row, state="detached", timeout=5000)  # no longer unresolved
     resolved = c.api.get(f"/api/alerts/{alert_id}").json()
-    assert resolved["state"] == "resolved" and resolved["resolved_by"] == "王工"
+    assert resolved["state"] == "resolved" and resolved["resolved_by"] == "li.binhu"
     # its page: the history with who and the note, as the API has it
     page.goto(c.base + f"/alerts/{alert_id}")
     page.wait_for_selector('#alert-state[data-state="resolved"]')
@@ -419,16 +468,20 @@ def test_acknowledge_and_resolve_from_the_alerts_queue(console_ok: Console) -> N
     )
     assert [a for a, _ in lines] == [h["action"] for h in resolved["history"]]
     assert ["acknowledge", "已通知网点处理"] in lines
-    assert "王工" in page.inner_text("table.alert-history")
+    assert "li.binhu" in page.inner_text("table.alert-history")
     c.shot(page, "alert-zh-1920")
     phone = c.page(390, 844)
     phone.goto(c.base + f"/alerts/{alert_id}")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     c.shot(phone, "alert-zh-390")
     phone.context.close()
+    # signing out: the page is the anonymous operator's again
+    page.click("#logout")
+    page.wait_for_selector("#login-link", timeout=5000)
     c.loop.call(cash.repair)  # type: ignore[attr-defined]
     wait_until(lambda: station_status(c.api, agent.station) == "online", timeout=20)
-    page.context.close()
+    for p in (wall, operator, page):
+        p.context.close()
 
 
 def test_pause_and_resume_a_rollout_from_its_page(console_ok: Console) -> None:
@@ -437,7 +490,8 @@ def test_pause_and_resume_a_rollout_from_its_page(console_ok: Console) -> None:
     # stays scheduled meanwhile: nothing is installed on the simulated kiosks)
     stations = sorted(a.station for a in c.fleet.agents)
     rollout_id = scheduled_rollout(c.api, stations, version="9.9.9-e2e", waves=(25, 100))
-    page = c.page(person="李经理")
+    page = c.page()
+    c.sign_in(page, "liu.release")
     page.goto(c.base + "/rollouts")
     page.click(f'tr[data-rollout="{rollout_id}"] a')
     page.wait_for_selector("#rollout-state")
@@ -453,7 +507,6 @@ def test_pause_and_resume_a_rollout_from_its_page(console_ok: Console) -> None:
     ) == [s["station"] for s in shown["stations"] if s["wave"] == wave]
     page.click("#rollout-filter a")
     page.wait_for_selector("#rollout-filter", state="detached")
-    page.fill("#rollout-by", "李经理")
     page.click('button[data-rollout-action="pause"]')
     page.wait_for_selector('#rollout-state[data-state="paused"]', timeout=5000)
     assert "已暂停" in page.inner_text("#rollout-result")

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from kioskfleet import __version__
 from kioskfleet.controller.api.deps import document_policies
 from kioskfleet.controller.api.routes import (
+    account_pages,
     alerts,
     audit,
     commands,
@@ -19,6 +20,7 @@ from kioskfleet.controller.api.routes import (
     fleet,
     health,
     live,
+    login,
     maintenance,
     pages,
     people,
@@ -64,11 +66,14 @@ def create_app(settings: Settings, controller: Controller | None = None) -> Fast
         people,
         live,
         pages,
+        login,
+        account_pages,
         tuf,
         releases,
         rollouts,
     ):
         app.include_router(module.router)
+    login.install(app)
     # open: the console's scripts and styles, needed before anyone signs in
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     document_policies(app)

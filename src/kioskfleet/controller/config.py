@@ -36,6 +36,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from kioskfleet.controller.alerts.config import AlertsSettings
 from kioskfleet.controller.notify.config import ReceiversSettings
+from kioskfleet.controller.people import Role
 from kioskfleet.mqttclient import TlsSettings
 from kioskfleet.protocol.broker_url import BrokerUrl, broker_url_value, parse_broker_url
 from kioskfleet.protocol.explain import Loc, explain, one_line
@@ -129,6 +130,63 @@ class BrokerAclSettings(_Files):
         return self
 
 
+class WebSettings(BaseModel):
+    """The ``[web]`` section: console logins (docs/login.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: ``auto``: the session cookie is ``Secure`` when the request came over https (the
+    #: controller's own TLS, or a trusted proxy's ``X-Forwarded-Proto``); ``true``: always (a
+    #: TLS proxy in front that speaks plain http to the controller); ``false``: never (the
+    #: demo on plain-http loopback)
+    cookie_secure: Literal["auto", "true", "false"] = "auto"
+    #: a session unused this long (seconds) is over
+    session_idle: Annotated[float, Field(ge=60, le=7 * 86400)] = 3600.0
+    #: a session is over this long (seconds) after its login, however busy
+    session_max: Annotated[float, Field(ge=60, le=30 * 86400)] = 12 * 3600.0
+
+    @model_validator(mode="after")
+    def _idle_within_max(self) -> Self:
+        if self.session_idle > self.session_max:
+            raise ValueError("session_idle must not exceed session_max")
+        return self
+
+
+class OidcSettings(BaseModel):
+    """The ``[oidc]`` section: logins through an OpenID Connect identity provider (the
+    authorization code flow with PKCE; docs/login.md). A person's role and districts come
+    from one claim (``groups_claim``), mapped by ``roles`` and ``districts``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the provider's issuer URL (``{issuer}/.well-known/openid-configuration`` is read)
+    issuer: Annotated[str, Field(pattern=r"^https?://")]
+    client_id: Annotated[str, Field(min_length=1, max_length=500)]
+    client_secret: SecretStr | None = None
+    #: where the provider sends the browser back: this controller's ``/login/oidc/callback``
+    #: as the browser reaches it (behind a proxy: the public URL)
+    redirect_url: Annotated[str, Field(pattern=r"^https?://")]
+    scopes: tuple[str, ...] = ("openid", "profile")
+    #: the claim that names the person (their account's name); ``sub`` when absent
+    name_claim: str = "preferred_username"
+    #: the claim listing the person's groups (a list of strings, or one string)
+    groups_claim: str = "groups"
+    #: group → role (``operator``, ``technician``, ``release_manager``, ``admin``); a person
+    #: in several mapped groups gets the first of admin, release_manager, technician, operator
+    roles: dict[str, Role] = Field(default_factory=dict)
+    #: group → district a technician acts for (names as stations report them)
+    districts: dict[str, str] = Field(default_factory=dict)
+    #: seconds of clock difference tolerated on an id_token's ``exp`` / ``iat``
+    leeway: Annotated[float, Field(ge=0, le=600)] = 60.0
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid_scope(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "openid" not in value:
+            raise ValueError("must include 'openid'")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything the controller needs (CONTRACT §2 ``kioskfleet controller``)."""
 
@@ -198,6 +256,10 @@ class Settings(BaseSettings):
     fleet_ca: FleetCaSettings | None = None
     #: the ``[broker_acl]`` section: the broker's ACL file, rewritten when a station is revoked
     broker_acl: BrokerAclSettings | None = None
+    #: the ``[web]`` section: console sessions and their cookie
+    web: WebSettings = WebSettings()
+    #: the ``[oidc]`` section: logins through an OpenID Connect provider (none: local only)
+    oidc: OidcSettings | None = None
 
     @field_validator("mqtt_url")
     @classmethod

@@ -14,8 +14,10 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ForeignKey,
     Index,
     Integer,
+    String,
     UniqueConstraint,
     false,
     text,
@@ -597,3 +599,56 @@ class ApiToken(SQLModel, table=True):
     created_by: str = Field(max_length=200)
     expires_at: float
     revoked_at: float | None = None
+
+
+class WebSession(SQLModel, table=True):
+    """A person's console login (``controller.websession``): the cookie holds a random id, the
+    table only its SHA-256, so a copy of the table logs nobody in. Over once unused for
+    ``[web] session_idle`` or older than ``session_max``; deleted at logout, and with its
+    account."""
+
+    __tablename__ = "web_session"
+
+    id_sha256: str = Field(primary_key=True, max_length=64)
+    account: str = Field(
+        sa_column=Column(
+            String(64), ForeignKey("account.name", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    #: the synchronizer token state-changing requests of this session must send
+    csrf_token: str = Field(max_length=64)
+    #: ``password`` or ``oidc``
+    via: str = Field(max_length=16)
+    created_at: float
+    seen_at: float
+    source: str | None = Field(default=None, max_length=200)
+
+
+class OidcLogin(SQLModel, table=True):
+    """A login sent to the identity provider and not yet back (``controller.oidc``): what its
+    answer must match. Used once; worthless after ``oidc.LOGIN_TTL``."""
+
+    __tablename__ = "oidc_login"
+
+    state_sha256: str = Field(primary_key=True, max_length=64)
+    nonce: str = Field(max_length=128)
+    code_verifier: str = Field(max_length=128)
+    #: the console path to return to
+    back: str = Field(max_length=500)
+    created_at: float
+
+
+class OidcIdentity(SQLModel, table=True):
+    """Which account an identity provider's subject signs in as (made at their first login)."""
+
+    __tablename__ = "oidc_identity"
+
+    issuer: str = Field(primary_key=True, max_length=500)
+    subject: str = Field(primary_key=True, max_length=255)
+    account: str = Field(
+        sa_column=Column(
+            String(64), ForeignKey("account.name", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    first_seen: float
+    last_seen: float

@@ -18,6 +18,12 @@
     body.dataset.events = String(Number(body.dataset.events || "0") + 1);
   });
 
+  // a state-changing call carries the web session's CSRF token (empty when signed out: the
+  // server then answers 401, and the page says so)
+  function jsonHeaders() {
+    return { "Content-Type": "application/json", "X-CSRF-Token": body.dataset.csrf || "" };
+  }
+
   function fill(template, values) {
     return template.replace(/\{(\w+)\}/g, function (_, k) { return k in values ? values[k] : ""; });
   }
@@ -73,7 +79,7 @@
     result.textContent = fill(panel.dataset.sending, { name: label });
     const base = "/api/stations/" + encodeURIComponent(station) + "/commands";
     const r = await fetch(base, {
-      method: "POST", headers: { "Content-Type": "application/json" },
+      method: "POST", headers: jsonHeaders(),
       body: JSON.stringify({ name: name, args: args, ttl_s: 120 }),
     });
     const created = await r.json().catch(function () { return {}; });
@@ -111,20 +117,17 @@
   // -- alerts queue: acknowledge / resolve with a note ------------------------------------------
   const actor = document.getElementById("alert-actor");
   if (actor) {
-    const by = document.getElementById("alert-by");
     const note = document.getElementById("alert-note");
     const said = document.getElementById("alert-result");
-    by.value = localStorage.getItem("kioskfleet.by") || "";
     document.addEventListener("click", async function (ev) {
       const button = ev.target.closest("button[data-alert-action]");
       if (!button) return;
       const id = button.dataset.alertId;
       const body = {};
-      if (by.value.trim()) { body.by = by.value.trim(); localStorage.setItem("kioskfleet.by", body.by); }
       if (note.value.trim()) body.note = note.value.trim();
       button.disabled = true;
       const r = await fetch("/api/alerts/" + encodeURIComponent(id) + "/" + button.dataset.alertAction, {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+        method: "POST", headers: jsonHeaders(), body: JSON.stringify(body),
       });
       const answer = await r.json().catch(function () { return {}; });
       if (r.ok) {
@@ -142,20 +145,17 @@
   // -- a rollout: pause / resume / abort --------------------------------------------------------
   const rollout = document.getElementById("rollout-actor");
   if (rollout) {
-    const by = document.getElementById("rollout-by");
     const note = document.getElementById("rollout-note");
     const said = document.getElementById("rollout-result");
-    by.value = localStorage.getItem("kioskfleet.by") || "";
     document.addEventListener("click", async function (ev) {
       const button = ev.target.closest("button[data-rollout-action]");
       if (!button) return;
       const id = rollout.dataset.rollout;
       const body = {};
-      if (by.value.trim()) { body.by = by.value.trim(); localStorage.setItem("kioskfleet.by", body.by); }
       if (note.value.trim()) body.note = note.value.trim();
       button.disabled = true;
       const r = await fetch("/api/rollouts/" + encodeURIComponent(id) + "/" + button.dataset.rolloutAction, {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+        method: "POST", headers: jsonHeaders(), body: JSON.stringify(body),
       });
       const answer = await r.json().catch(function () { return {}; });
       said.dataset.state = r.ok ? answer.state : "error";

@@ -84,6 +84,10 @@ def _render(
     request: Request, name: str, lang: str | None, context: dict[str, Any], status: int = 200
 ) -> HTMLResponse:
     t = i18n.Translator(i18n.chosen(lang))
+    # who is looking (``deps.current_principal`` left it) decides which buttons a page shows;
+    # their web session's CSRF token goes into every htmx and fetch call the page makes
+    me = getattr(request.state, "principal", None)
+    session = getattr(request.state, "web_session", None)
     return templates.TemplateResponse(
         request,
         name,
@@ -94,10 +98,16 @@ def _render(
             # what the pages' scripts show of an action's answer, in the page's language
             "alert_states": {s: t(f"alertstate.{s}") for s in ALERT_STATES},
             "rollout_states": {s: t(f"rolloutstate.{s}") for s in ROLLOUT_STATES},
+            "me": me,
+            "csrf": session.csrf_token if session is not None else "",
             **context,
         },
         status_code=status,
     )
+
+
+#: a page rendered by the console's rules (language, who is looking): for other page modules
+render = _render
 
 
 @router.get("/favicon.ico", dependencies=[Depends(open_to("browsers, before any sign-in"))])

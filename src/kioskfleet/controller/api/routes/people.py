@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import Connection
 
-from kioskfleet.controller import people
+from kioskfleet.controller import people, websession
 from kioskfleet.controller.api.deps import Admin, ControllerDep, Person
 from kioskfleet.controller.api.params import Offset, client, invalid
 from kioskfleet.controller.auditlog import record_audit
@@ -269,6 +269,8 @@ def update_account(
     try:
         with controller.engine.begin() as conn:
             row = people.update_account(conn=conn, name=name, changes=changes)
+            if changes.get("disabled") or "password" in changes:
+                websession.close_sessions_of(conn=conn, account=name)
             details = {k: v for k, v in changes.items() if k != "password"}
             if "password" in changes:  # that it changed, never the password
                 details["password"] = "set" if body.password else "removed"
