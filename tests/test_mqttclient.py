@@ -18,6 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from kioskfleet.agent.mqtt import MqttLink
 from kioskfleet.controller.config import Settings
@@ -30,8 +32,10 @@ from kioskfleet.mqttclient import (
     MqttConfigError,
     ReconnectPolicy,
     SessionPolicy,
+    SharedTableProperties,
     TlsFiles,
     puback_all,
+    share_property_tables,
     should_fall_back,
     tls_context,
 )
@@ -468,3 +472,102 @@ def test_puback_all_confirms_every_message_to_the_broker(mosquitto: Mosquitto) -
     assert nothing == []
     client.disconnect()
     client.loop_stop()
+
+
+# -- paho's properties with shared tables ----------------------------------------------------
+_PUBLISH_PROPERTIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "PayloadFormatIndicator": st.integers(0, 1),
+        "MessageExpiryInterval": st.integers(0, 2**32 - 1),
+        "ContentType": st.text(max_size=20),
+        "ResponseTopic": st.text(min_size=1, max_size=20),
+        "CorrelationData": st.binary(max_size=20),
+        "SubscriptionIdentifier": st.lists(st.integers(1, 2**28 - 1), min_size=1, max_size=3),
+        "TopicAlias": st.integers(1, 2**16 - 1),
+        "UserProperty": st.lists(
+            st.tuples(st.text(max_size=8), st.text(max_size=8)), min_size=1, max_size=3
+        ),
+    },
+)
+
+
+def _sent(values: dict[str, object]) -> bytes:
+    """A PUBLISH's property section as paho packs it."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        if isinstance(value, list):
+            for item in value:
+                setattr(props, name, item)
+        else:
+            setattr(props, name, value)
+    return bytes(props.pack())  # type: ignore[no-untyped-call]
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=_PUBLISH_PROPERTIES, payload=st.binary(max_size=8))
+def test_shared_table_properties_decode_as_paho_does(
+    values: dict[str, object], payload: bytes
+) -> None:
+    """Whatever properties a PUBLISH carries (none: all of a fleet's telemetry), the shared
+    tables decode the same values and consume the same bytes as paho's own class."""
+    packed = _sent(values) + payload
+    theirs, their_length = Properties(PacketTypes.PUBLISH).unpack(packed)  # type: ignore[no-untyped-call]
+    ours, our_length = SharedTableProperties(PacketTypes.PUBLISH).unpack(packed)
+    assert our_length == their_length
+    assert ours.json() == theirs.json()  # type: ignore[no-untyped-call]
+    assert ours.isEmpty() == theirs.isEmpty() == (not values)  # type: ignore[no-untyped-call]
+
+
+def test_shared_table_properties_clear_what_an_earlier_unpack_set() -> None:
+    """Unpacked again (paho's own code never does, but the class allows it), an object drops
+    what the earlier packet set, as paho's does."""
+    props = SharedTableProperties(PacketTypes.PUBLISH)
+    props.unpack(_sent({"ContentType": "json"}))
+    assert props.json() == {"ContentType": "json"}  # type: ignore[no-untyped-call]
+    props.unpack(b"\x00")
+    assert props.isEmpty()  # type: ignore[no-untyped-call]
+
+
+def test_shared_property_tables_decode_what_paho_receives(mosquitto: Mosquitto) -> None:
+    """Installed, paho's own packet decoding builds the shared-table class, and a message
+    sent with properties arrives with them (and one without, with none)."""
+    from paho.mqtt import _packet
+
+    before = _packet.Properties  # type: ignore[attr-defined]
+    try:
+        assert share_property_tables()
+        got: list[mqtt.MQTTMessage] = []
+        received = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *args: subscribed.set()
+
+        def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+            got.append(m)
+            if len(got) == 2:
+                received.set()
+
+        client.on_message = on_message
+        host, port = mosquitto.url.removeprefix("mqtt://").split(":")
+        client.connect(host, int(port))
+        client.loop_start()
+        topic = f"test/shared-props/{uuid.uuid4().hex[:8]}"
+        client.subscribe(topic, qos=1)
+        assert subscribed.wait(10)
+        with_props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        with_props.ContentType = "application/json"
+        with_props.UserProperty = ("k", "v")
+        client.publish(topic, b"a", qos=1, properties=with_props)
+        client.publish(topic, b"b", qos=1)
+        assert received.wait(10)
+        client.disconnect()
+        client.loop_stop()
+        assert all(isinstance(m.properties, SharedTableProperties) for m in got)
+        by_payload = {m.payload: m.properties.json() for m in got}  # type: ignore[union-attr]
+        assert by_payload == {
+            b"a": {"ContentType": "application/json", "UserProperty": [("k", "v")]},
+            b"b": {},
+        }
+    finally:
+        setattr(_packet, "Properties", before)  # noqa: B010

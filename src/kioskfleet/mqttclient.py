@@ -190,6 +190,54 @@ def puback_all(client: mqtt.Client, mids: Sequence[int]) -> None:
 _PUBACK = 0x4002 << 16
 
 
+class SharedTableProperties(Properties):
+    """paho's MQTT 5 ``Properties``, with its lookup tables built once rather than per packet.
+
+    paho decodes every received packet's properties into a new ``Properties``, whose
+    constructor builds a list, a dict of 27 names and a dict of 27 entries with some 30
+    ``list.index`` calls, and whose ``unpack`` first clears each of the 27 names (a
+    ``str.replace`` and a ``hasattr`` each) — on an empty object. For a PUBLISH without
+    properties (all of a fleet's telemetry) that is most of what paho spends on the packet
+    beyond its bytes: a third of the controller's MQTT thread (docs/benchmarks.md). Here the
+    tables are paho's own, built once and shared (paho reads them, never writes them), and a
+    fresh object given an empty property section has nothing to clear or read; everything
+    else is paho's code.
+    """
+
+    _tables = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+
+    def __init__(self, packetType: int) -> None:
+        set_attribute = object.__setattr__
+        set_attribute(self, "packetType", packetType)
+        set_attribute(self, "types", self._tables.types)
+        set_attribute(self, "names", self._tables.names)
+        set_attribute(self, "properties", self._tables.properties)
+
+    def unpack(self, buffer: bytes | bytearray) -> tuple[Properties, int]:
+        """As paho's; a fresh object (no property set yet) with no properties is done at once."""
+        if buffer[:1] == b"\x00" and len(self.__dict__) == len(_PRIVATE):
+            return self, 1
+        result: tuple[Properties, int] = super().unpack(buffer)  # type: ignore[no-untyped-call]
+        return result
+
+
+#: the attributes a ``Properties`` holds before any property is set
+_PRIVATE = ("packetType", "types", "names", "properties")
+
+
+def share_property_tables() -> bool:
+    """Have paho decode received packets' MQTT 5 properties with :class:`SharedTableProperties`
+    in this process (paho 2.x decodes packets in ``paho.mqtt._packet``); False on a paho laid
+    out otherwise, which keeps its own. Process-wide: the controller calls it for its ingest,
+    the one client in a process that must keep pace with a broker."""
+    from paho.mqtt import _packet
+
+    if getattr(_packet, "Properties", None) not in (Properties, SharedTableProperties):
+        return False
+    setattr(_packet, "Properties", SharedTableProperties)  # noqa: B010 - not in its exports
+    return True
+
+
 def should_fall_back(
     *, pinned: MqttVersion | None, speaking: MqttVersion, refusal: int | None, tls_failed: bool
 ) -> bool:

@@ -61,6 +61,8 @@ _COUNTER = Counter.__table__  # type: ignore[attr-defined]
 _DEVICES: TypeAdapter[dict[str, DeviceStatus]] = TypeAdapter(dict[str, DeviceStatus])
 _EVENTS: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 _DESCRIPTION = ("district", "site", "site_type", "profile", "agent_version", "catalogue_version")
+#: the station columns every telemetry message moves
+_LIVENESS = ("last_seen", "last_telemetry_at", "silent_deadline")
 _TELEMETRY_COLUMNS = [
     "station",
     "session",
@@ -110,6 +112,9 @@ class StationState:
     #: (the devices dict, its JSON text, the telemetry devices text it was made from): spares
     #: decoding and encoding an unchanged picture every batch
     devices_json: tuple[dict[str, Any], RawJSON, str] | None = field(default=None, compare=False)
+    #: the row this state was last written as (None: not known, e.g. read from the database):
+    #: a batch that moved only its liveness columns writes those alone
+    written: dict[str, Any] | None = field(default=None, compare=False)
 
     def set_devices_json(self, text: str) -> None:
         """Take the devices picture from telemetry's devices (JSON text, as sent: lean); a
@@ -438,14 +443,7 @@ class FleetStore:
         plan = self.alerting.decide(touched.values(), latest_hosts, now)
 
         with self.engine.begin() as conn:
-            if new_stations:
-                self._bulk.insert(conn, _STATION, [touched[s].row() for s in new_stations])
-            self._bulk.update(
-                conn,
-                _STATION,
-                ("id",),
-                [state.row() for sid, state in touched.items() if sid not in new_stations],
-            )
+            written = self._update_stations(conn, touched, new_stations)
             self._bulk.insert_tuples(
                 conn, _TABLES["telemetry"], _TELEMETRY_COLUMNS, telemetry_rows, ignore=True
             )
@@ -462,6 +460,8 @@ class FleetStore:
             if plan:
                 self.alerting.write(conn, plan, now)
         self.alerting.commit()
+        for state, row in written:
+            state.written = row
         out.alerts = len(plan.transitions) + len(plan.escalations)
         self._persisted.update(ledgers_touched)
         for key in out.acks:
@@ -473,6 +473,34 @@ class FleetStore:
             else:
                 self.gappy.pop(key, None)
         return out
+
+    def _update_stations(
+        self, conn: Connection, touched: dict[str, StationState], new_stations: set[str]
+    ) -> list[tuple[StationState, dict[str, Any]]]:
+        """Write the batch's stations: every column of a new one or one whose picture,
+        status or description moved; only the liveness columns (what each telemetry message
+        moves) of the others, most of a batch. Returns each state with the row it now is
+        (its ``written`` once committed)."""
+        written: list[tuple[StationState, dict[str, Any]]] = []
+        new: list[dict[str, Any]] = []
+        full: list[dict[str, Any]] = []
+        live: list[dict[str, Any]] = []
+        for station_id, state in touched.items():
+            row = state.row()
+            written.append((state, row))
+            if station_id in new_stations:
+                new.append(row)
+                continue
+            before = state.written
+            if before is not None and {**before, **{c: row[c] for c in _LIVENESS}} == row:
+                live.append({c: row[c] for c in ("id", *_LIVENESS)})
+            else:
+                full.append(row)
+        if new:
+            self._bulk.insert(conn, _STATION, new)
+        self._bulk.update(conn, _STATION, ("id",), full)
+        self._bulk.update(conn, _STATION, ("id",), live, stage="live")
+        return written
 
     def _devices_text(self, message: TelemetryRecord | TelemetryMessage) -> str:
         """A telemetry message's devices as JSON text, as sent: a device's info travels only
