@@ -6,7 +6,6 @@ memory (loaded at start), so deduplication costs no query, and writes what chang
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -135,6 +134,14 @@ class StationState:
         self.devices = reported
         picture = to_json(reported).decode() if merged else text
         self.devices_json = (reported, RawJSON(picture), text)
+
+    def copy(self) -> StationState:
+        """A shallow copy (what a failed batch puts back): its fields' values shared, as
+        ``copy.copy`` would, without its generic pickling protocol (a batch copies every
+        station it touches)."""
+        clone = object.__new__(StationState)
+        clone.__dict__.update(self.__dict__)
+        return clone
 
     def row(self) -> dict[str, Any]:
         """Column values for the station table (always every column, so rows of many stations
@@ -315,7 +322,7 @@ class FleetStore:
         def station_for(station_id: str, *, online: bool) -> StationState:
             state = self.stations.get(station_id)
             if state is not None and station_id not in touched:
-                undo.stations[station_id] = copy.copy(state)
+                undo.stations[station_id] = state.copy()
             if state is None:
                 undo.stations[station_id] = None
                 state = StationState(
@@ -602,7 +609,7 @@ class FleetStore:
                 and state.silent_deadline is not None
                 and now > state.silent_deadline
             ):
-                before[state.id] = copy.copy(state)
+                before[state.id] = state.copy()
                 self._restatus(state, now, history, out, reason="no_telemetry")
         alerting = self.alerting
         try:
