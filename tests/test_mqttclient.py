@@ -30,6 +30,8 @@ from kioskfleet.mqttclient import (
     ConnectFailed,
     MqttClientFactory,
     MqttConfigError,
+    ReadAheadClient,
+    ReadAheadSocket,
     ReconnectPolicy,
     SessionPolicy,
     SharedTableProperties,
@@ -475,18 +477,22 @@ def test_puback_all_confirms_every_message_to_the_broker(mosquitto: Mosquitto) -
 
 
 # -- paho's properties with shared tables ----------------------------------------------------
+#: what MQTT allows in a string (no NUL, no U+FEFF; surrogates cannot be encoded anyway)
+_MQTT_TEXT = st.characters(blacklist_characters="\x00\ufeff", blacklist_categories=("Cs",))
 _PUBLISH_PROPERTIES = st.fixed_dictionaries(
     {},
     optional={
         "PayloadFormatIndicator": st.integers(0, 1),
         "MessageExpiryInterval": st.integers(0, 2**32 - 1),
-        "ContentType": st.text(max_size=20),
-        "ResponseTopic": st.text(min_size=1, max_size=20),
+        "ContentType": st.text(_MQTT_TEXT, max_size=20),
+        "ResponseTopic": st.text(_MQTT_TEXT, min_size=1, max_size=20),
         "CorrelationData": st.binary(max_size=20),
         "SubscriptionIdentifier": st.lists(st.integers(1, 2**28 - 1), min_size=1, max_size=3),
         "TopicAlias": st.integers(1, 2**16 - 1),
         "UserProperty": st.lists(
-            st.tuples(st.text(max_size=8), st.text(max_size=8)), min_size=1, max_size=3
+            st.tuples(st.text(_MQTT_TEXT, max_size=8), st.text(_MQTT_TEXT, max_size=8)),
+            min_size=1,
+            max_size=3,
         ),
     },
 )
@@ -571,3 +577,90 @@ def test_shared_property_tables_decode_what_paho_receives(mosquitto: Mosquitto) 
         }
     finally:
         setattr(_packet, "Properties", before)  # noqa: B010
+
+
+# -- reading ahead -----------------------------------------------------------------------------
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=3000),
+    sizes=st.lists(st.integers(1, 700), min_size=1, max_size=50),
+    chunk=st.integers(1, 1024),
+)
+def test_read_ahead_socket_reads_the_stream_as_it_was_sent(
+    data: bytes, sizes: list[int], chunk: int
+) -> None:
+    """Whatever sizes paho asks for and however the socket hands the bytes over, the reads
+    are the stream in order, none longer than asked, and ``pending`` is what is buffered."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    reader = ReadAheadSocket(ours)
+    reader.CHUNK = chunk  # type: ignore[misc]
+    theirs.sendall(data)
+    theirs.close()
+    got = b""
+    for size in sizes * (len(data) // len(sizes) + 1):
+        buffered = reader.pending()
+        piece = reader.recv(size)
+        assert len(piece) <= size
+        assert buffered == 0 or len(piece) == min(size, buffered)
+        if not piece:
+            break
+        got += piece
+    while piece := reader.recv(700):
+        got += piece
+    reader.close()
+    assert got == data
+
+
+def test_a_read_ahead_client_gets_every_message_in_order(mosquitto: Mosquitto) -> None:
+    """Through the factory (read_ahead, as the ingest builds it), a burst of QoS 1 messages
+    queued for a persistent session comes in order and complete: many packets per read."""
+    client_id = f"readahead-{uuid.uuid4().hex[:8]}"
+    topic = f"test/readahead/{uuid.uuid4().hex[:8]}"
+    factory = MqttClientFactory(
+        parse_broker_url(mosquitto.url),
+        client_id=client_id,
+        keepalive=30,
+        session=SessionPolicy(clean=False, expiry=300, receive_maximum=1000),
+        read_ahead=True,
+    )
+    subscribed = threading.Event()
+    first = factory.build()
+    assert isinstance(first, ReadAheadClient)
+    first.on_subscribe = lambda *args: subscribed.set()
+    factory.connect(first)
+    first.loop_start()
+    first.subscribe(topic, qos=1)
+    assert subscribed.wait(10)
+    first.disconnect()
+    first.loop_stop()
+
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    host, port = mosquitto.url.removeprefix("mqtt://").split(":")
+    publisher.connect(host, int(port))
+    publisher.loop_start()
+    sent = [f"{n:05d}".encode() * (1 + n % 300) for n in range(2000)]
+    for payload in sent:
+        publisher.publish(topic, payload, qos=1)
+    publisher.publish(topic, b"end", qos=1).wait_for_publish(10)
+    publisher.disconnect()
+    publisher.loop_stop()
+
+    got: list[bytes] = []
+    done = threading.Event()
+    client = factory.build()
+
+    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+        if m.payload == b"end":
+            done.set()
+        else:
+            got.append(m.payload)
+
+    client.on_message = on_message
+    factory.connect(client)
+    client.loop_start()
+    assert done.wait(30)
+    client.disconnect()
+    client.loop_stop()
+    assert got == sent

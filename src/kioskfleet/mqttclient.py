@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -221,6 +221,76 @@ class SharedTableProperties(Properties):
         return result
 
 
+class ReadAheadSocket:
+    """A paho socket (paho's ``SocketLike``) whose reads come out of one large ``recv``.
+
+    paho reads each packet with three or four ``recv`` calls (its type byte, each byte of its
+    remaining length, then the rest) after a ``select`` of its own: four or five system calls
+    and their Python wrappers per telemetry message, in the thread that must keep pace with
+    the broker. Here one ``recv`` of up to :attr:`CHUNK` bytes serves many packets; paho's
+    loop asks :meth:`pending` (as it asks a TLS socket) and reads on without waiting in
+    ``select`` while bytes are buffered. Errors (no data yet, TLS wanting more) come from the
+    wrapped socket unchanged, as paho expects them.
+    """
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._offset = 0
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes: buffered ones first, else one large read of the socket."""
+        if self._offset >= len(self._buffer):
+            data: bytes = self._sock.recv(max(size, self.CHUNK))
+            if len(data) <= size:
+                return data
+            self._buffer, self._offset = data, 0
+        start = self._offset
+        self._offset = start + size
+        return self._buffer[start : self._offset]
+
+    def pending(self) -> int:
+        """Bytes that can be read without the network (buffered here or in TLS)."""
+        inner = getattr(self._sock, "pending", None)
+        return max(0, len(self._buffer) - self._offset) + (inner() if inner else 0)
+
+    def send(self, buffer: bytes | bytearray) -> int:
+        sent: int = self._sock.send(buffer)
+        return sent
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def fileno(self) -> int:
+        number: int = self._sock.fileno()
+        return number
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+
+class ReadAheadClient(mqtt.Client):
+    """A paho client reading through a :class:`ReadAheadSocket`, for a network thread
+    (``loop_start``/``loop_forever``) that receives far more than it sends: the controller's
+    ingest. Each pass of paho's loop reads every packet already buffered before it writes
+    and checks its keepalive again (at most :attr:`ReadAheadSocket.CHUNK` bytes' worth)."""
+
+    def _create_socket(self) -> Any:
+        return ReadAheadSocket(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and sock is self._sock:
+            buffered = getattr(sock, "pending", None)
+            if buffered is None or buffered() <= 0:
+                break
+            rc = super().loop_read(max_packets)
+        return rc
+
+
 #: the attributes a ``Properties`` holds before any property is set
 _PRIVATE = ("packetType", "types", "names", "properties")
 
@@ -303,6 +373,8 @@ class MqttClientFactory:
         paho_reconnects: paho's network thread reconnects by itself with delays doubling within
             these bounds (the controller: one client, no herd to spread, so no jitter); None
             when the user reconnects itself, after a :class:`Backoff` delay (the agent).
+        read_ahead: build :class:`ReadAheadClient` s (a client driven by paho's network
+            thread that mostly receives: the controller's ingest).
 
     Raises:
         MqttConfigError: unusable TLS files, or TLS files for a plain ``mqtt://`` URL.
@@ -319,6 +391,7 @@ class MqttClientFactory:
         manual_ack: bool = False,
         max_inflight: int = 20,
         paho_reconnects: ReconnectPolicy | None = None,
+        read_ahead: bool = False,
     ) -> None:
         self.url = url
         self.client_id = client_id
@@ -327,6 +400,7 @@ class MqttClientFactory:
         self.manual_ack = manual_ack
         self.max_inflight = max_inflight
         self.paho_reconnects = paho_reconnects
+        self.read_ahead = read_ahead
         #: the protocol of the next client built: the URL's, or 5 until a fall back
         self.version: MqttVersion = url.version or "5"
         if tls is not None and not url.tls and (tls.cert is not None or tls.ca is not None):
@@ -355,7 +429,7 @@ class MqttClientFactory:
         retained with QoS 1 when the connection dies without a DISCONNECT. The caller adds its
         callbacks and drives the network."""
         v5 = self.version == "5"
-        client = mqtt.Client(
+        client = (ReadAheadClient if self.read_ahead else mqtt.Client)(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,

@@ -185,6 +185,7 @@ class Ingest:
             manual_ack=True,
             max_inflight=1000,
             paho_reconnects=ReconnectPolicy(1, 30),
+            read_ahead=True,
         )
         self._client = self._build()
         self._stop = threading.Event()
