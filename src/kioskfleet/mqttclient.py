@@ -429,13 +429,17 @@ class MqttClientFactory:
         retained with QoS 1 when the connection dies without a DISCONNECT. The caller adds its
         callbacks and drives the network."""
         v5 = self.version == "5"
-        client = (ReadAheadClient if self.read_ahead else mqtt.Client)(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else self.session.clean,
-            manual_ack=self.manual_ack,
-            reconnect_on_failure=self.paho_reconnects is not None,
+        options: dict[str, Any] = {
+            "client_id": self.client_id,
+            "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            "clean_session": None if v5 else self.session.clean,
+            "manual_ack": self.manual_ack,
+            "reconnect_on_failure": self.paho_reconnects is not None,
+        }
+        client = (
+            ReadAheadClient(CallbackAPIVersion.VERSION2, **options)
+            if self.read_ahead
+            else mqtt.Client(CallbackAPIVersion.VERSION2, **options)
         )
         if self.url.username:
             client.username_pw_set(self.url.username, self.url.password)
