@@ -18,6 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from kioskfleet.agent.mqtt import MqttLink
 from kioskfleet.controller.config import Settings
@@ -28,10 +30,14 @@ from kioskfleet.mqttclient import (
     ConnectFailed,
     MqttClientFactory,
     MqttConfigError,
+    ReadAheadClient,
+    ReadAheadSocket,
     ReconnectPolicy,
     SessionPolicy,
+    SharedTableProperties,
     TlsFiles,
     puback_all,
+    share_property_tables,
     should_fall_back,
     tls_context,
 )
@@ -469,3 +475,193 @@ def test_puback_all_confirms_every_message_to_the_broker(mosquitto: Mosquitto) -
     assert nothing == []
     client.disconnect()
     client.loop_stop()
+
+
+# -- paho's properties with shared tables ----------------------------------------------------
+#: what MQTT allows in a string (no NUL, no U+FEFF; surrogates cannot be encoded anyway)
+_MQTT_TEXT = st.characters(blacklist_characters="\x00\ufeff", blacklist_categories=("Cs",))
+_PUBLISH_PROPERTIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "PayloadFormatIndicator": st.integers(0, 1),
+        "MessageExpiryInterval": st.integers(0, 2**32 - 1),
+        "ContentType": st.text(_MQTT_TEXT, max_size=20),
+        "ResponseTopic": st.text(_MQTT_TEXT, min_size=1, max_size=20),
+        "CorrelationData": st.binary(max_size=20),
+        "SubscriptionIdentifier": st.lists(st.integers(1, 2**28 - 1), min_size=1, max_size=3),
+        "TopicAlias": st.integers(1, 2**16 - 1),
+        "UserProperty": st.lists(
+            st.tuples(st.text(_MQTT_TEXT, max_size=8), st.text(_MQTT_TEXT, max_size=8)),
+            min_size=1,
+            max_size=3,
+        ),
+    },
+)
+
+
+def _sent(values: dict[str, object]) -> bytes:
+    """A PUBLISH's property section as paho packs it."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        if isinstance(value, list):
+            for item in value:
+                setattr(props, name, item)
+        else:
+            setattr(props, name, value)
+    return bytes(props.pack())  # type: ignore[no-untyped-call]
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=_PUBLISH_PROPERTIES, payload=st.binary(max_size=8))
+def test_shared_table_properties_decode_as_paho_does(
+    values: dict[str, object], payload: bytes
+) -> None:
+    """Whatever properties a PUBLISH carries (none: all of a fleet's telemetry), the shared
+    tables decode the same values and consume the same bytes as paho's own class."""
+    packed = _sent(values) + payload
+    theirs, their_length = Properties(PacketTypes.PUBLISH).unpack(packed)  # type: ignore[no-untyped-call]
+    ours, our_length = SharedTableProperties(PacketTypes.PUBLISH).unpack(packed)
+    assert our_length == their_length
+    assert ours.json() == theirs.json()  # type: ignore[no-untyped-call]
+    assert ours.isEmpty() == theirs.isEmpty() == (not values)  # type: ignore[no-untyped-call]
+
+
+def test_shared_table_properties_clear_what_an_earlier_unpack_set() -> None:
+    """Unpacked again (paho's own code never does, but the class allows it), an object drops
+    what the earlier packet set, as paho's does."""
+    props = SharedTableProperties(PacketTypes.PUBLISH)
+    props.unpack(_sent({"ContentType": "json"}))
+    assert props.json() == {"ContentType": "json"}  # type: ignore[no-untyped-call]
+    props.unpack(b"\x00")
+    assert props.isEmpty()  # type: ignore[no-untyped-call]
+
+
+def test_shared_property_tables_decode_what_paho_receives(mosquitto: Mosquitto) -> None:
+    """Installed, paho's own packet decoding builds the shared-table class, and a message
+    sent with properties arrives with them (and one without, with none)."""
+    from paho.mqtt import _packet
+
+    before = _packet.Properties  # type: ignore[attr-defined]
+    try:
+        assert share_property_tables()
+        got: list[mqtt.MQTTMessage] = []
+        received = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *args: subscribed.set()
+
+        def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+            got.append(m)
+            if len(got) == 2:
+                received.set()
+
+        client.on_message = on_message
+        host, port = mosquitto.url.removeprefix("mqtt://").split(":")
+        client.connect(host, int(port))
+        client.loop_start()
+        topic = f"test/shared-props/{uuid.uuid4().hex[:8]}"
+        client.subscribe(topic, qos=1)
+        assert subscribed.wait(10)
+        with_props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        with_props.ContentType = "application/json"
+        with_props.UserProperty = ("k", "v")
+        client.publish(topic, b"a", qos=1, properties=with_props)
+        client.publish(topic, b"b", qos=1)
+        assert received.wait(10)
+        client.disconnect()
+        client.loop_stop()
+        assert all(isinstance(m.properties, SharedTableProperties) for m in got)
+        by_payload = {m.payload: m.properties.json() for m in got}  # type: ignore[union-attr]
+        assert by_payload == {
+            b"a": {"ContentType": "application/json", "UserProperty": [("k", "v")]},
+            b"b": {},
+        }
+    finally:
+        setattr(_packet, "Properties", before)  # noqa: B010
+
+
+# -- reading ahead -----------------------------------------------------------------------------
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=3000),
+    sizes=st.lists(st.integers(1, 700), min_size=1, max_size=50),
+    chunk=st.integers(1, 1024),
+)
+def test_read_ahead_socket_reads_the_stream_as_it_was_sent(
+    data: bytes, sizes: list[int], chunk: int
+) -> None:
+    """Whatever sizes paho asks for and however the socket hands the bytes over, the reads
+    are the stream in order, none longer than asked, and ``pending`` is what is buffered."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    reader = ReadAheadSocket(ours)
+    reader.CHUNK = chunk  # type: ignore[misc]
+    theirs.sendall(data)
+    theirs.close()
+    got = b""
+    for size in sizes * (len(data) // len(sizes) + 1):
+        buffered = reader.pending()
+        piece = reader.recv(size)
+        assert len(piece) <= size
+        assert buffered == 0 or len(piece) == min(size, buffered)
+        if not piece:
+            break
+        got += piece
+    while piece := reader.recv(700):
+        got += piece
+    reader.close()
+    assert got == data
+
+
+def test_a_read_ahead_client_gets_every_message_in_order(mosquitto: Mosquitto) -> None:
+    """Through the factory (read_ahead, as the ingest builds it), a burst of QoS 1 messages
+    queued for a persistent session comes in order and complete: many packets per read."""
+    client_id = f"readahead-{uuid.uuid4().hex[:8]}"
+    topic = f"test/readahead/{uuid.uuid4().hex[:8]}"
+    factory = MqttClientFactory(
+        parse_broker_url(mosquitto.url),
+        client_id=client_id,
+        keepalive=30,
+        session=SessionPolicy(clean=False, expiry=300, receive_maximum=1000),
+        read_ahead=True,
+    )
+    subscribed = threading.Event()
+    first = factory.build()
+    assert isinstance(first, ReadAheadClient)
+    first.on_subscribe = lambda *args: subscribed.set()
+    factory.connect(first)
+    first.loop_start()
+    first.subscribe(topic, qos=1)
+    assert subscribed.wait(10)
+    first.disconnect()
+    first.loop_stop()
+
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    host, port = mosquitto.url.removeprefix("mqtt://").split(":")
+    publisher.connect(host, int(port))
+    publisher.loop_start()
+    sent = [f"{n:05d}".encode() * (1 + n % 300) for n in range(2000)]
+    for payload in sent:
+        publisher.publish(topic, payload, qos=1)
+    publisher.publish(topic, b"end", qos=1).wait_for_publish(10)
+    publisher.disconnect()
+    publisher.loop_stop()
+
+    got: list[bytes] = []
+    done = threading.Event()
+    client = factory.build()
+
+    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+        if m.payload == b"end":
+            done.set()
+        else:
+            got.append(m.payload)
+
+    client.on_message = on_message
+    factory.connect(client)
+    client.loop_start()
+    assert done.wait(30)
+    client.disconnect()
+    client.loop_stop()
+    assert got == sent

@@ -622,3 +622,55 @@ def test_a_birth_published_again_in_its_session_brings_only_new_versions(
 def _history_rows(engine: Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(select(StationHistory.__table__))]  # type: ignore[attr-defined]
+
+
+# -- a station row written whole, or only its liveness columns --------------------------------
+def _stored_row(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(select(Station.__table__)).mappings().one()  # type: ignore[attr-defined]
+    return dict(row)
+
+
+def _expected_row(store: FleetStore) -> dict[str, Any]:
+    row = store.stations[STATION].row()
+    devices = row["devices"]
+    row["devices"] = json.loads(devices) if isinstance(devices, str) else devices
+    return row
+
+
+def test_the_station_row_is_the_writers_picture_after_every_batch(db_url: str) -> None:
+    """Most batches move only a station's liveness (the writer writes those columns alone),
+    some its picture, status or description too (every column): either way the row on disk is
+    the writer's picture, also after a sweep wrote the status behind the writer's back and
+    after a failed batch made the writer read the row back."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    store = FleetStore(engine)
+    steps: list[tuple[float, list[tuple[str, object]]]] = [
+        (100.0, [_birth(), _message("telemetry", 1, devices=_printer("online"))]),
+        (110.0, [_message("telemetry", 2, devices=_printer("online"))]),  # liveness only
+        (120.0, [_message("telemetry", 3, devices=_printer("hardware_error"))]),  # degraded
+        (130.0, [_message("telemetry", 4, devices=_printer("hardware_error"))]),
+        (140.0, [_message("telemetry", 5, devices=_printer("online"))]),
+        (150.0, [_birth(agent_version="2.0.0"), _message("telemetry", 6)]),  # versions
+        (160.0, [_message("telemetry", 7, devices=_printer("online"))]),
+    ]
+    for now, batch in steps:
+        store.apply(batch, now=now)  # type: ignore[arg-type]
+        assert _stored_row(engine) == _expected_row(store), now
+    # a sweep turns the station silent with an UPDATE of its own; the next telemetry writes
+    # the status back with everything else
+    assert store.sweep(500.0) == [(STATION, "online", "silent")]
+    assert _stored_row(engine)["status"] == "silent"
+    store.apply([_message("telemetry", 8, devices=_printer("online"))], now=510.0)  # type: ignore[list-item]
+    assert _stored_row(engine) == _expected_row(store)
+    assert _stored_row(engine)["status"] == "online"
+    # a batch that fails: memory as it was, the row read back; the retry writes it
+    _lose_the_next_commit(engine, committed=False)
+    batch = [_message("telemetry", 9, devices=_printer("online"))]
+    with pytest.raises(ConnectionResetError):
+        store.apply(batch, now=520.0)  # type: ignore[arg-type]
+    store.apply(batch, now=530.0)  # type: ignore[arg-type]
+    assert _stored_row(engine) == _expected_row(store)
+    assert _stored_row(engine)["last_seen"] == 530.0
+    engine.dispose()

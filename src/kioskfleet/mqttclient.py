@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -190,6 +190,124 @@ def puback_all(client: mqtt.Client, mids: Sequence[int]) -> None:
 _PUBACK = 0x4002 << 16
 
 
+class SharedTableProperties(Properties):
+    """paho's MQTT 5 ``Properties``, with its lookup tables built once rather than per packet.
+
+    paho decodes every received packet's properties into a new ``Properties``, whose
+    constructor builds a list, a dict of 27 names and a dict of 27 entries with some 30
+    ``list.index`` calls, and whose ``unpack`` first clears each of the 27 names (a
+    ``str.replace`` and a ``hasattr`` each) — on an empty object. For a PUBLISH without
+    properties (all of a fleet's telemetry) that is most of what paho spends on the packet
+    beyond its bytes: a third of the controller's MQTT thread (docs/benchmarks.md). Here the
+    tables are paho's own, built once and shared (paho reads them, never writes them), and a
+    fresh object given an empty property section has nothing to clear or read; everything
+    else is paho's code.
+    """
+
+    _tables = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+
+    def __init__(self, packetType: int) -> None:
+        set_attribute = object.__setattr__
+        set_attribute(self, "packetType", packetType)
+        set_attribute(self, "types", self._tables.types)
+        set_attribute(self, "names", self._tables.names)
+        set_attribute(self, "properties", self._tables.properties)
+
+    def unpack(self, buffer: bytes | bytearray) -> tuple[Properties, int]:
+        """As paho's; a fresh object (no property set yet) with no properties is done at once."""
+        if buffer[:1] == b"\x00" and len(self.__dict__) == len(_PRIVATE):
+            return self, 1
+        result: tuple[Properties, int] = super().unpack(buffer)  # type: ignore[no-untyped-call]
+        return result
+
+
+class ReadAheadSocket:
+    """A paho socket (paho's ``SocketLike``) whose reads come out of one large ``recv``.
+
+    paho reads each packet with three or four ``recv`` calls (its type byte, each byte of its
+    remaining length, then the rest) after a ``select`` of its own: four or five system calls
+    and their Python wrappers per telemetry message, in the thread that must keep pace with
+    the broker. Here one ``recv`` of up to :attr:`CHUNK` bytes serves many packets; paho's
+    loop asks :meth:`pending` (as it asks a TLS socket) and reads on without waiting in
+    ``select`` while bytes are buffered. Errors (no data yet, TLS wanting more) come from the
+    wrapped socket unchanged, as paho expects them.
+    """
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._offset = 0
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes: buffered ones first, else one large read of the socket."""
+        if self._offset >= len(self._buffer):
+            data: bytes = self._sock.recv(max(size, self.CHUNK))
+            if len(data) <= size:
+                return data
+            self._buffer, self._offset = data, 0
+        start = self._offset
+        self._offset = start + size
+        return self._buffer[start : self._offset]
+
+    def pending(self) -> int:
+        """Bytes that can be read without the network (buffered here or in TLS)."""
+        inner = getattr(self._sock, "pending", None)
+        return max(0, len(self._buffer) - self._offset) + (inner() if inner else 0)
+
+    def send(self, buffer: bytes | bytearray) -> int:
+        sent: int = self._sock.send(buffer)
+        return sent
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def fileno(self) -> int:
+        number: int = self._sock.fileno()
+        return number
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+
+class ReadAheadClient(mqtt.Client):
+    """A paho client reading through a :class:`ReadAheadSocket`, for a network thread
+    (``loop_start``/``loop_forever``) that receives far more than it sends: the controller's
+    ingest. Each pass of paho's loop reads every packet already buffered before it writes
+    and checks its keepalive again (at most :attr:`ReadAheadSocket.CHUNK` bytes' worth)."""
+
+    def _create_socket(self) -> Any:
+        return ReadAheadSocket(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and sock is self._sock:
+            buffered = getattr(sock, "pending", None)
+            if buffered is None or buffered() <= 0:
+                break
+            rc = super().loop_read(max_packets)
+        return rc
+
+
+#: the attributes a ``Properties`` holds before any property is set
+_PRIVATE = ("packetType", "types", "names", "properties")
+
+
+def share_property_tables() -> bool:
+    """Have paho decode received packets' MQTT 5 properties with :class:`SharedTableProperties`
+    in this process (paho 2.x decodes packets in ``paho.mqtt._packet``); False on a paho laid
+    out otherwise, which keeps its own. Process-wide: the controller calls it for its ingest,
+    the one client in a process that must keep pace with a broker."""
+    from paho.mqtt import _packet
+
+    if getattr(_packet, "Properties", None) not in (Properties, SharedTableProperties):
+        return False
+    setattr(_packet, "Properties", SharedTableProperties)  # noqa: B010 - not in its exports
+    return True
+
+
 def should_fall_back(
     *, pinned: MqttVersion | None, speaking: MqttVersion, refusal: int | None, tls_failed: bool
 ) -> bool:
@@ -255,6 +373,8 @@ class MqttClientFactory:
         paho_reconnects: paho's network thread reconnects by itself with delays doubling within
             these bounds (the controller: one client, no herd to spread, so no jitter); None
             when the user reconnects itself, after a :class:`Backoff` delay (the agent).
+        read_ahead: build :class:`ReadAheadClient` s (a client driven by paho's network
+            thread that mostly receives: the controller's ingest).
 
     Raises:
         MqttConfigError: unusable TLS files, or TLS files for a plain ``mqtt://`` URL.
@@ -271,6 +391,7 @@ class MqttClientFactory:
         manual_ack: bool = False,
         max_inflight: int = 20,
         paho_reconnects: ReconnectPolicy | None = None,
+        read_ahead: bool = False,
     ) -> None:
         self.url = url
         self.client_id = client_id
@@ -279,6 +400,7 @@ class MqttClientFactory:
         self.manual_ack = manual_ack
         self.max_inflight = max_inflight
         self.paho_reconnects = paho_reconnects
+        self.read_ahead = read_ahead
         #: the protocol of the next client built: the URL's, or 5 until a fall back
         self.version: MqttVersion = url.version or "5"
         if tls is not None and not url.tls and (tls.cert is not None or tls.ca is not None):
@@ -307,13 +429,17 @@ class MqttClientFactory:
         retained with QoS 1 when the connection dies without a DISCONNECT. The caller adds its
         callbacks and drives the network."""
         v5 = self.version == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else self.session.clean,
-            manual_ack=self.manual_ack,
-            reconnect_on_failure=self.paho_reconnects is not None,
+        options: dict[str, Any] = {
+            "client_id": self.client_id,
+            "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            "clean_session": None if v5 else self.session.clean,
+            "manual_ack": self.manual_ack,
+            "reconnect_on_failure": self.paho_reconnects is not None,
+        }
+        client = (
+            ReadAheadClient(CallbackAPIVersion.VERSION2, **options)
+            if self.read_ahead
+            else mqtt.Client(CallbackAPIVersion.VERSION2, **options)
         )
         if self.url.username:
             client.username_pw_set(self.url.username, self.url.password)

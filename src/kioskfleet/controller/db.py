@@ -212,10 +212,18 @@ class BulkRows:
         )
 
     def update(
-        self, conn: Connection, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]]
+        self,
+        conn: Connection,
+        table: Table,
+        keys: tuple[str, ...],
+        rows: list[dict[str, Any]],
+        *,
+        stage: str = "upd",
     ) -> None:
         """Update the rows found by ``keys`` (columns each row carries) with the row's other
-        columns; all rows carry the same columns, and no two the same key."""
+        columns; all rows carry the same columns, and no two the same key. A second update
+        of the same table in one transaction names a ``stage`` of its own (PostgreSQL's
+        staging table)."""
         if not rows:
             return
         values = [c for c in rows[0] if c not in keys]
@@ -228,11 +236,11 @@ class BulkRows:
             )
             return
         columns = list(rows[0])
-        stage = self._stage(conn, table, "upd", _tuples(table, rows, columns), columns)
+        staged = self._stage(conn, table, stage, _tuples(table, rows, columns), columns)
         sets = ", ".join(f'"{c}" = s."{c}"' for c in values)
         match = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
         conn.exec_driver_sql(
-            f'UPDATE "{table.name}" AS t SET {sets} FROM {stage} AS s WHERE {match}'
+            f'UPDATE "{table.name}" AS t SET {sets} FROM {staged} AS s WHERE {match}'
         )
 
     def _stage(

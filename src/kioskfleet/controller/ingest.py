@@ -42,6 +42,7 @@ from kioskfleet.mqttclient import (
     SessionPolicy,
     TlsFiles,
     puback_all,
+    share_property_tables,
 )
 from kioskfleet.protocol.broker_url import BrokerUrl
 from kioskfleet.protocol.topics import (
@@ -187,6 +188,7 @@ class Ingest:
             manual_ack=True,
             max_inflight=1000,
             paho_reconnects=ReconnectPolicy(1, 30),
+            read_ahead=True,
         )
         self._client = self._build()
         self._stop = threading.Event()
@@ -221,6 +223,9 @@ class Ingest:
     def start(self) -> None:
         """Start the writer; once it is ready, connect (retrying in the background)."""
         self._writer = WriterHandle(self.writer_config, self.writer_mode)
+        # paho builds its MQTT 5 property tables anew for every PUBLISH: half of what bare
+        # paho spends per telemetry message (docs/benchmarks.md); built once here
+        share_property_tables()
         if self.writer_mode == "process" and self.writer_config.tune_gc:
             # paho allocates a handful of objects per message here too: the controller's
             # process (FastAPI, SQLAlchemy, the API's models) is as costly to walk as the

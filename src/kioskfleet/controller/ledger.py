@@ -20,6 +20,9 @@ class SeqLedger:
 
     def add(self, seq: int) -> bool:
         """Record ``seq``; False when it was already there (a duplicate)."""
+        if seq == self.watermark + 1 and not self.above:
+            self.watermark = seq  # the next one, nothing waiting above: most of the time
+            return True
         if seq in self:
             return False
         self.above.add(seq)

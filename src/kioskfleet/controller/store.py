@@ -6,7 +6,6 @@ memory (loaded at start), so deduplication costs no query, and writes what chang
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -70,6 +69,8 @@ _DESCRIPTION = (
     "catalogue_version",
     "maintenance_window",
 )
+#: the station columns every telemetry message moves
+_LIVENESS = ("last_seen", "last_telemetry_at", "silent_deadline")
 _TELEMETRY_COLUMNS = [
     "station",
     "session",
@@ -119,6 +120,9 @@ class StationState:
     #: (the devices dict, its JSON text, the telemetry devices text it was made from): spares
     #: decoding and encoding an unchanged picture every batch
     devices_json: tuple[dict[str, Any], RawJSON, str] | None = field(default=None, compare=False)
+    #: the row this state was last written as (None: not known, e.g. read from the database):
+    #: a batch that moved only its liveness columns writes those alone
+    written: dict[str, Any] | None = field(default=None, compare=False)
 
     def set_devices_json(self, text: str) -> None:
         """Take the devices picture from telemetry's devices (JSON text, as sent: lean); a
@@ -139,6 +143,14 @@ class StationState:
         self.devices = reported
         picture = to_json(reported).decode() if merged else text
         self.devices_json = (reported, RawJSON(picture), text)
+
+    def copy(self) -> StationState:
+        """A shallow copy (what a failed batch puts back): its fields' values shared, as
+        ``copy.copy`` would, without its generic pickling protocol (a batch copies every
+        station it touches)."""
+        clone = object.__new__(StationState)
+        clone.__dict__.update(self.__dict__)
+        return clone
 
     def row(self) -> dict[str, Any]:
         """Column values for the station table (always every column, so rows of many stations
@@ -323,7 +335,7 @@ class FleetStore:
         def station_for(station_id: str, *, online: bool) -> StationState:
             state = self.stations.get(station_id)
             if state is not None and station_id not in touched:
-                undo.stations[station_id] = copy.copy(state)
+                undo.stations[station_id] = state.copy()
             if state is None:
                 undo.stations[station_id] = None
                 state = StationState(
@@ -453,14 +465,7 @@ class FleetStore:
         plan = self.alerting.decide(touched.values(), latest_hosts, now)
 
         with self.engine.begin() as conn:
-            if new_stations:
-                self._bulk.insert(conn, _STATION, [touched[s].row() for s in new_stations])
-            self._bulk.update(
-                conn,
-                _STATION,
-                ("id",),
-                [state.row() for sid, state in touched.items() if sid not in new_stations],
-            )
+            written = self._update_stations(conn, touched, new_stations)
             self._bulk.insert_tuples(
                 conn, _TABLES["telemetry"], _TELEMETRY_COLUMNS, telemetry_rows, ignore=True
             )
@@ -478,6 +483,8 @@ class FleetStore:
                 self.alerting.write(conn, plan, now)
             out.rollouts = progress.write(conn)
         self.alerting.commit()
+        for state, row in written:
+            state.written = row
         out.alerts = len(plan.transitions) + len(plan.escalations)
         self._persisted.update(ledgers_touched)
         for key in out.acks:
@@ -489,6 +496,34 @@ class FleetStore:
             else:
                 self.gappy.pop(key, None)
         return out
+
+    def _update_stations(
+        self, conn: Connection, touched: dict[str, StationState], new_stations: set[str]
+    ) -> list[tuple[StationState, dict[str, Any]]]:
+        """Write the batch's stations: every column of a new one or one whose picture,
+        status or description moved; only the liveness columns (what each telemetry message
+        moves) of the others, most of a batch. Returns each state with the row it now is
+        (its ``written`` once committed)."""
+        written: list[tuple[StationState, dict[str, Any]]] = []
+        new: list[dict[str, Any]] = []
+        full: list[dict[str, Any]] = []
+        live: list[dict[str, Any]] = []
+        for station_id, state in touched.items():
+            row = state.row()
+            written.append((state, row))
+            if station_id in new_stations:
+                new.append(row)
+                continue
+            before = state.written
+            if before is not None and {**before, **{c: row[c] for c in _LIVENESS}} == row:
+                live.append({c: row[c] for c in ("id", *_LIVENESS)})
+            else:
+                full.append(row)
+        if new:
+            self._bulk.insert(conn, _STATION, new)
+        self._bulk.update(conn, _STATION, ("id",), full)
+        self._bulk.update(conn, _STATION, ("id",), live, stage="live")
+        return written
 
     def _devices_text(self, message: TelemetryRecord | TelemetryMessage) -> str:
         """A telemetry message's devices as JSON text, as sent: a device's info travels only
@@ -591,7 +626,7 @@ class FleetStore:
                 and state.silent_deadline is not None
                 and now > state.silent_deadline
             ):
-                before[state.id] = copy.copy(state)
+                before[state.id] = state.copy()
                 self._restatus(state, now, history, out, reason="no_telemetry")
         alerting = self.alerting
         try:
