@@ -97,13 +97,14 @@ def _watch_rollouts(port: int, process: subprocess.Popen[str]) -> dict[str, Any]
         try:
             listed = httpx.get(f"http://127.0.0.1:{port}/api/rollouts", timeout=5).json()
             if not releases_seen:
+                # published just after the API starts answering (after the demo's accounts)
                 releases = httpx.get(f"http://127.0.0.1:{port}/api/releases", timeout=5).json()
                 ids = {r["id"] for r in releases["items"]}
-                assert {"software-r1", "catalogue-r1"} <= ids
-                releases_seen = True
+                releases_seen = {"software-r1", "catalogue-r1"} <= ids
         except httpx.HTTPError:
             continue  # not serving yet, or stopping
         done = [r for r in listed["items"] if r["state"] == "completed"]
         if done:
+            assert releases_seen, "a rollout completed before its releases were listed"
             return dict(done[0])
     return None
