@@ -164,6 +164,7 @@ class UpdateBench:
             data={"kind": "software", "version": version},
             files={"file": ("release.tar.gz", data, "application/gzip")},
             timeout=60,
+            headers=BENCH_AUTH,
         )
         answer.raise_for_status()
         self.release = str(answer.json()["id"])

@@ -751,6 +751,7 @@ class ControllerProcess:
             "KIOSKFLEET_MQTT_URL": broker.url,
             "KIOSKFLEET_LISTEN": f"127.0.0.1:{self.port}",
             "KIOSKFLEET_CLIENT_ID": f"bench-ctl-{tag}-{os.getpid()}",
+            "KIOSKFLEET_BOOTSTRAP_TOKEN": BENCH_TOKEN,
             **({"KIOSKFLEET_BATCH_SIZE": str(BATCH_SIZE)} if BATCH_SIZE else {}),
         }
         self.log = (work / f"controller-{tag}.log").open("wb")
@@ -837,7 +838,9 @@ def proc_controller(
             result.setdefault("profile", {})[name] = summarize_collapsed(path, top=25)
         if not frozen:
             result["publish_rate"] = round(publisher.finish(), 1)
-        summary = httpx.get(f"http://127.0.0.1:{controller.port}/api/fleet/summary").json()
+        summary = httpx.get(
+            f"http://127.0.0.1:{controller.port}/api/fleet/summary", headers=BENCH_AUTH
+        ).json()
         if summary["ingested"]["telemetry"] != n:
             raise RuntimeError(f"summary says {summary['ingested']} after storing {n}")
     finally:
