@@ -4,6 +4,7 @@ release manager's key — each followed by a kiosk's client downloading what was
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -34,9 +35,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def tarball(members: list[tuple[str, bytes | None, bytes]]) -> bytes:
-    """(name, type, data): type None = regular file, else a tarfile type constant."""
+    """(name, type, data): type None = regular file, else a tarfile type constant. The same
+    members give the same bytes (no time in the gzip header): pytest-xdist's workers build
+    these cases at collection and must collect the same tests."""
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as archive:
+    with (
+        gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w") as archive,
+    ):
         for name, kind, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data) if kind is None else 0
@@ -434,3 +440,18 @@ def test_release_publish_signs_with_the_release_managers_key(
     assert run.returncode == 1 and "HTTP 401" in run.stderr
     listed = get(served.url + "/api/releases")
     assert [r["id"] for r in listed["items"]] == ["software-r2", "software-r1"]
+
+
+def test_a_release_built_twice_is_the_same_bytes() -> None:
+    """No build time inside the file (gzip header, members): the same version and files give
+    the same release, whenever they are built (and pytest-xdist's workers, which build the
+    cases above at collection, collect the same tests)."""
+    first = build_software("2.0", {"bin/agent": b"agent 2.0\n"})
+    built_later = build_software("2.0", {"bin/agent": b"agent 2.0\n"})
+    assert first == built_later
+    with gzip.GzipFile(fileobj=io.BytesIO(first)) as compressed:
+        compressed.read()
+        assert compressed.mtime == 0
+    with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as archive:
+        assert {member.mtime for member in archive.getmembers()} == {0}
+    assert build_software("2.0", {"bin/agent": b"agent 2.1\n"}) != first

@@ -10,6 +10,7 @@ agent again before it unpacks.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -113,14 +114,19 @@ def check_software(data: bytes, version: str) -> SoftwareManifest:
 
 
 def build_software(version: str, files: dict[str, bytes]) -> bytes:
-    """A release file with ``files`` (tests, the demo): VERSION, manifest, the files."""
+    """A release file with ``files`` (tests, the demo): VERSION, manifest, the files. The same
+    arguments give the same bytes (no time in the gzip header, members dated 0), so a
+    release built twice is one release."""
     listed = {VERSION_FILE: version.encode() + b"\n", **files}
     manifest = {
         "version": version,
         "files": {path: hashlib.sha256(data).hexdigest() for path, data in listed.items()},
     }
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as archive:
+    with (
+        gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w") as archive,
+    ):
         for name, data in [
             (MANIFEST_FILE, json.dumps(manifest, sort_keys=True).encode()),
             *listed.items(),
