@@ -327,7 +327,11 @@ class Fleet:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         state_dir = spec.state_dir
         if state_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="kioskfleet-sim-")
+            # best-effort removal: an install still unpacking in a worker thread when the
+            # fleet stops may write a file after the folder was emptied
+            self._tmp = tempfile.TemporaryDirectory(
+                prefix="kioskfleet-sim-", ignore_cleanup_errors=True
+            )
             state_dir = Path(self._tmp.name)
         else:
             adopt_legacy_outboxes(state_dir)
@@ -492,7 +496,12 @@ class Fleet:
         )
 
     async def stop(self) -> None:
-        """Shut every station down cleanly (offline state, DISCONNECT)."""
+        """Shut every station down cleanly (offline state, DISCONNECT); installs under way
+        are cancelled (a step already in a worker thread finishes by itself)."""
+        installs = [task for agent in self.agents for task in agent.installer.running]
+        for task in installs:
+            task.cancel()
+        await asyncio.gather(*installs, return_exceptions=True)
         await asyncio.gather(*(box.stop() for box in self.sandboxes.values()))
         await asyncio.gather(*(agent.stop() for agent in self.agents), return_exceptions=True)
         self.logs.detach()
